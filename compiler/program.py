@@ -1,0 +1,91 @@
+"""``Program``: a named piece of Python source that scores keys for every query.
+
+``def attend(t: Tokens) -> Pattern | ndarray[T, T]``. The framework, not the program,
+applies the causal mask and normalises rows (``vocab.attention_from_scores``), so a
+program cannot leak a future token. Programs from the offline search are built here in
+the current process; programs from a language model go through ``headcode.synth.sandbox``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from headcode.compiler import ir, predicates, vocab
+
+
+class ProgramError(ValueError):
+    """A program's source cannot be turned into a program (syntax, no function, ...)."""
+
+
+class Untraceable(Exception):
+    """The program did something the tracer cannot record (reads token data, uses numpy, ...)."""
+
+
+def namespace() -> dict[str, Any]:
+    """What a program's source sees: the selectors, combinators, predicates and numpy."""
+    ns: dict[str, Any] = {"np": np, "numpy": np, "when": vocab.when, "tok": predicates.tok,
+                          "token_in": predicates.token_in, "Pred": predicates.Pred}
+    ns.update(vocab.SELECTORS)
+    ns.update(predicates.BUILTIN_PREDS)
+    return ns
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    name: str
+    source: str
+    fn: Callable[[Any], Any] = field(repr=False)
+
+    @classmethod
+    def from_source(cls, source: str, name: str | None = None) -> Program:
+        """Build from source defining one function (``attend`` if several are defined)."""
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as e:
+            raise ProgramError(f"syntax error in program source, line {e.lineno}: {e.msg}") from e
+        fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        if not fns:
+            raise ProgramError("program source defines no function (expected `def attend(t): ...`)")
+        fname = "attend" if "attend" in fns else fns[-1]
+        ns = namespace()
+        exec(compile(tree, f"<program {name or fname}>", "exec"), ns)  # noqa: S102 - trusted path
+        return cls(name or fname, source, ns[fname])
+
+    def scores(self, t: Any) -> np.ndarray:
+        """The program's raw scores on one text ``[T, T]``."""
+        out = self.fn(t)
+        if isinstance(out, vocab.Pattern):
+            return out.dense()
+        return np.asarray(out, dtype=np.float64)
+
+    def attention(self, t: Any) -> np.ndarray:
+        """The attention this program gives on one text: ``[T, T]``, causal, rows sum to 1."""
+        return vocab.attention_from_scores(self.scores(t))
+
+    def trace(self) -> ir.Expr:
+        """Run once on a tracer and return the selector expression; ``Untraceable`` if it cannot."""
+        tracer = Tracer()
+        try:
+            out = self.fn(tracer)
+        except Untraceable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure on the tracer means "not traceable"
+            raise Untraceable(f"program failed on the tracer: {type(e).__name__}: {e}") from e
+        if not isinstance(out, vocab.Pattern):
+            raise Untraceable(f"program returned {type(out).__name__}, not a selector pattern")
+        return out.expr
+
+
+class Tracer:
+    """A ``Tokens`` stand-in with no text: selectors record terms; reading token data fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise Untraceable(f"program reads token data directly (t.{name}); only selectors can be compiled")
+
+    def __len__(self) -> int:
+        raise Untraceable("program reads the text length (len(t)); only selectors can be compiled")

@@ -1,0 +1,1 @@
+"""One module per ``headcode`` subcommand (see ``headcode.cli``)."""
