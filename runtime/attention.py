@@ -1,0 +1,83 @@
+"""headcode's attention function, registered with transformers under the name ``headcode``.
+
+It is registered with ``AttentionInterface`` *and* ``AttentionMaskInterface``: a custom
+attention name registered only in the first gets no causal mask at all, and the model
+then reads the future. Our mask is the eager one (an explicit float mask, never skipped),
+so every path below sees the causal and padding mask.
+
+Per attention module, two optional attachments change what happens:
+- ``module._headcode_capture(probs [B, H, q, kv], value [B, KV, kv, D])``: called with the
+  post-softmax attention of all query heads (capture);
+- ``module._headcode_surrogate``: replaces some heads' outputs (see ``runtime.surrogate``):
+  ``surrogate(module, query, value, attention_mask) -> (heads: list[int], out [B, h, q, D])``.
+Without attachments the function is plain SDPA with the explicit mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+NAME = "headcode"
+
+
+def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``[B, KV, T, D]`` -> ``[B, H, T, D]`` (each query head reads its group's KV head)."""
+    groups = n_heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                    scaling: float) -> torch.Tensor:
+    """Eager softmax(QKᵀ·s + mask) in float32: ``[B, H, q, kv]``."""
+    k = _expand_kv(key, query.shape[1])
+    scores = torch.matmul(query, k.transpose(-1, -2)).float() * scaling
+    if mask is not None:
+        scores = scores + mask[..., : k.shape[-2]].float()
+    return torch.softmax(scores, dim=-1)
+
+
+def headcode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                       value: torch.Tensor, attention_mask: torch.Tensor | None,
+                       scaling: float | None = None, dropout: float = 0.0,
+                       **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``query [B, H, q, D]``, ``key``/``value [B, KV, kv, D]`` -> ``([B, q, H, D], probs | None)``."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    capture = getattr(module, "_headcode_capture", None)
+    surrogate = getattr(module, "_headcode_surrogate", None)
+    n_heads = query.shape[1]
+    probs = None
+    if capture is not None or kwargs.get("output_attentions"):
+        probs = attention_probs(query, key, attention_mask, scaling)
+        if capture is not None:
+            capture(probs, value)
+        out = torch.matmul(probs.to(value.dtype), _expand_kv(value, n_heads))
+    else:
+        mask = attention_mask[..., : key.shape[-2]] if attention_mask is not None else None
+        out = F.scaled_dot_product_attention(
+            query, _expand_kv(key, n_heads), _expand_kv(value, n_heads), attn_mask=mask,
+            dropout_p=dropout if module.training else 0.0, scale=scaling)
+    if surrogate is not None:
+        heads, sub = surrogate(module, query, value, attention_mask)
+        if heads:
+            out = out.clone()
+            out[:, heads] = sub.to(out.dtype)
+    return out.transpose(1, 2).contiguous(), probs
+
+
+def register() -> str:
+    """Register ``headcode`` with both interfaces (idempotent); returns the name."""
+    AttentionInterface.register(NAME, headcode_attention)
+    AttentionMaskInterface.register(NAME, eager_mask)
+    return NAME
+
+
+def use_headcode_attention(model: torch.nn.Module) -> None:
+    """Switch a loaded model to headcode's attention (and its mask)."""
+    register()
+    model.set_attn_implementation(NAME)

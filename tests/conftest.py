@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random GPT-2 and Llama (GQA) checkpoints that the tests build and
+save themselves (no hub), a tiny byte-level BPE tokenizer trained here, and the real
+default model (slow)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+STORY = (
+    "Once upon a time, there was a little cat named Tom. Tom liked to play in the park. "
+    "One day, Tom saw a big red ball! He ran to the ball and kicked it. \"Look at me,\" said Tom. "
+    "His friend Lily laughed. They played until the sun went down.\n\nThe next day, it rained. "
+    "Tom and Lily stayed at home and read a book about a brave dog."
+)
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator([STORY] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def _save(model, tok, path):
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=512, n_embd=64, n_layer=2, n_head=4)
+    return _save(GPT2LMHeadModel(cfg), tiny_tokenizer, tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512)
+    return _save(LlamaForCausalLM(cfg), tiny_tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session", params=["gpt2", "llama"])
+def tiny_dir(request, tiny_gpt2_dir, tiny_llama_dir):
+    return tiny_gpt2_dir if request.param == "gpt2" else tiny_llama_dir
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real bundled SmolLM2-135M (GGUF de-quantised once into the user cache)."""
+    from headcode.runtime.loading import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    yield
