@@ -25,13 +25,13 @@ demo: $(STAMP)
 	$(BIN)/headcode demo --out $(OUT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" tests
+	$(BIN)/pytest -q -m "not gpu" tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu and not slow" tests
+	$(BIN)/pytest -q -m "not gpu and not slow" tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks/ --benchmark-only -q
+	$(BIN)/pytest benchmarks/ --benchmark-only -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
