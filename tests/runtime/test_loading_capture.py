@@ -142,3 +142,25 @@ def test_default_model_loads_and_does_not_leak(default_model):
     t0 = time.time()
     load_model("smollm2-135m")
     assert time.time() - t0 < 15
+
+
+def test_hub_id_resolves_through_the_hub_cache(tiny_gpt2_dir, tmp_path, monkeypatch):
+    """A hub id goes through from_pretrained's hub path; here the 'hub' is a cache the test makes."""
+    import shutil
+    from pathlib import Path
+
+    import huggingface_hub.constants as hc
+
+    commit = "0" * 40
+    snap = tmp_path / "models--tiny-org--tiny-gpt2" / "snapshots" / commit
+    shutil.copytree(tiny_gpt2_dir, snap)
+    (tmp_path / "models--tiny-org--tiny-gpt2" / "refs").mkdir()
+    (tmp_path / "models--tiny-org--tiny-gpt2" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    assert not Path("tiny-org/tiny-gpt2").exists()
+    lm = load_model("tiny-org/tiny-gpt2")
+    assert lm.name == "tiny-org/tiny-gpt2" and lm.n_layers == 2
+    with pytest.raises(HeadcodeError, match="hub"):
+        load_model("tiny-org/not-in-the-cache")
