@@ -9,6 +9,8 @@ same predicate).
 
 from __future__ import annotations
 
+import hashlib
+import types
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,10 +110,40 @@ BUILTIN_PREDS: dict[str, Pred] = {
 }
 
 
+def _code_key(code: types.CodeType) -> list:
+    consts = [_code_key(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
+    return [code.co_code.hex(), consts, list(code.co_names), list(code.co_varnames)]
+
+
+def _content_digest(fn: Callable[[str], bool]) -> str | None:
+    """A digest of a function's code when the code alone decides what it computes (no closure,
+    no defaults, no global names it reads); ``None`` otherwise."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType) or getattr(fn, "__closure__", None):
+        return None
+    if getattr(fn, "__defaults__", None) or getattr(fn, "__kwdefaults__", None):
+        return None
+    glb = getattr(fn, "__globals__", {})
+
+    def names(c: types.CodeType) -> list[str]:
+        return list(c.co_names) + [n for k in c.co_consts if isinstance(k, types.CodeType) for n in names(k)]
+
+    if any(n in glb for n in names(code)):
+        return None
+    return hashlib.sha256(repr(_code_key(code)).encode()).hexdigest()[:12]
+
+
 def tok(fn: Callable[[str], bool], name: str | None = None) -> Pred:
     """A custom predicate over a token's decoded text, e.g. ``tok(lambda p: p.strip() == "and")``."""
-    # an unnamed lambda gets a per-object name: two different lambdas never share a table
-    return Pred(name or f"tok:{getattr(fn, '__name__', 'fn')}@{id(fn):x}", fn)
+    if name:
+        return Pred(name, fn)
+    # unnamed: a digest of the code when the code alone decides the result (``tok:<lambda>#digest``:
+    # the same lambda in two programs shares a vocabulary table); otherwise a per-object name
+    # (``tok:<lambda>@address``) so that two different functions never share a table. Names with
+    # an ``@`` are only valid while the function lives: caches must not keep them.
+    digest = _content_digest(fn)
+    label = getattr(fn, "__name__", "fn")
+    return Pred(f"tok:{label}#{digest}" if digest else f"tok:{label}@{id(fn):x}", fn)
 
 
 def token_in(*words: str) -> Pred:

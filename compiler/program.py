@@ -32,7 +32,18 @@ def namespace() -> dict[str, Any]:
                           "token_in": predicates.token_in, "Pred": predicates.Pred}
     ns.update(vocab.SELECTORS)
     ns.update(predicates.BUILTIN_PREDS)
+    # `word_start` names both a predicate and a selector: one object serves as both
+    ns["word_start"] = _WordStart(predicates.word_start.name, predicates.word_start.fn)
     return ns
+
+
+class _WordStart(predicates.Pred):
+    """The ``word_start`` predicate that, called on ``Tokens`` (or a tracer), is the selector."""
+
+    def __call__(self, x: Any) -> Any:  # type: ignore[override]
+        if isinstance(x, str):
+            return bool(self.fn(x))
+        return vocab.word_start(x)
 
 
 @dataclass(frozen=True, eq=False)

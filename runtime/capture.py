@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from headcode.errors import HeadcodeError
 from headcode.runtime.attention import NAME, use_headcode_attention
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.runtime.tokens import Tokens
-from tqdm.auto import tqdm
-
-from headcode.errors import HeadcodeError
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headcode.runtime.tokens import Tokens
-
 from headcode.errors import HeadcodeError
+from headcode.runtime.tokens import Tokens
 
 UNITS = ("sentence", "paragraph")
 SPLIT_SHARES = (("fit", 0.5), ("select", 0.25), ("test", 0.25))

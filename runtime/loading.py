@@ -145,9 +145,10 @@ def _load_hint(spec: str, e: Exception) -> str:
 def load_model(spec: str = DEFAULT_MODEL, dtype: Any = None) -> LoadedModel:
     """Load a decoder-only causal LM with headcode's attention registered and in use."""
     import torch
-    from headcode.runtime.attention import register
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from headcode.runtime.attention import register
 
     where, name = resolve(spec)
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise on the command line

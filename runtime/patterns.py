@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.tokens import Tokens
 
 from headcode.errors import HeadcodeError
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.tokens import Tokens
 
 SPLITS = ("fit", "select", "test")
 FORMAT_VERSION = 1

@@ -1,0 +1,90 @@
+"""``surrogates.safetensors``: a ``SurrogatePlan`` on disk.
+
+Tensors: ``"<head>/tables"`` ``[n_tables, vocab] uint8`` for every head (``[0, vocab]`` for an
+uncompiled head). Metadata (strings): ``format`` = ``headcode-surrogates``, ``format_version``,
+``model``, ``fingerprint`` (the tokenizer's), and ``heads``: JSON of every head's source, IR
+terms with weights and table rows, table names, compiled flag and reasons, plus a sha256 of
+its tables (a flipped byte is caught on load). Written to a temporary name, then
+``os.replace``d, so a crash never leaves a half-written plan under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from headcode.compiler.head import CompiledHead, SurrogatePlan
+from headcode.errors import HeadcodeError
+
+FORMAT = "headcode-surrogates"
+FORMAT_VERSION = "1"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes() + str(a.shape).encode()).hexdigest()
+
+
+def save_plan(plan: SurrogatePlan, path: str | os.PathLike[str]) -> Path:
+    """Write ``plan`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    heads: dict[str, dict] = {}
+    for key, head in plan.heads.items():
+        tables = np.ascontiguousarray(head.tables, dtype=np.uint8)
+        tensors[f"{key}/tables"] = tables
+        heads[key] = dict(head.meta_json(), tables_sha256=_digest(tables))
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": plan.model_id,
+            "fingerprint": plan.fingerprint, "heads": json.dumps(heads)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = None,
+              expected_model: str | None = None) -> SurrogatePlan:
+    """Read a plan; ``HeadcodeError`` (one line) for a missing, non-safetensors, truncated or
+    corrupt file, another format version, or another tokenizer/model than expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadcodeError(f"no surrogate plan at {path}: run `headcode compile DIR` first")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise HeadcodeError(f"{path} is a safetensors file but not a headcode surrogate plan")
+            version = meta.get("format_version")
+            if version != FORMAT_VERSION:
+                raise HeadcodeError(f"{path} has surrogate format version {version}, this headcode reads "
+                                    f"version {FORMAT_VERSION}: recompile with `headcode compile`")
+            model, fp = meta.get("model", ""), meta.get("fingerprint", "")
+            if expected_fingerprint is not None and fp != expected_fingerprint:
+                raise HeadcodeError(f"{path} was compiled for another tokenizer (fingerprint {fp}, "
+                                    f"expected {expected_fingerprint}): recompile for this model")
+            if expected_model is not None and model != expected_model:
+                raise HeadcodeError(f"{path} was compiled for model {model!r}, not {expected_model!r}")
+            heads_meta = json.loads(meta["heads"])
+            heads = {}
+            for key, d in heads_meta.items():
+                tables = f.get_tensor(f"{key}/tables")
+                if _digest(tables) != d["tables_sha256"]:
+                    raise HeadcodeError(f"{path} is corrupt: the tables of head {key} do not match their checksum")
+                heads[key] = CompiledHead.from_meta_json(d, tables)
+    except HeadcodeError:
+        raise
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HeadcodeError(f"cannot read surrogate plan {path}: not a valid or complete safetensors "
+                            f"file ({type(e).__name__}: {msg})") from e
+    return SurrogatePlan(model_id=model, fingerprint=fp, heads=heads)

@@ -1,0 +1,121 @@
+"""The compiler's products: ``Term``, ``CompiledHead`` and ``SurrogatePlan`` (frozen), and their
+JSON form (used by ``export``). Plan keys are head names as text (``"L3.H7"``): the compiler
+does not import the runtime; the runtime converts to ``HeadRef``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from headcode.kernels.program_head.spec import HeadSpec
+
+
+@dataclass(frozen=True)
+class Term:
+    """One lowered selector term: ``weight * kind(params)`` with key/query predicates by name and
+    by row of the head's table stack (-1: none)."""
+
+    kind: str
+    weight: float
+    k: int = 0
+    rate: float = 0.0
+    strict: bool = False
+    key: str | None = None
+    query: str | None = None
+    key_table: int = -1
+    query_table: int = -1
+
+    def describe(self) -> str:
+        parts = [self.kind]
+        if self.kind == "offset":
+            parts.append(f"k={self.k}")
+        if self.kind == "decay":
+            parts.append(f"rate={self.rate:g}")
+        if self.strict:
+            parts.append("strict")
+        if self.key:
+            parts.append(f"key={self.key}")
+        if self.query:
+            parts.append(f"query={self.query}")
+        return f"{self.weight:g}*(" + " ".join(parts) + ")"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Term:
+        return cls(kind=str(d["kind"]), weight=float(d["weight"]), k=int(d.get("k", 0)),
+                   rate=float(d.get("rate", 0.0)), strict=bool(d.get("strict", False)),
+                   key=d.get("key"), query=d.get("query"), key_table=int(d.get("key_table", -1)),
+                   query_table=int(d.get("query_table", -1)))
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledHead:
+    """A head's program lowered for the kernels.
+
+    ``tables [n_tables, vocab] uint8`` (row ``i`` is predicate ``table_names[i]`` over the
+    vocabulary); ``boundary_table`` / ``new_word_table``: the rows used for sentence and word
+    positions (-1 when no term needs them). ``compiled=False``: ``reasons`` say why; ``terms`` is
+    empty and only ``source`` is usable (through the reference path).
+    """
+
+    name: str
+    source: str
+    terms: tuple[Term, ...]
+    table_names: tuple[str, ...]
+    tables: np.ndarray = field(repr=False)
+    fingerprint: str
+    compiled: bool = True
+    reasons: tuple[str, ...] = ()
+    boundary_table: int = -1
+    new_word_table: int = -1
+    model_id: str = ""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tables.shape[1])
+
+    def describe(self) -> str:
+        if not self.compiled:
+            return f"{self.name}: uncompiled ({'; '.join(self.reasons)})"
+        return f"{self.name}: " + (" + ".join(t.describe() for t in self.terms) or "(no terms: first token)")
+
+    @cached_property
+    def spec(self) -> HeadSpec:
+        """The kernel-level arrays (built once per head)."""
+        terms = [dict(kind=t.kind, k=t.k, rate=t.rate, strict=int(t.strict), key_tab=t.key_table,
+                      query_tab=t.query_table, weight=t.weight) for t in self.terms]
+        return HeadSpec.build(terms, self.tables, self.boundary_table, self.new_word_table)
+
+    def meta_json(self) -> dict[str, Any]:
+        """Everything but the tables, as JSON-ready values."""
+        return dict(name=self.name, source=self.source, terms=[t.to_json() for t in self.terms],
+                    table_names=list(self.table_names), fingerprint=self.fingerprint,
+                    compiled=self.compiled, reasons=list(self.reasons), boundary_table=self.boundary_table,
+                    new_word_table=self.new_word_table, model_id=self.model_id, vocab_size=self.vocab_size)
+
+    @classmethod
+    def from_meta_json(cls, d: dict[str, Any], tables: np.ndarray) -> CompiledHead:
+        return cls(name=str(d["name"]), source=str(d["source"]),
+                   terms=tuple(Term.from_json(t) for t in d["terms"]),
+                   table_names=tuple(str(n) for n in d["table_names"]), tables=tables,
+                   fingerprint=str(d["fingerprint"]), compiled=bool(d["compiled"]),
+                   reasons=tuple(str(r) for r in d["reasons"]), boundary_table=int(d["boundary_table"]),
+                   new_word_table=int(d["new_word_table"]), model_id=str(d.get("model_id", "")))
+
+
+@dataclass(frozen=True, eq=False)
+class SurrogatePlan:
+    """Compiled heads of one model: ``heads`` maps ``"L3.H7"`` to its ``CompiledHead``."""
+
+    model_id: str
+    fingerprint: str
+    heads: dict[str, CompiledHead]
+
+    def compiled_heads(self) -> dict[str, CompiledHead]:
+        return {k: h for k, h in self.heads.items() if h.compiled}

@@ -1,0 +1,60 @@
+"""Vocabulary tables: a predicate over every piece of a tokenizer's vocabulary, ``[vocab] bool``.
+
+Evaluating a predicate over a 50k vocabulary costs ~50 ms, so tables are cached per
+(tokenizer fingerprint, predicate name) in a bounded LRU. Predicate names are identities
+(``compiler.predicates``); names with an ``@`` are tied to a live function object (an
+unnamed ``tok`` with a closure) and are never cached, since a later function may reuse the
+address.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from headcode.compiler.predicates import Pred
+
+MAX_CACHED = 4096
+_CACHE: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
+
+
+class TableError(ValueError):
+    """A predicate raised on some vocabulary piece."""
+
+
+def cacheable(pred: Pred) -> bool:
+    return "@" not in pred.name
+
+
+def vocab_table(pred: Pred, pieces: Sequence[str], fingerprint: str) -> np.ndarray:
+    """``[len(pieces)] bool`` (read-only); ``TableError`` if the predicate raises on a piece."""
+    key = (fingerprint, pred.name, len(pieces))
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit
+    try:
+        table = pred.table(pieces)
+    except Exception as e:  # noqa: BLE001 - any failure of user code becomes a compile reason
+        bad = next((p for p in pieces if _raises(pred, p)), None)
+        raise TableError(f"predicate {pred.name} raised {type(e).__name__}: {e} (on piece {bad!r})") from e
+    table.setflags(write=False)
+    if cacheable(pred):
+        _CACHE[key] = table
+        if len(_CACHE) > MAX_CACHED:
+            _CACHE.popitem(last=False)
+    return table
+
+
+def _raises(pred: Pred, piece: str) -> bool:
+    try:
+        pred.fn(piece)
+    except Exception:  # noqa: BLE001 - only used to name the piece that fails
+        return True
+    return False
+
+
+def clear_cache() -> None:
+    _CACHE.clear()

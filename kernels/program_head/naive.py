@@ -1,0 +1,105 @@
+"""Dense torch reference of the program-head op: builds every selector as a ``[B, T, T]``
+matrix, exactly as the definitions read. O(T^2 * D) time, O(T^2) memory: for tests and
+for checking the kernels, never for serving.
+
+``ids [B, T] int64, v [B, T, D] -> out [B, n_q, D]`` (the last ``n_q`` query rows).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head.spec import HeadSpec
+
+
+def _latest(flags: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool -> index of the latest True at or before each position, else -1."""
+    pos = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
+    return torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+
+
+def _one_hot(idx: torch.Tensor, T: int) -> torch.Tensor:
+    """``[B, T]`` key index (or -1) -> ``[B, T, T]`` one-hot rows (zero rows for -1)."""
+    keys = torch.arange(T, device=idx.device)
+    return (idx[:, :, None] == keys[None, None, :]).to(torch.float64)
+
+
+def selector_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Term ``i`` as row-normalised scores ``[B, T, T]`` float64 (key restriction and query gate applied)."""
+    B, T = ids.shape
+    dev = ids.device
+    tables = torch.as_tensor(spec.tables, device=dev).bool()
+    pos = torch.arange(T, device=dev)
+    valid = pos[None, :] >= start[:, None]  # [B, T]: a real token, not left padding
+    causal = (pos[None, :] <= pos[:, None])[None] & valid[:, None, :] & valid[:, :, None]
+    kind = int(spec.kinds[i])
+    if kind == S.OFFSET:
+        j = pos[None, :] - int(spec.ks[i])
+        m = _one_hot(torch.where(j >= start[:, None], j, -1), T)
+    elif kind == S.FIRST:
+        m = _one_hot(start[:, None].expand(B, T), T)
+    elif kind == S.UNIFORM:
+        m = causal.double()
+    elif kind == S.DECAY:
+        d = (pos[:, None] - pos[None, :]).clamp(min=0).double()
+        m = torch.where(causal, float(spec.rates[i]) ** d, torch.zeros((), dtype=torch.float64, device=dev))
+    elif kind == S.SAME_TOKEN:
+        m = (causal & (ids[:, :, None] == ids[:, None, :])).double()
+    elif kind in (S.SENTENCE, S.SENTENCE_START):
+        after_boundary = torch.zeros_like(valid)
+        after_boundary[:, 1:] = tables[spec.boundary_tab][ids[:, :-1]]
+        begin = valid & ((pos[None, :] == start[:, None]) | after_boundary)
+        if kind == S.SENTENCE_START:
+            m = _one_hot(_latest(begin), T)
+        else:
+            sent = torch.cumsum(begin.long(), dim=1)
+            m = (causal & (sent[:, :, None] == sent[:, None, :])).double()
+    elif kind == S.WORD_START:
+        begin = valid & ((pos[None, :] == start[:, None]) | tables[spec.new_word_tab][ids])
+        m = _one_hot(_latest(begin), T)
+    elif kind == S.MOST_RECENT:
+        flags = valid & tables[spec.key_tab[i]][ids]
+        idx = _latest(flags)
+        if spec.strict[i]:
+            idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
+        m = _one_hot(idx, T)
+    elif kind == S.INDUCTION:
+        same = causal & (ids[:, :, None] == ids[:, None, :]) & (pos[None, :] < pos[:, None])[None]
+        prev = torch.where(same, pos[None, None, :].expand(B, T, T), -1).max(dim=2).values
+        m = _one_hot(torch.where(prev >= 0, prev + 1, -1), T)
+    else:
+        raise ValueError(f"unknown kind code {kind}")
+    m = m * causal
+    if spec.key_tab[i] >= 0:
+        m = m * tables[spec.key_tab[i]][ids][:, None, :]
+    if spec.query_tab[i] >= 0:
+        m = m * tables[spec.query_tab[i]][ids][:, :, None]
+    tot = m.sum(-1, keepdim=True)
+    return torch.where(tot > 0, m / tot.clamp(min=1e-300), torch.zeros_like(m))
+
+
+def program_head_naive(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
+                       n_q: int | None = None) -> torch.Tensor:
+    """``ids [B, T] int64, v [B, T, D], start [B] int64 | None -> out [B, n_q, D]`` (v's dtype).
+
+    ``attention_from_scores(sum_i w_i S_i) @ V`` with the empty-row rule, rows before ``start``
+    zero. Float64 throughout.
+    """
+    B, T = ids.shape
+    start_t = torch.zeros(B, dtype=torch.long, device=ids.device) if start is None else start.to(ids.device).long()
+    nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), int(ids.min()) if ids.numel() else 0,
+                        int(ids.max()) if ids.numel() else 0, start_t.cpu().numpy(), n_q)
+    scores = torch.zeros(B, T, T, dtype=torch.float64, device=ids.device)
+    for i in range(spec.n_terms):
+        scores += float(spec.weights[i]) * selector_matrix(spec, i, ids, start_t)
+    tot = scores.sum(-1, keepdim=True)
+    attn = torch.where(tot > 0, scores / tot.clamp(min=1e-300), torch.zeros_like(scores))
+    empty = tot[..., 0] <= 0
+    attn[empty] = 0.0
+    b_idx, q_idx = torch.nonzero(empty, as_tuple=True)
+    attn[b_idx, q_idx, start_t[b_idx]] = 1.0
+    pos = torch.arange(T, device=ids.device)
+    attn = attn * (pos[None, :] >= start_t[:, None])[:, :, None]  # padding rows -> zero output
+    out = attn @ v.double()
+    return out[:, T - nq:].to(v.dtype)

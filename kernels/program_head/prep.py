@@ -1,0 +1,117 @@
+"""Integer preparation for the GPU path, in torch: per-term key indices and scan inputs.
+
+Everything here is O(T) integer work per row (cummax, one stable sort); the O(T * D) value
+work is left to the Triton kernels. ``ids [B, T] int64, start [B] int64``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head.spec import HeadSpec
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """Inputs of one scan term: ``rows [B, T]`` (the order to sweep, as row indices into V),
+    ``mask [B, T]`` (which swept rows are keys), ``begin [B, T]`` (a segment starts: sum resets),
+    ``rate`` (decay per step; 1.0 = plain running sum)."""
+
+    rows: torch.Tensor
+    mask: torch.Tensor
+    begin: torch.Tensor
+    rate: float
+
+
+def latest(flags: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool -> index of the latest True at or before each position, else -1."""
+    pos = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
+    return torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+
+
+class Prep:
+    """Shared per-call integer features, computed lazily once for all terms of a head."""
+
+    def __init__(self, spec: HeadSpec, ids: torch.Tensor, start: torch.Tensor):
+        self.spec, self.ids, self.start = spec, ids, start
+        B, T = ids.shape
+        self.pos = torch.arange(T, device=ids.device).expand(B, T)
+        self.valid = self.pos >= start[:, None]
+        self.tables = torch.as_tensor(spec.tables, device=ids.device).bool()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def table(self, row: int) -> torch.Tensor:
+        """``[B, T]`` bool: table ``row`` at each token (all True for row -1)."""
+        if row < 0:
+            return torch.ones_like(self.valid)
+        return self.tables[row][self.ids]
+
+    def sentence_begin(self) -> torch.Tensor:
+        if "sb" not in self._cache:
+            after = torch.zeros_like(self.valid)
+            after[:, 1:] = self.table(self.spec.boundary_tab)[:, :-1]
+            self._cache["sb"] = self.valid & ((self.pos == self.start[:, None]) | after)
+        return self._cache["sb"]
+
+    def word_begin(self) -> torch.Tensor:
+        if "wb" not in self._cache:
+            nw = self.table(self.spec.new_word_tab)
+            self._cache["wb"] = self.valid & ((self.pos == self.start[:, None]) | nw)
+        return self._cache["wb"]
+
+    def occurrences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stable sort by token (padding grouped apart): ``perm``, ``group_begin`` (in sorted
+        order) and ``prev [B, T]`` (the previous occurrence of each position's token, or -1)."""
+        if "perm" not in self._cache:
+            key = torch.where(self.valid, self.ids, torch.full_like(self.ids, -1))
+            skey, perm = torch.sort(key, dim=1, stable=True)
+            gb = torch.ones_like(self.valid)
+            gb[:, 1:] = skey[:, 1:] != skey[:, :-1]
+            prev_sorted = torch.cat([torch.full_like(perm[:, :1], -1), perm[:, :-1]], dim=1)
+            prev_sorted = torch.where(gb, torch.full_like(perm, -1), prev_sorted)
+            prev = torch.empty_like(perm).scatter_(1, perm, prev_sorted)
+            self._cache.update(perm=perm, gb=gb, prev=prev)
+        return self._cache["perm"], self._cache["gb"], self._cache["prev"]
+
+    def gather_index(self, i: int) -> torch.Tensor:
+        """Term ``i`` (a one-key kind): ``[B, T]`` index of its key, -1 for an empty row."""
+        sp, kind = self.spec, int(self.spec.kinds[i])
+        if kind == S.OFFSET:
+            idx = self.pos - int(sp.ks[i])
+        elif kind == S.FIRST:
+            idx = self.start[:, None].expand_as(self.pos)
+        elif kind == S.SENTENCE_START:
+            idx = latest(self.sentence_begin())
+        elif kind == S.WORD_START:
+            idx = latest(self.word_begin())
+        elif kind == S.MOST_RECENT:
+            idx = latest(self.valid & self.table(int(sp.key_tab[i])))
+            if sp.strict[i]:
+                idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
+        elif kind == S.INDUCTION:
+            prev = self.occurrences()[2]
+            idx = torch.where(prev >= 0, prev + 1, prev)
+        else:
+            raise ValueError(f"kind code {kind} is not a one-key kind")
+        ok = (idx >= self.start[:, None]) & self.valid
+        keys_ok = self.table(int(sp.key_tab[i])).gather(1, idx.clamp(min=0))
+        return torch.where(ok & keys_ok, idx, torch.full_like(idx, -1))
+
+    def scan_input(self, i: int) -> ScanInput:
+        """Term ``i`` (a running-sum kind) as a segmented, decayed scan over some row order."""
+        sp, kind = self.spec, int(self.spec.kinds[i])
+        keys = self.valid & self.table(int(sp.key_tab[i]))
+        none = torch.zeros_like(self.valid)
+        if kind == S.UNIFORM:
+            return ScanInput(self.pos, keys, none, 1.0)
+        if kind == S.DECAY:
+            return ScanInput(self.pos, keys, none, float(sp.rates[i]))
+        if kind == S.SENTENCE:
+            return ScanInput(self.pos, keys, self.sentence_begin(), 1.0)
+        if kind == S.SAME_TOKEN:
+            perm, gb, _ = self.occurrences()
+            return ScanInput(perm, keys.gather(1, perm), gb, 1.0)
+        raise ValueError(f"kind code {kind} is not a running-sum kind")

@@ -1,0 +1,123 @@
+"""The program-head op: Numba and Triton kernels against the dense torch reference, one
+selector kind at a time (with and without key restriction and query gate), on batches with
+left padding, query windows and several Triton chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from headcode.kernels.program_head.naive import program_head_naive
+from headcode.kernels.program_head.numba_cpu import program_head_numba
+from headcode.kernels.program_head.spec import KIND_CODES, HeadSpec
+from headcode.kernels.program_head.triton_gpu import program_head_triton
+
+VOCAB_N = 23
+KERNELS = {"numba": program_head_numba, "triton": program_head_triton}
+
+
+def _tables(seed: int = 0) -> np.ndarray:
+    """Rows: 0 key predicate, 1 query predicate, 2 boundary, 3 new word."""
+    rng = np.random.default_rng(seed)
+    return (rng.random((4, VOCAB_N)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
+
+
+def _spec(terms: list[dict], seed: int = 0) -> HeadSpec:
+    return HeadSpec.build(terms, _tables(seed), boundary_tab=2, new_word_tab=3)
+
+
+def _batch(seed: int, B: int = 3, T: int = 70, D: int = 12):
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(rng.integers(0, 6, (B, T)) * rng.integers(1, 4, (B, T)) % VOCAB_N)  # many repeats
+    v = torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed))
+    start = torch.tensor([0, 17, T - 1][:B])
+    return ids, v, start
+
+
+TERM_CASES = [
+    dict(kind=k, k=kk, rate=0.6, strict=st, key_tab=kt, query_tab=qt, weight=0.7)
+    for k in KIND_CODES
+    for kk in ((0, 3) if k == "offset" else (0,))
+    for st in ((0, 1) if k == "most_recent" else (0,))
+    for kt in ((0,) if k == "most_recent" else (-1, 0))
+    for qt in (-1, 1)
+]
+
+
+def _id(t: dict) -> str:
+    return f"{t['kind']}-k{t['k']}-s{t['strict']}-key{t['key_tab']}-q{t['query_tab']}"
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("term", TERM_CASES, ids=[_id(t) for t in TERM_CASES])
+def test_one_kind_matches_reference(kernel, term):
+    spec = _spec([term])
+    ids, v, start = _batch(3)
+    ref = program_head_naive(spec, ids, v, start)
+    out = KERNELS[kernel](spec, ids, v, start)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    win = KERNELS[kernel](spec, ids, v, start, n_q=4)
+    torch.testing.assert_close(win, ref[:, -4:], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_mix_of_all_kinds_no_start(kernel):
+    terms = [dict(kind=k, k=2, rate=0.9, strict=1, key_tab=0 if k == "most_recent" else -1, weight=w)
+             for k, w in zip(KIND_CODES, np.linspace(0.1, 1.0, len(KIND_CODES)))]
+    spec = _spec(terms, seed=4)
+    ids, v, _ = _batch(5, B=2, T=100, D=20)
+    torch.testing.assert_close(KERNELS[kernel](spec, ids, v), program_head_naive(spec, ids, v), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_empty_rows_go_to_the_first_real_token(kernel):
+    # the only term is gated on a query predicate: rows whose token fails it are empty -> V[start]
+    spec = _spec([dict(kind="offset", k=1, query_tab=1, key_tab=0)])
+    ids, v, start = _batch(9)
+    out = KERNELS[kernel](spec, ids, v, start)
+    gate = torch.from_numpy(_tables()[1].astype(bool))[ids]
+    for b in range(ids.shape[0]):
+        s = int(start[b])
+        empty = ~gate[b, s:]
+        assert empty.any()
+        torch.testing.assert_close(out[b, s:][empty], v[b, s].expand(int(empty.sum()), -1), atol=0, rtol=0)
+
+
+def test_no_terms_means_first_token_everywhere():
+    spec = HeadSpec.build([], np.zeros((0, VOCAB_N), np.uint8))
+    ids, v, start = _batch(2)
+    for fn in (program_head_naive, *KERNELS.values()):
+        out = fn(spec, ids, v, start)
+        for b in range(3):
+            s = int(start[b])
+            torch.testing.assert_close(out[b, s:], v[b, s].expand(70 - s, -1))
+            assert torch.all(out[b, :s] == 0)
+
+
+def test_numba_dtypes_and_parallel_rows_agree():
+    spec = _spec([dict(kind="decay", rate=0.8, key_tab=0), dict(kind="same_token", weight=0.3),
+                  dict(kind="induction", weight=0.5)])
+    ids, v, start = _batch(11, B=3)
+    ref = program_head_naive(spec, ids, v.double(), start)
+    torch.testing.assert_close(program_head_numba(spec, ids, v.double(), start), ref, atol=1e-12, rtol=0)
+    serial = program_head_numba(spec, ids, v, start, parallel=False)
+    torch.testing.assert_close(program_head_numba(spec, ids, v, start, parallel=True), serial, atol=0, rtol=0)
+    half = program_head_numba(spec, ids, v.bfloat16(), start)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), ref.float(), atol=3e-2, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["naive", *KERNELS])
+def test_bad_inputs_are_refused(kernel):
+    fn = program_head_naive if kernel == "naive" else KERNELS[kernel]
+    spec = _spec([dict(kind="uniform", key_tab=0)])
+    ids, v, start = _batch(1)
+    with pytest.raises(ValueError, match="token ids"):
+        fn(spec, ids + VOCAB_N, v, start)
+    with pytest.raises(ValueError, match="start"):
+        fn(spec, ids, v, torch.tensor([0, 70, 1]))
+    with pytest.raises(ValueError, match="n_q"):
+        fn(spec, ids, v, start, n_q=71)
+    with pytest.raises(ValueError, match=r"ids \[B, T\]"):
+        fn(spec, ids, v[:, :5], start)
