@@ -1,0 +1,91 @@
+"""Explain heads: propose (backend), rank on held-out text, build the library; resumable.
+
+``explain_heads`` saves each head's result to ``state_dir/L3.H7.json`` as soon as it is
+ranked, and skips heads whose state is already there, so an interrupted run restarted with
+the same state directory continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.patterns import HeadPatterns
+from headcode.synth.backend import Backend, Candidate, Rejected
+from headcode.synth.library import build_library
+from headcode.synth.ranking import rank_head, score_source
+
+STATE_VERSION = 1
+
+
+def _save_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, backend: str) -> Candidate | None:
+    """The saved result of one head, or ``None`` (no file); an incompatible file is an error."""
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise HeadcodeError(f"cannot read {path} ({e}); delete it to redo that head") from e
+    if d.get("version") != STATE_VERSION or d.get("backend") != backend:
+        raise HeadcodeError(f"{path} was written by backend {d.get('backend')!r} (state version "
+                            f"{d.get('version')}); use another --out or delete {path.parent}")
+    return Candidate(**d["chosen"])
+
+
+def explain_heads(
+    patterns: HeadPatterns,
+    backend: Backend,
+    heads: Sequence[HeadRef] | None = None,
+    state_dir: str | Path | None = None,
+    max_programs: int = 1000,
+    progress: bool = True,
+) -> dict[str, Candidate]:
+    """``{"L3.H7": Candidate}`` with fit/select/test scores for every head that could be explained."""
+    heads = tuple(heads) if heads is not None else patterns.heads
+    missing = [h for h in heads if h not in patterns.index]
+    if missing:
+        raise HeadcodeError(f"no captured attention for heads {', '.join(map(str, missing[:5]))}")
+    state = Path(state_dir) if state_dir is not None else None
+    results: dict[str, Candidate] = {}
+    todo = []
+    for h in heads:
+        c = load_state(state / f"{h}.json", backend.name) if state else None
+        if c is None:
+            todo.append(h)
+        else:
+            results[str(h)] = c
+    backend.prepare(patterns, heads)
+    failed: dict[str, str] = {}
+    for h in tqdm(todo, desc=f"explain ({backend.name})", unit="head", disable=not progress):
+        try:
+            chosen, scored = rank_head(backend, patterns, h)
+        except Rejected as e:
+            failed[str(h)] = str(e)
+            continue
+        results[str(h)] = chosen
+        if state:
+            _save_json(state / f"{h}.json", {
+                "version": STATE_VERSION, "backend": backend.name, "chosen": asdict(chosen),
+                "alternatives": [{"program": c.program, "iou": c.iou} for c in scored]})
+    if failed:
+        print(f"headcode: {len(failed)} heads got no program: " +
+              "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
+
+    def score(head: str, source: str, splits: Sequence[str]) -> Candidate:
+        return score_source(backend, patterns, HeadRef.parse(head), source, splits)
+
+    return build_library(results, score, max_programs=max_programs)

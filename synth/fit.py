@@ -1,0 +1,161 @@
+"""Numerical core of the offline search: mixtures of dictionary terms fitted to attention rows.
+
+Rows are packed lower-triangle entries (row ``q`` holds keys ``0..q``, contiguous), so a set
+of rows is a flat vector plus the index of each row's first entry (``starts``). A mixture's
+pattern on a row is ``normalise(sum_i w_i S_i)``; an empty row goes to key 0 (the
+framework's rule), so the scores here equal the scores of the program as written.
+
+- :func:`greedy_path`: forward selection by non-negative least squares in Gram form
+  (Lawson-Hanson's first steps: add the term with the largest gradient, refit NNLS).
+- :func:`rows_iou`: weighted mean IoU of a mixture on a stack of rows.
+- :func:`refine_iou`: ascent on the IoU itself for a fixed small support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import nnls
+
+
+@dataclass(frozen=True, eq=False)
+class RowStack:
+    """Rows of one query class over some texts: basis ``matrix [n, K]`` (CSC) and targets' layout.
+
+    ``starts [R]``: each row's first entry; ``omega [R]``: row weights (``1 / (T * n_texts)``,
+    so a weighted sum of row IoUs is the mean over rows, then texts); ``gather``: per text,
+    ``(text index, entry indices in its packed triangle)`` in stacking order.
+    """
+
+    matrix: sp.csc_matrix
+    starts: np.ndarray
+    omega: np.ndarray
+    gather: tuple[tuple[int, np.ndarray], ...]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.starts.shape[0])
+
+    def targets(self, packed: tuple[np.ndarray, ...], h: int) -> np.ndarray:
+        """The captured attention of head index ``h`` on these rows (flat, float32)."""
+        if not self.gather:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([packed[i][h, ent] for i, ent in self.gather])
+
+
+def _nnls_gram(G: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``argmin_{w>=0} 0.5 w'Gw - b'w`` for a small positive semi-definite ``G`` (may be singular)."""
+    n = G.shape[0]
+    lam, V = np.linalg.eigh(0.5 * (G + G.T))
+    floor = 1e-9 * max(float(lam.max(initial=0.0)), 1e-12)
+    lam = np.maximum(lam, floor)
+    M = np.sqrt(lam)[:, None] * V.T          # G ~= M'M
+    y = (V.T @ b) / np.sqrt(lam)             # M'y = b
+    w, _ = nnls(M, y, maxiter=50 * n + 100)
+    return w
+
+
+def greedy_path(G: np.ndarray, b: np.ndarray, max_terms: int) -> list[np.ndarray]:
+    """Weight vectors ``[K]`` with 1, 2, ... ``max_terms`` active terms (fewer if none helps)."""
+    K = G.shape[0]
+    w = np.zeros(K)
+    active: list[int] = []
+    path: list[np.ndarray] = []
+    for _ in range(max_terms):
+        grad = b - G @ w
+        grad[active] = -np.inf
+        j = int(np.argmax(grad))
+        if not np.isfinite(grad[j]) or grad[j] <= 1e-12 * max(1.0, float(np.abs(b).max())):
+            break
+        active.append(j)
+        wa = _nnls_gram(G[np.ix_(active, active)], b[active])
+        w = np.zeros(K)
+        w[active] = wa
+        active = [a for a in active if w[a] > 0]
+        if path and np.count_nonzero(w) <= np.count_nonzero(path[-1]):
+            path[-1] = w  # a term was swapped, not added
+        else:
+            path.append(w)
+    return path
+
+
+def mixture_rows(stack: RowStack, w: np.ndarray) -> np.ndarray:
+    """The mixture's normalised pattern on the stacked rows (flat, float64)."""
+    S = np.flatnonzero(w)
+    if stack.n_rows == 0:
+        return np.zeros(0)
+    p = (stack.matrix[:, S] @ w[S]) if S.size else np.zeros(stack.matrix.shape[0])
+    p = np.asarray(p, dtype=np.float64).ravel()
+    s = np.add.reduceat(p, stack.starts)
+    lengths = np.diff(np.append(stack.starts, p.shape[0]))
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    p = p * np.repeat(inv, lengths)
+    p[stack.starts[s <= 0]] = 1.0
+    return p
+
+
+def rows_iou(stack: RowStack, a: np.ndarray, w: np.ndarray) -> float:
+    """``sum_r omega_r * IoU_r`` of the mixture ``w`` against targets ``a`` on the stack."""
+    if stack.n_rows == 0:
+        return 0.0
+    p = mixture_rows(stack, w)
+    lo = np.add.reduceat(np.minimum(p, a), stack.starts)
+    hi = np.add.reduceat(np.maximum(p, a), stack.starts)
+    r = np.divide(lo, hi, out=np.ones_like(lo), where=hi > 0)
+    return float(stack.omega @ r)
+
+
+def refine_iou(stack: RowStack, a: np.ndarray, w0: np.ndarray, max_iter: int = 30) -> np.ndarray:
+    """Re-weight the support of ``w0`` to maximise the weighted IoU on ``stack``."""
+    S = np.flatnonzero(w0)
+    if S.size < 2 or stack.n_rows == 0:
+        return w0
+    B = np.asarray(stack.matrix[:, S].toarray(), dtype=np.float64)  # [n, k], k small
+    starts, omega = stack.starts, stack.omega
+    lengths = np.diff(np.append(starts, B.shape[0]))
+    rowsum = np.add.reduceat(B, starts, axis=0)  # [R, k]: 1 where the term's row is non-empty
+    a = np.asarray(a, dtype=np.float64)
+    a_tot = np.add.reduceat(a, starts)
+
+    def f(x: np.ndarray) -> tuple[float, np.ndarray]:
+        s = rowsum @ x
+        ok = s > 1e-12
+        inv = np.divide(1.0, s, out=np.zeros_like(s), where=ok)
+        p = (B @ x) * np.repeat(inv, lengths)
+        p[starts[~ok]] = 1.0
+        below = p < a
+        pb = np.where(below, p, 0.0)
+        lo = np.add.reduceat(np.where(below, p, a), starts)
+        hi = np.maximum(a_tot + np.add.reduceat(p, starts) - lo, 1e-12)
+        val = lo / hi
+        # d IoU / d lo = (1 + IoU) / hi;  d lo / d x = (sum_j [p<a] B_j - (sum_j [p<a] p_j) rowsum) / s
+        g_rows = (1.0 + val) / hi * omega * inv
+        grad = (np.repeat(g_rows, lengths) * below) @ B - (g_rows * np.add.reduceat(pb, starts)) @ rowsum
+        return float(omega @ val), grad
+
+    # exponentiated-gradient ascent on the simplex (the pattern is scale-free), with step halving
+    x = w0[S] / w0[S].sum()
+    val, grad = f(x)
+    step = 1.0
+    for _ in range(max_iter):
+        g = grad - float(x @ grad)
+        y = x * np.exp(np.clip(step * g / max(float(np.abs(g).max()), 1e-12), -30, 30))
+        y /= y.sum()
+        v2, g2 = f(y)
+        if v2 > val:
+            x, val, grad = y, v2, g2
+            step *= 1.5
+        else:
+            step *= 0.5
+            if step < 1e-3:
+                break
+    w = np.zeros_like(w0)
+    w[S] = x
+    return w
+
+
+def normalised(w: np.ndarray) -> np.ndarray:
+    s = w.sum()
+    return w / s if s > 0 else w

@@ -1,0 +1,142 @@
+"""The language-model backend: any OpenAI-compatible endpoint writes the programs.
+
+For each head: prompt with the vocabulary and the head's summary (fit texts only), parse
+the code blocks of the reply, run every program in the sandbox, then for a bounded number
+of rounds show the model its best program and the rows where it is furthest off, and ask
+for better ones. The programs are untrusted: they only ever run in ``synth.sandbox``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from headcode.compiler.vocab import attention_from_scores
+from headcode.errors import HeadcodeError
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.patterns import HeadPatterns
+from headcode.synth import prompts
+from headcode.synth.backend import Rejected
+from headcode.synth.sandbox import Limits, run_programs
+from headcode.synth.scores import iou
+from headcode.synth.summary import summarise
+
+FALLBACKS = ("def attend(t):\n    return first(t)\n", "def attend(t):\n    return previous(t, 1)\n")
+
+
+@dataclass
+class LLMOptions:
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    programs_per_reply: int = 3
+    rounds: int = 2                # feedback rounds after the first reply
+    temperature: float = 0.7
+    max_fit_texts: int = 40        # fit texts the candidates are run on while writing
+    timeout_s: float = 120.0
+    limits: Limits = Limits()
+    workers: int = 2
+
+
+class OpenAIBackend:
+    """Programs written by a language model behind an OpenAI-compatible API."""
+
+    name = "openai"
+
+    def __init__(self, options: LLMOptions | None = None, progress: bool = True):
+        import openai
+
+        self.options = options or LLMOptions()
+        key = os.environ.get("OPENAI_API_KEY") or "sk-no-key-local-server"
+        self._openai = openai
+        self.client = openai.OpenAI(base_url=self.options.base_url, api_key=key,
+                                    timeout=self.options.timeout_s, max_retries=1)
+        self._cache: dict[tuple[str, int], np.ndarray | str] = {}
+        self.log: list[dict] = []  # (head, round, prompt, reply) for inspection
+
+    def prepare(self, patterns: HeadPatterns, heads: Sequence[HeadRef]) -> None:
+        self.patterns = patterns
+
+    # the endpoint ---------------------------------------------------------------------------
+    def _ask(self, messages: list[dict]) -> str:
+        o, url = self._openai, self.options.base_url or "https://api.openai.com/v1"
+        try:
+            r = self.client.chat.completions.create(model=self.options.model, messages=messages,
+                                                    temperature=self.options.temperature)
+        except o.APIConnectionError as e:
+            raise HeadcodeError(f"cannot reach the OpenAI-compatible endpoint at {url} ({e}); start the "
+                                "server, fix --base-url, or use --backend offline") from e
+        except o.AuthenticationError as e:
+            raise HeadcodeError(f"the endpoint at {url} refused the API key: set OPENAI_API_KEY") from e
+        except o.NotFoundError as e:
+            raise HeadcodeError(f"the endpoint at {url} has no model {self.options.model!r}: "
+                                "pass --model with one it serves") from e
+        except o.APIStatusError as e:
+            raise HeadcodeError(f"the endpoint at {url} answered HTTP {e.status_code}: "
+                                f"{str(e)[:200]}") from e
+        if not r.choices:
+            return ""
+        return r.choices[0].message.content or ""
+
+    # running programs -------------------------------------------------------------------------
+    def _run(self, sources: Sequence[str], texts: Sequence[int]) -> None:
+        todo = [s for s in dict.fromkeys(sources) if any((s, i) not in self._cache for i in texts)]
+        if not todo:
+            return
+        toks = [self.patterns.tokens[i] for i in texts]
+        results = run_programs(todo, toks, self.options.limits, workers=self.options.workers)
+        for src, res in zip(todo, results):
+            for j, i in enumerate(texts):
+                self._cache[(src, i)] = (attention_from_scores(res.scores[j]).astype(np.float32)
+                                         if res.ok else res.reason)
+
+    def attention(self, source: str, texts: Sequence[int]) -> list[np.ndarray]:
+        self._run([source], texts)
+        out = []
+        for i in texts:
+            v = self._cache[(source, i)]
+            if isinstance(v, str):
+                raise Rejected(v)
+            out.append(v)
+        return out
+
+    def _fit_iou(self, source: str, fit: Sequence[int], head: HeadRef) -> float:
+        vals = []
+        for i in fit:
+            v = self._cache[(source, i)]
+            if isinstance(v, str):
+                return -1.0
+            vals.append(iou(v, self.patterns.attention(i, head)))
+        return float(np.mean(vals))
+
+    # writing programs ---------------------------------------------------------------------------
+    def propose(self, patterns: HeadPatterns, head: HeadRef) -> list[str]:
+        self.patterns = patterns
+        self._cache.clear()
+        o = self.options
+        fit = patterns.texts("fit")[:o.max_fit_texts]
+        messages = [{"role": "system", "content": prompts.SYSTEM},
+                    {"role": "user", "content": prompts.first_prompt(summarise(patterns, head),
+                                                                     o.programs_per_reply)}]
+        sources: list[str] = list(FALLBACKS)
+        for rnd in range(o.rounds + 1):
+            reply = self._ask(messages)
+            self.log.append({"head": str(head), "round": rnd, "prompt": messages[-1]["content"],
+                             "reply": reply})
+            new = [s for s in prompts.code_blocks(reply) if s not in sources]
+            sources += new
+            self._run(sources, fit)
+            scored = sorted(((self._fit_iou(s, fit, head), s) for s in sources), key=lambda x: -x[0])
+            if rnd == o.rounds or scored[0][0] < 0:
+                break
+            best_iou, best = scored[0]
+            att = self.attention(best, fit)
+            worst = prompts.worst_rows([patterns.tokens[i] for i in fit],
+                                       [patterns.attention(i, head) for i in fit], att)
+            messages += [{"role": "assistant", "content": reply},
+                         {"role": "user", "content": prompts.feedback_prompt(best, best_iou, worst,
+                                                                             o.programs_per_reply)}]
+        ok = [s for s in sources if self._fit_iou(s, fit, head) >= 0]
+        return sorted(ok, key=lambda s: -self._fit_iou(s, fit, head))

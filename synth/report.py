@@ -1,0 +1,147 @@
+"""Reports of an explain run: programs, ``report.json``, ``report.md`` and plots.
+
+``DIR/programs/L<l>.H<h>.py``  the chosen program with its scores in a header comment
+``DIR/report.json``            ``{"model", "corpus", "unit", "heads": [...], "summary": {...}}``
+``DIR/report.md``              a readable table
+``DIR/plots/``                 true vs program heatmaps (best and worst heads), test IoU histogram
+
+Every file is written to a temporary name, then moved into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headcode.synth.backend import Candidate
+
+IOU_GOOD = 0.75
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _f(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+def report_dict(model: str, corpus: str, unit: str, results: dict[str, Candidate]) -> dict[str, Any]:
+    heads = []
+    for h in sorted(results, key=_head_key):
+        c = results[h]
+        heads.append({
+            "head": h, "program": c.program,
+            "iou": {s: _f(c.iou.get(s)) for s in ("fit", "select", "test")},
+            "output_error": {"test": _f(c.output_error.get("test"))},
+            "jsd": {"test": _f(c.jsd.get("test"))},
+        })
+    test = [c.iou["test"] for c in results.values() if "test" in c.iou]
+    summary = {
+        "mean_iou_test": _f(np.mean(test)) if test else None,
+        "share_iou_test_over_0.75": _f(np.mean([x > IOU_GOOD for x in test])) if test else None,
+        "n_programs": len({c.source for c in results.values()}),
+    }
+    return {"model": model, "corpus": corpus, "unit": unit, "heads": heads, "summary": summary}
+
+
+def _head_key(h: str) -> tuple[int, int]:
+    layer, head = h[1:].split(".H")
+    return int(layer), int(head)
+
+
+def program_file(c: Candidate) -> str:
+    lines = [f"# head {c.head}: program {c.program}"]
+    lines.append("# IoU " + ", ".join(f"{s} {c.iou[s]:.3f}" for s in ("fit", "select", "test") if s in c.iou))
+    if "test" in c.output_error:
+        lines.append(f"# test output error {c.output_error['test']:.3f}, test JSD {c.jsd.get('test', float('nan')):.3f}")
+    return "\n".join(lines) + "\n\n" + c.source
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    s = rep["summary"]
+    out = [f"# headcode explain: {rep['model']} on {rep['corpus']} ({rep['unit']})", ""]
+    if s["mean_iou_test"] is not None:
+        out += [f"- mean test IoU: **{s['mean_iou_test']:.3f}**",
+                f"- heads with test IoU > {IOU_GOOD}: {100 * s['share_iou_test_over_0.75']:.0f}%"]
+    out += [f"- distinct programs: {s['n_programs']}", "",
+            "| head | program | IoU fit | IoU select | IoU test | output error (test) | JSD (test) |",
+            "|---|---|---|---|---|---|---|"]
+
+    def g(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    for h in rep["heads"]:
+        out.append(f"| {h['head']} | [{h['program']}](programs/{h['head']}.py) | {g(h['iou']['fit'])} | "
+                   f"{g(h['iou']['select'])} | {g(h['iou']['test'])} | {g(h['output_error']['test'])} | "
+                   f"{g(h['jsd']['test'])} |")
+    return "\n".join(out) + "\n"
+
+
+def _savefig(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def plots(out: Path, results: dict[str, Candidate],
+          example: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None, n_each: int = 3) -> list[Path]:
+    """Histogram of test IoU and, when ``example`` gives ``(true, program)`` for a head and its
+    source on a test text, heatmaps for the best and worst heads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    test = [c.iou["test"] for c in results.values() if "test" in c.iou]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(test, bins=20, range=(0, 1))
+    ax.set_xlabel("test IoU")
+    ax.set_ylabel("heads")
+    fig.tight_layout()
+    _savefig(fig, out / "plots" / "iou_test_hist.png")
+    plt.close(fig)
+    written.append(out / "plots" / "iou_test_hist.png")
+    if example is None:
+        return written
+    ranked = sorted((c for c in results.values() if "test" in c.iou), key=lambda c: c.iou["test"])
+    picks: Sequence[tuple[str, Candidate]] = [("worst", c) for c in ranked[:n_each]] + \
+        [("best", c) for c in ranked[::-1][:n_each]]
+    for tag, c in picks:
+        true, prog = example(c.head, c.source)
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+        for ax, m, title in zip(axes, (true, prog), ("true", "program")):
+            ax.imshow(m, cmap="viridis", vmin=0, vmax=max(float(true.max()), 1e-6))
+            ax.set_title(f"{c.head} {title}")
+            ax.set_xlabel("key")
+            ax.set_ylabel("query")
+        fig.suptitle(f"{tag}: test IoU {c.iou['test']:.3f}")
+        fig.tight_layout()
+        path = out / "plots" / f"{tag}_{c.head}.png"
+        _savefig(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(out: Path, model: str, corpus: str, unit: str, results: dict[str, Candidate],
+                 example: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Write programs, report.json, report.md and plots under ``out``; returns the report dict."""
+    out = Path(out)
+    for h, c in results.items():
+        write_text(out / "programs" / f"{h}.py", program_file(c))
+    rep = report_dict(model, corpus, unit, results)
+    write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
+    write_text(out / "report.md", markdown(rep))
+    plots(out, results, example)
+    return rep

@@ -1,0 +1,68 @@
+import numpy as np
+
+from headcode.compiler.program import Program
+from headcode.runtime.patterns import HeadPatterns
+from headcode.synth.fit import RowStack, greedy_path, rows_iou
+from headcode.synth.offline import OfflineBackend
+from headcode.synth.ranking import rank_head
+
+
+def test_offline_recovers_planted_programs(planted):
+    b = OfflineBackend(progress=False)
+    b.prepare(planted, planted.heads)
+    for h in planted.heads:
+        best, _ = rank_head(b, planted, h)
+        assert best.iou["test"] > 0.99, (h, best.source)
+        assert best.output_error["test"] < 1e-3
+        # the written program, run by the reference, gives the attention the search scored
+        prog = Program.from_source(best.source)
+        i = planted.texts("test")[0]
+        np.testing.assert_allclose(prog.attention(planted.tokens[i]), b.attention(best.source, [i])[0],
+                                   atol=1e-5)
+        assert prog.trace() is not None  # only selectors: compilable
+
+
+def test_source_is_deterministic_and_readable(planted):
+    srcs = []
+    for _ in range(2):
+        b = OfflineBackend(progress=False)
+        b.prepare(planted, planted.heads)
+        srcs.append([rank_head(b, planted, h)[0].source for h in planted.heads])
+    assert srcs[0] == srcs[1]
+    assert srcs[0][0] == "def attend(t):\n    return 0.7 * previous(t, 1) + 0.3 * first(t)\n"
+
+
+def test_test_split_is_never_used_for_writing_or_choosing(planted):
+    b = OfflineBackend(progress=False)
+    b.prepare(planted, planted.heads)
+    before = {h: rank_head(b, planted, h)[0] for h in planted.heads}
+    rng = np.random.default_rng(1)
+    poisoned = tuple(rng.random(p.shape).astype(np.float32) if s == "test" else p
+                     for p, s in zip(planted.packed, planted.splits))
+    bad = HeadPatterns(planted.model, planted.unit, planted.heads, planted.tokens, planted.splits,
+                       poisoned, planted.kv_of_head, planted.values)
+    b2 = OfflineBackend(progress=False)
+    b2.prepare(bad, bad.heads)
+    for h in planted.heads:
+        after = rank_head(b2, bad, h)[0]
+        assert after.source == before[h].source
+        assert after.iou["fit"] == before[h].iou["fit"] and after.iou["select"] == before[h].iou["select"]
+        assert after.iou["test"] < before[h].iou["test"]  # the poison is seen where it should be
+
+
+def test_greedy_path_adds_terms_by_gain():
+    G = np.eye(3)
+    b = np.array([0.1, 0.7, 0.2])
+    path = greedy_path(G, b, 3)
+    assert [np.flatnonzero(w).tolist() for w in path] == [[1], [1, 2], [0, 1, 2]]
+    np.testing.assert_allclose(path[-1], b)
+
+
+def test_rows_iou_empty_row_goes_to_first_key():
+    import scipy.sparse as sp
+    # two rows (q=0: 1 entry, q=1: 2 entries); one term, empty on row 1
+    stack = RowStack(sp.csc_matrix(np.array([[1.0], [0.0], [0.0]])), np.array([0, 1]), np.array([0.5, 0.5]), ())
+    a = np.array([1.0, 1.0, 0.0])
+    assert rows_iou(stack, a, np.array([1.0])) == 1.0
+    a2 = np.array([1.0, 0.0, 1.0])
+    assert rows_iou(stack, a2, np.array([1.0])) == 0.5
