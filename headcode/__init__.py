@@ -15,6 +15,11 @@ _API = {
     "HeadRef": "headcode.runtime.heads",
     "Program": "headcode.compiler.program",
     "HeadcodeError": "headcode.errors",
+    "from_pretrained": "headcode.api",
+    "load_surrogate_model": "headcode.api",
+    "apply_plan": "headcode.runtime.surrogate",
+    "surrogates_applied": "headcode.runtime.surrogate",
+    "load_corpus": "headcode.runtime.corpus",
 }
 
 

@@ -8,8 +8,10 @@ so every path below sees the causal and padding mask.
 Per attention module, two optional attachments change what happens:
 - ``module._headcode_capture(probs [B, H, q, kv], value [B, KV, kv, D])``: called with the
   post-softmax attention of all query heads (capture);
-- ``module._headcode_surrogate``: replaces some heads' outputs (see ``runtime.surrogate``):
-  ``surrogate(module, query, value, attention_mask) -> (heads: list[int], out [B, h, q, D])``.
+- ``module._headcode_surrogate``: takes over the whole layer (see ``runtime.surrogate``):
+  ``surrogate(module, query, key, value, attention_mask, scaling, dropout) -> out [B, H, q, D]``.
+  It computes the kept heads with ``neural_attention`` and the replaced ones from their
+  programs; ``query``/``key`` may then hold only the heads still computed (sliced projections).
 Without attachments the function is plain SDPA with the explicit mask.
 """
 
@@ -41,6 +43,18 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor |
     return torch.softmax(scores, dim=-1)
 
 
+def neural_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float, key_index: torch.Tensor,
+                     value_index: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """SDPA for some query heads: ``query [B, h, q, D]``; head ``i`` reads key row ``key_index[i]``
+    and value row ``value_index[i]`` of ``key``/``value [B, *, kv, D]`` -> ``[B, h, q, D]``."""
+    if mask is not None:
+        mask = mask[..., : key.shape[-2]]
+    return F.scaled_dot_product_attention(query, key.index_select(1, key_index),
+                                          value.index_select(1, value_index), attn_mask=mask,
+                                          dropout_p=dropout, scale=scaling)
+
+
 def headcode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                        value: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float | None = None, dropout: float = 0.0,
@@ -48,8 +62,12 @@ def headcode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
     """``query [B, H, q, D]``, ``key``/``value [B, KV, kv, D]`` -> ``([B, q, H, D], probs | None)``."""
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    capture = getattr(module, "_headcode_capture", None)
     surrogate = getattr(module, "_headcode_surrogate", None)
+    if surrogate is not None:
+        out = surrogate(module, query, key, value, attention_mask, scaling,
+                        dropout if module.training else 0.0)
+        return out.transpose(1, 2).contiguous(), None
+    capture = getattr(module, "_headcode_capture", None)
     n_heads = query.shape[1]
     probs = None
     if capture is not None or kwargs.get("output_attentions"):
@@ -62,11 +80,6 @@ def headcode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
         out = F.scaled_dot_product_attention(
             query, _expand_kv(key, n_heads), _expand_kv(value, n_heads), attn_mask=mask,
             dropout_p=dropout if module.training else 0.0, scale=scaling)
-    if surrogate is not None:
-        heads, sub = surrogate(module, query, value, attention_mask)
-        if heads:
-            out = out.clone()
-            out[:, heads] = sub.to(out.dtype)
     return out.transpose(1, 2).contiguous(), probs
 
 

@@ -18,8 +18,9 @@ import re
 import time
 
 import torch
-from headcode.runtime.loading import load_model
 from tqdm import tqdm
+
+from headcode.runtime.loading import load_model
 
 CHARACTERS = ["a little cat", "a small dog", "a girl named Lily", "a boy named Tom", "a brave mouse",
               "an old owl", "a kind bear", "a tiny bird", "a girl named Mia", "a boy named Ben",

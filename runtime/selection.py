@@ -1,0 +1,187 @@
+"""Choosing which heads to replace for a budget: by what the replacement does to the model's
+loss on the select split, not by how well the program matches the attention (IoU).
+
+Two stages:
+1. **Estimate** (one forward and backward per batch): every candidate head's output is
+   ``neural + a_h * (program - neural)`` with ``a_h = 0``; ``dL/da_h`` is the first-order change
+   of the select loss when head ``h`` alone is replaced (attribution patching). Cheap for all
+   heads at once.
+2. **Measure**: the ``n_measure`` heads with the smallest estimates are each replaced alone and
+   the select loss measured exactly (on the first ``measure_texts`` texts, ``measure_tokens``
+   tokens each: one forward pass per head, so this stage stays cheap).
+
+The headline budget is filled in rounds (each round estimates and measures on top of the
+heads already chosen, since replacements interact); the other heads follow by measured
+increase, then by estimate. The first ``k`` heads of one ranking serve every budget ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
+from headcode.runtime.capture import attached, attention_modules
+from headcode.runtime.evaluate import _batches, _logprobs, _pad, _pad_id, token_loss
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.surrogate import apply_plan
+from headcode.runtime.surrogate_heads import HeadFn
+from headcode.runtime.surrogate_history import TokenHistory
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Heads best-first; ``measured[h]``: loss increase (nats/token) when ``h`` was added to the heads
+    chosen before its round; ``estimate[h]``: the first-order estimate of the last estimate pass."""
+
+    heads: tuple[HeadRef, ...]
+    measured: dict[HeadRef, float]
+    estimate: dict[HeadRef, float]
+    base_loss: float
+    method: str
+
+    def take(self, k: int) -> tuple[HeadRef, ...]:
+        return self.heads[: max(0, k)]
+
+
+class _Probe:
+    """Attached as ``_headcode_surrogate``: all heads neural, candidates mixed in by ``alpha``."""
+
+    def __init__(self, fns: Mapping[int, HeadFn], alpha: torch.Tensor, slots: Mapping[int, int],
+                 n_heads: int, n_kv: int, history: TokenHistory, fixed: Mapping[int, HeadFn]):
+        self.fns, self.alpha, self.slots, self.fixed = fns, alpha, slots, fixed
+        self.n_heads, self.group, self.history = n_heads, n_heads // n_kv, history
+
+    def __call__(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 mask: torch.Tensor | None, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+        kv = torch.arange(self.n_heads, device=query.device) // self.group
+        out = neural_attention(query, key, value, mask, scaling, kv, kv)
+        ids, start = self.history.current(value.shape[2])
+        T = ids.shape[1]
+        heads = []
+        for h in range(self.n_heads):
+            o = out[:, h]
+            if h in self.fixed:  # already chosen: replaced outright
+                with torch.no_grad():
+                    o = self.fixed[h](ids, value[:, h // self.group, :T].detach(), start, query.shape[2]).to(o.dtype)
+            elif h in self.fns:
+                with torch.no_grad():
+                    sur = self.fns[h](ids, value[:, h // self.group, :T].detach(), start, query.shape[2])
+                o = o + self.alpha[self.slots[h]] * (sur.to(o.dtype) - o.detach())
+            heads.append(o)
+        return torch.stack(heads, dim=1)
+
+
+def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray],
+                     batch_size: int = 8, progress: bool = False,
+                     fixed: Mapping[HeadRef, HeadFn] | None = None) -> dict[HeadRef, float]:
+    """First-order change of the mean token loss on ``texts`` when each head alone is replaced
+    (on top of the ``fixed`` heads, replaced throughout)."""
+    fixed = dict(fixed or {})
+    heads = {h: fn for h, fn in heads.items() if h not in fixed}
+    model = loaded.model
+    if model.config._attn_implementation != NAME:
+        use_headcode_attention(model)
+    order = sorted(heads)
+    alpha = torch.zeros(len(order), dtype=torch.float32, requires_grad=True)
+    slot = {h: i for i, h in enumerate(order)}
+    history = TokenHistory()
+    mods = attention_modules(model)
+    layers = sorted({h.layer for h in order} | {h.layer for h in fixed})
+    probes = [_Probe({h.head: heads[h] for h in order if h.layer == l}, alpha,
+                     {h.head: slot[h] for h in order if h.layer == l}, loaded.n_heads, loaded.n_kv_heads, history,
+                     {h.head: fn for h, fn in fixed.items() if h.layer == l})
+              for l in layers]
+    grads = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    hook = history.attach(model)
+    n_tok = 0
+    pad = _pad_id(loaded.tokenizer)
+    try:
+        with attached([mods[l] for l in layers], "_headcode_surrogate", probes):
+            for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc="estimate", unit="batch",
+                            disable=not progress, leave=False):
+                ids, mask = _pad([texts[i] for i in idx], pad)
+                lp = _logprobs(model, ids, mask)
+                m = mask[:, 1:].bool()
+                (-lp[m].sum()).backward()
+                n_tok += int(m.sum())
+    finally:
+        hook.remove()
+        for p, g in zip(model.parameters(), grads):
+            p.requires_grad_(g)
+    if n_tok == 0 or alpha.grad is None:
+        raise HeadcodeError("no tokens on the select split to rank heads on")
+    g = (alpha.grad / n_tok).tolist()
+    return {h: float(g[slot[h]]) for h in order}
+
+
+def measure_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], which: Sequence[HeadRef],
+                    texts: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False,
+                    fixed: Mapping[HeadRef, HeadFn] | None = None) -> tuple[float, dict[HeadRef, float]]:
+    """``(loss, {head: loss with that head also replaced - loss})`` on ``texts``, where ``loss`` is
+    with the ``fixed`` heads replaced (the base model when there are none)."""
+    model = loaded.model
+    fixed = dict(fixed or {})
+
+    def loss_with(fns: Mapping[HeadRef, HeadFn]) -> float:
+        layers: dict[int, dict[int, HeadFn]] = {}
+        for h, fn in fns.items():
+            layers.setdefault(h.layer, {})[h.head] = fn
+        with apply_plan(model, layers):
+            return token_loss(model, texts, loaded.tokenizer, batch_size).mean
+
+    base = loss_with(fixed)
+    out = {}
+    for h in tqdm(which, desc="measure heads", unit="head", disable=not progress, leave=False):
+        out[h] = loss_with({**fixed, h: heads[h]}) - base
+    return base, out
+
+
+def rank_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray],
+               n_measure: int, measure_texts: int = 8, measure_tokens: int = 128, batch_size: int = 8,
+               progress: bool = False, budget: int | None = None, rounds: int = 1) -> Ranking:
+    """Rank ``heads`` by their effect on the loss over ``texts`` (the select split).
+
+    ``rounds > 1``: the first ``budget`` heads are chosen in that many rounds, each estimating
+    and measuring on top of the heads already chosen (replacements interact: two heads that
+    are harmless alone can hurt together); ``n_measure`` heads are measured over all rounds."""
+    if not heads:
+        raise HeadcodeError("no candidate heads to rank: the surrogate plan is empty")
+    texts = [t for t in texts if len(t) > 1]
+    if not texts:
+        raise HeadcodeError("the select split has no text to rank heads on: use a larger corpus")
+    sub = [t[:measure_tokens] for t in texts[:measure_texts]]
+    budget = min(len(heads), n_measure if budget is None else budget)
+    rounds = max(1, min(rounds, budget))
+    chosen: list[HeadRef] = []
+    measured: dict[HeadRef, float] = {}
+    est: dict[HeadRef, float] = {}
+    base_loss = None
+    for r in range(rounds):
+        left = [h for h in heads if h not in chosen]
+        fixed = {h: heads[h] for h in chosen}
+        n_meas = int(np.ceil(n_measure / rounds)) if r < rounds - 1 else max(0, n_measure - len(measured))
+        n_pick = int(np.ceil(budget / rounds)) if r < rounds - 1 else budget - len(chosen)
+        if n_meas >= len(left):
+            cands = sorted(left)
+        else:
+            est = estimate_effects(loaded, heads, texts, batch_size, progress, fixed)
+            cands = sorted(left, key=lambda h: est[h])[:n_meas]
+        loss, meas = measure_effects(loaded, heads, cands, sub, batch_size, progress, fixed)
+        base_loss = loss if base_loss is None else base_loss
+        measured.update(meas)
+        chosen += sorted(meas, key=lambda h: meas[h])[:n_pick]
+    if len(chosen) < len(heads) and not est:
+        est = estimate_effects(loaded, heads, texts, batch_size, progress, {h: heads[h] for h in chosen})
+    rest = sorted((h for h in heads if h not in chosen), key=lambda h: (h not in measured, measured.get(h, est.get(h, 0.0))))
+    method = (f"{rounds} round(s), each: first-order loss change of every remaining head on top of the heads "
+              "already chosen (select split), then the loss increase measured for the best candidates "
+              f"({len(measured)} heads measured in all)")
+    return Ranking(tuple(chosen) + tuple(rest), measured, est, float(base_loss), method)

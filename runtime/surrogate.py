@@ -1,0 +1,248 @@
+"""Running a model with some attention heads replaced by programs (DESIGN.md, semantics 1-3).
+
+Two explicit steps, and an undo (gpt-fast ``convert_for_runtime`` style)::
+
+    layers = build_surrogates(plan, loaded)          # {layer: {head: HeadFn}}
+    handle = apply_plan(loaded.model, layers)        # the model now runs the programs
+    ...
+    handle.remove()                                  # the model is exactly as before
+
+or ``with surrogates_applied(loaded, plan): ...``.
+
+Per layer, ``LayerSurrogate`` is attached as ``module._headcode_surrogate``; headcode's attention
+function hands it the layer: the kept heads go through SDPA (``attention.neural_attention``),
+each replaced head computes ``A_program @ V_head`` from the token history (``TokenHistory``)
+and its KV group's values (after the cache update: the whole history). The model's own output
+projection follows. Work a replaced head no longer needs is skipped: its neural attention
+always; for Llama-style separate projections (``q_proj``/``k_proj``) also its rows of the
+query projection, and the key rows of a KV group all of whose heads are replaced (the
+projections are swapped for sliced copies, and swapped back on ``remove``). GPT-2's fused
+``c_attn`` still computes the replaced heads' queries and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
+from headcode.runtime.capture import attention_modules
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.surrogate_heads import CompiledHeadFn, HeadFn, ProgramHeadFn
+from headcode.runtime.surrogate_history import TokenHistory
+
+# model types whose attention reads q_proj/k_proj as ``view(*shape, -1, head_dim)`` with no
+# norm over the whole projection: their projections can be sliced to the heads still computed
+SLICEABLE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+class LayerSurrogate:
+    """One layer's attention with ``fns`` (query head -> HeadFn) in place of those heads."""
+
+    def __init__(self, fns: Mapping[int, HeadFn], n_heads: int, n_kv_heads: int, history: TokenHistory):
+        self.fns = dict(sorted(fns.items()))
+        self.n_heads, self.group = n_heads, n_heads // n_kv_heads
+        self.neural = [h for h in range(n_heads) if h not in self.fns]
+        self.history = history
+        self.q_rows: tuple[int, ...] = tuple(range(n_heads))       # head of each row of `query`
+        self.k_rows: tuple[int, ...] = tuple(range(n_kv_heads))    # KV group of each row of `key`
+        self._index: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    def _indices(self, n_q_rows: int, n_k_rows: int, device: torch.device) -> tuple[Any, ...]:
+        key = (n_q_rows, n_k_rows, str(device))
+        if key not in self._index:
+            q_rows = self.q_rows if n_q_rows == len(self.q_rows) else tuple(range(n_q_rows))
+            k_rows = self.k_rows if n_k_rows == len(self.k_rows) else tuple(range(n_k_rows))
+            try:
+                qi = [q_rows.index(h) for h in self.neural]
+                ki = [k_rows.index(h // self.group) for h in self.neural]
+            except ValueError as e:
+                raise HeadcodeError("the attention got fewer query/key heads than the surrogate plan "
+                                    "expects: remove the plan and apply it again") from e
+            vi = [h // self.group for h in self.neural]
+            idx = tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (qi, ki, vi, self.neural))
+            self._index[key] = idx + (qi == list(range(n_q_rows)),)  # True: query needs no gather
+        return self._index[key]
+
+    def __call__(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 mask: torch.Tensor | None, scaling: float, dropout: float = 0.0) -> torch.Tensor:
+        """``query [B, h, q, D]`` (h kept rows), ``key [B, k, kv, D]``, ``value [B, KV, kv, D]`` -> ``[B, H, q, D]``."""
+        if getattr(module, "_headcode_capture", None) is not None:
+            raise HeadcodeError("cannot capture attention on a layer with surrogate heads: "
+                                "remove the surrogate plan before capturing")
+        B, _, n_q, _ = query.shape
+        out = value.new_empty(B, self.n_heads, n_q, value.shape[-1])
+        if self.neural:
+            qi, ki, vi, heads, identity = self._indices(query.shape[1], key.shape[1], query.device)
+            q = query if identity else query.index_select(1, qi)
+            out[:, heads] = neural_attention(q, key, value, mask, scaling, ki, vi, dropout).to(out.dtype)
+        if self.fns:
+            ids, start = self.history.current(value.shape[2])
+            T = ids.shape[1]
+            ids, start = ids.to(value.device), start.to(value.device)
+            for h, fn in self.fns.items():
+                out[:, h] = fn(ids, value[:, h // self.group, :T], start, n_q).to(out.dtype)
+        return out
+
+
+def _sliced_linear(lin: nn.Linear, rows: list[int], head_dim: int) -> nn.Linear:
+    idx = torch.cat([torch.arange(r * head_dim, (r + 1) * head_dim) for r in rows]).to(lin.weight.device)
+    new = nn.Linear(lin.in_features, len(idx), bias=lin.bias is not None,
+                    device=lin.weight.device, dtype=lin.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight.index_select(0, idx))
+        if lin.bias is not None:
+            new.bias.copy_(lin.bias.index_select(0, idx))
+    new.requires_grad_(lin.weight.requires_grad)
+    return new
+
+
+class SurrogateHandle:
+    """What ``apply_plan`` changed, to undo it: ``remove()`` (idempotent), or use as a context manager."""
+
+    def __init__(self, model: nn.Module, layers: dict[int, LayerSurrogate], history: TokenHistory):
+        self.model, self.layers, self.history = model, layers, history
+        self.heads = tuple(HeadRef(l, h) for l in sorted(layers) for h in layers[l].fns)
+        self._restore: list[tuple[nn.Module, str, Any]] = []
+        self._hook: Any = None
+        self._prev_impl: str | None = None
+        self.active = True
+
+    def remove(self) -> None:
+        if not self.active:
+            return
+        for mod in attention_modules(self.model):
+            if hasattr(mod, "_headcode_surrogate"):
+                delattr(mod, "_headcode_surrogate")
+        for mod, name, orig in reversed(self._restore):
+            setattr(mod, name, orig)
+        self._restore.clear()
+        if self._hook is not None:
+            self._hook.remove()
+        if self._prev_impl is not None and self._prev_impl != NAME:
+            self.model.set_attn_implementation(self._prev_impl)
+        self.history.reset()
+        self.model.__dict__.pop("_headcode_handle", None)
+        self.active = False
+
+    def __enter__(self) -> SurrogateHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+def _model_of(model: Any) -> nn.Module:
+    return model.model if hasattr(model, "tokenizer") and hasattr(model, "fingerprint") else model
+
+
+def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
+               slice_projections: bool = True) -> SurrogateHandle:
+    """Put ``surrogates`` (``{layer: {head: HeadFn}}``, from ``build_surrogates``) in place; returns
+    the handle that undoes it. ``model``: a transformers causal LM or a ``LoadedModel``."""
+    model = _model_of(model)
+    if model.__dict__.get("_headcode_handle") is not None:
+        raise HeadcodeError("a surrogate plan is already applied to this model: call remove() on "
+                            "its handle (model._headcode_handle) before applying another")
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    mods = attention_modules(model)
+    history = TokenHistory()
+    layers = {}
+    for layer, fns in surrogates.items():
+        if not 0 <= layer < len(mods) or any(not 0 <= h < n_heads for h in fns):
+            raise HeadcodeError(f"the surrogate plan names layer {layer} heads {sorted(fns)}, outside "
+                                f"this model ({len(mods)} layers x {n_heads} heads): wrong plan for this model")
+        if fns:
+            layers[layer] = LayerSurrogate(fns, n_heads, n_kv, history)
+    handle = SurrogateHandle(model, layers, history)
+    handle._prev_impl = cfg._attn_implementation
+    if handle._prev_impl != NAME:
+        use_headcode_attention(model)
+    handle._hook = history.attach(model)
+    can_slice = slice_projections and getattr(cfg, "model_type", "") in SLICEABLE
+    for layer, ls in layers.items():
+        mod = mods[layer]
+        mod._headcode_surrogate = ls
+        if can_slice and isinstance(getattr(mod, "q_proj", None), nn.Linear) \
+                and isinstance(getattr(mod, "k_proj", None), nn.Linear):
+            head_dim = mod.q_proj.out_features // n_heads
+            q_rows = tuple(ls.neural) or (0,)
+            k_rows = tuple(sorted({h // ls.group for h in ls.neural})) or (0,)
+            if len(q_rows) < n_heads:
+                handle._restore.append((mod, "q_proj", mod.q_proj))
+                mod.q_proj = _sliced_linear(mod.q_proj, list(q_rows), head_dim)
+                ls.q_rows = q_rows
+            if len(k_rows) < n_kv:
+                handle._restore.append((mod, "k_proj", mod.k_proj))
+                mod.k_proj = _sliced_linear(mod.k_proj, list(k_rows), head_dim)
+                ls.k_rows = k_rows
+    model.__dict__["_headcode_handle"] = handle
+    return handle
+
+
+def _head_fn(obj: Any, tokenizer: Any, backend: str) -> HeadFn:
+    from headcode.compiler.head import CompiledHead
+    from headcode.compiler.program import Program
+
+    if isinstance(obj, CompiledHead) and not obj.compiled:
+        obj = Program.from_source(obj.source, obj.name)  # the reference path
+    if isinstance(obj, Program):
+        if tokenizer is None:
+            raise HeadcodeError("programs that are not compiled need the model's tokenizer: pass a LoadedModel")
+        return ProgramHeadFn(obj, tokenizer)
+    if isinstance(obj, CompiledHead):
+        return CompiledHeadFn(obj, backend)
+    if not callable(obj):
+        raise HeadcodeError(f"cannot use a {type(obj).__name__} as a surrogate head: give a CompiledHead, "
+                            "a Program or a callable (ids, v, start, n_q) -> out")
+    return obj
+
+
+def check_plan(plan: Any, loaded: Any) -> None:
+    """``HeadcodeError`` when a ``SurrogatePlan`` was made for another tokenizer or model."""
+    fp = getattr(plan, "fingerprint", None)
+    if fp and fp != loaded.fingerprint:
+        raise HeadcodeError(f"the surrogate plan was compiled for another tokenizer (fingerprint {fp}), "
+                            f"but model {loaded.name!r} has {loaded.fingerprint}: compile the programs "
+                            "again for this model")
+    model_id = getattr(plan, "model_id", None)
+    if model_id and model_id != loaded.name:
+        raise HeadcodeError(f"the surrogate plan was made for model {model_id!r}, not {loaded.name!r}: "
+                            "use the plan made for this model, or explain and compile it again")
+
+
+def build_surrogates(plan: Any, loaded: Any, backend: str = "numba",
+                     heads: Any = None) -> dict[int, dict[int, HeadFn]]:
+    """``{layer: {head: HeadFn}}`` from a ``SurrogatePlan`` (its ``heads``) or a mapping
+    ``{HeadRef | "L3.H7": CompiledHead | Program | HeadFn}``; ``heads`` keeps only those."""
+    if loaded is not None:
+        check_plan(plan, loaded)
+    items = plan.heads.items() if hasattr(plan, "heads") and isinstance(plan.heads, Mapping) else plan.items()
+    keep = None if heads is None else {h if isinstance(h, HeadRef) else HeadRef.parse(h) for h in heads}
+    out: dict[int, dict[int, HeadFn]] = {}
+    for key, obj in items:
+        ref = key if isinstance(key, HeadRef) else HeadRef.parse(str(key))
+        if loaded is not None:
+            ref.check(loaded.n_layers, loaded.n_heads)
+        if keep is not None and ref not in keep:
+            continue
+        out.setdefault(ref.layer, {})[ref.head] = _head_fn(obj, getattr(loaded, "tokenizer", None), backend)
+    return out
+
+
+@contextmanager
+def surrogates_applied(loaded: Any, plan: Any, backend: str = "numba", heads: Any = None,
+                       slice_projections: bool = True) -> Iterator[SurrogateHandle]:
+    """``with surrogates_applied(loaded, plan): ...``: the plan in place inside, undone after."""
+    handle = apply_plan(loaded, build_surrogates(plan, loaded, backend, heads), slice_projections)
+    try:
+        yield handle
+    finally:
+        handle.remove()

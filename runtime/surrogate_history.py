@@ -1,0 +1,97 @@
+"""The token history that surrogate heads read: ids of the whole sequence, and each row's start.
+
+The attention function sees hidden states, not tokens; programs need the ids. A forward
+pre-hook on the model's base module (``model.model`` for Llama, ``model.transformer`` for GPT-2;
+so calling either the LM or its base model works) records them:
+
+- no cache, or an empty one: a new sequence, the history is this call's ``input_ids``;
+- a cache holding ``past`` tokens: the call continues the sequence the history holds, if that
+  cache is the one the history was built with (or the history was built without a visible
+  cache and has exactly ``past`` tokens, e.g. ``out = model(ids); model(next, past_key_values=
+  out.past_key_values)``); a cache cropped by assisted decoding drops the tail of the history.
+- the 2D ``attention_mask`` (when it covers the whole history) gives each row's first real
+  position ``start`` (left padding); right padding needs nothing (causal programs never see it).
+
+Limitation: beam search reorders the cache's rows behind the model's back; the history is not
+reordered, so surrogate heads would read the wrong tokens. Use greedy or sampling.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+
+from headcode.errors import HeadcodeError
+
+
+def base_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that receives ``input_ids`` for both ``model(...)`` and ``model.<base>(...)``."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model
+
+
+class TokenHistory:
+    """Ids ``[B, T]`` and starts ``[B]`` of the sequence being run; updated before each forward."""
+
+    def __init__(self) -> None:
+        self.ids: torch.Tensor | None = None
+        self.start: torch.Tensor | None = None
+        self._cache: Any = None           # weakref to the cache this history continues, or None
+
+    def reset(self) -> None:
+        self.ids, self.start, self._cache = None, None, None
+
+    def _same_cache(self, cache: Any) -> bool:
+        return self._cache is not None and self._cache() is cache
+
+    def update(self, ids: torch.Tensor | None, mask: torch.Tensor | None, cache: Any) -> None:
+        if ids is None:
+            raise HeadcodeError("surrogate heads need token ids: call the model with input_ids, "
+                                "not inputs_embeds")
+        if ids.dim() == 1:
+            ids = ids[None]
+        past = int(cache.get_seq_length()) if cache is not None else 0
+        if past == 0:
+            hist = ids
+        else:
+            if self.ids is None or self.ids.shape[0] != ids.shape[0]:
+                raise HeadcodeError("this KV cache does not continue the sequence the surrogate model "
+                                    "last ran: start again from the prompt without a cache")
+            ok = self.ids.shape[1] >= past if self._same_cache(cache) else (
+                self._cache is None and self.ids.shape[1] == past)
+            if not ok:
+                raise HeadcodeError(f"the KV cache holds {past} tokens but the surrogate model's token "
+                                    f"history has {self.ids.shape[1]} for another cache: start again "
+                                    "from the prompt without a cache")
+            hist = torch.cat([self.ids[:, :past], ids.to(self.ids.device)], dim=1)
+        if mask is not None and mask.dim() == 2 and mask.shape == hist.shape:
+            m = mask.to(torch.bool)
+            start = torch.where(m.any(1), m.to(torch.int8).argmax(1), torch.zeros_like(m[:, 0], dtype=torch.long))
+            self.start = start.to(torch.long)
+        elif past == 0 or self.start is None:
+            self.start = torch.zeros(hist.shape[0], dtype=torch.long, device=hist.device)
+        self.ids = hist
+        self._cache = weakref.ref(cache) if cache is not None else None
+
+    def hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids")
+        if ids is None and args:
+            ids = args[0]
+        self.update(ids, kwargs.get("attention_mask"), kwargs.get("past_key_values"))
+
+    def attach(self, model: torch.nn.Module) -> Any:
+        """Register the pre-hook on the model's base module; returns the hook handle."""
+        return base_module(model).register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def current(self, n_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids [B, T], start [B])`` for an attention call whose values hold ``n_kv`` positions."""
+        if self.ids is None or self.start is None:
+            raise HeadcodeError("surrogate heads ran without a token history: call the model itself "
+                                "(not one layer) so headcode can record the input ids")
+        if self.ids.shape[1] > n_kv:
+            raise HeadcodeError(f"the attention saw {n_kv} cached positions but the sequence has "
+                                f"{self.ids.shape[1]} tokens: sliding-window caches are not supported "
+                                "with surrogate heads")
+        return self.ids, self.start

@@ -1,0 +1,138 @@
+"""Evaluation: perplexity with surrogates and baselines, head selection by loss, QA, the command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from headcode.cli import main
+from headcode.runtime.capture import capture
+from headcode.runtime.evaluate import Question, choice_logprobs, head_output_means, qa_accuracy, token_loss
+from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.loading import load_model
+from headcode.runtime.selection import rank_heads
+from headcode.runtime.surrogate_heads import MeanHead, pattern_heads
+from headcode.runtime.tokens import Tokens
+
+PARAGRAPHS = [
+    "Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",
+    "One day, Tom saw a big red ball! He ran to the ball and kicked it.",
+    "\"Look at me,\" said Tom. His friend Lily laughed.",
+    "They played until the sun went down. The next day, it rained.",
+    "Tom and Lily stayed at home and read a book about a brave dog.",
+    "The brave dog ran to the park. He saw a big red ball and a little cat.",
+    "Lily liked the book. She read it again and again until the sun went down.",
+    "One day, it rained in the park. Tom and the dog stayed at home.",
+]
+
+
+def _split_texts(lm):
+    toks = [Tokens.from_text(lm.tokenizer, t) for t in PARAGRAPHS]
+    splits = ("fit", "select", "test", "fit", "select", "test", "fit", "test")
+    texts = {s: [t.ids for t, sp in zip(toks, splits) if sp == s] for s in ("fit", "select", "test")}
+    return toks, splits, texts
+
+
+def test_evaluate_with_exact_patterns_equals_base(tiny_llama_dir, tmp_path):
+    lm = load_model(tiny_llama_dir)
+    toks, splits, texts = _split_texts(lm)
+    heads = pattern_heads(capture(lm, toks, splits=splits, progress=False))
+    plot = str(tmp_path / "curve.png")
+    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False)
+    r = run_evaluation(lm, heads, texts, s, programs={h: "exact" for h in heads}, plot=plot)
+    json.dumps(r)  # JSON-ready
+    for key in ("model", "total_heads", "fraction", "heads_replaced", "perplexity", "perplexity_increase",
+                "curve", "qa", "selection", "plot"):
+        assert key in r
+    assert r["total_heads"] == 8 and len(r["heads_replaced"]) == 4
+    assert set(r["perplexity"]) == {"base", "surrogate", "mean_ablation", "first_token", "uniform"}
+    assert math.isclose(r["perplexity"]["surrogate"], r["perplexity"]["base"], rel_tol=1e-5)
+    for row in r["curve"]:
+        assert math.isclose(row["surrogate"], r["perplexity"]["base"], rel_tol=1e-5)
+    assert not math.isclose(r["perplexity"]["mean_ablation"], r["perplexity"]["base"], rel_tol=1e-4)
+    assert [c["k"] for c in r["curve"]] == [0, 2, 4]
+    assert r["heads_replaced"][0]["program"] == "exact"
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("n_measure, rounds", [(1, 1), (8, 1), (3, 2)])
+def test_ranking_puts_harmless_heads_first(tiny_gpt2_dir, n_measure, rounds):
+    lm = load_model(tiny_gpt2_dir)
+    toks, splits, texts = _split_texts(lm)
+    exact = pattern_heads(capture(lm, toks, heads=[HeadRef(0, 1), HeadRef(1, 2)], progress=False))
+    g = torch.Generator().manual_seed(0)
+    harmful = {h: MeanHead(5 * torch.randn(16, generator=g)) for h in (HeadRef(0, 0), HeadRef(1, 0))}
+    r = rank_heads(lm, {**exact, **harmful}, texts["select"], n_measure=n_measure, measure_texts=4,
+                   budget=min(n_measure, 2), rounds=rounds)
+    assert set(r.heads[:2]) == {HeadRef(0, 1), HeadRef(1, 2)}
+    assert len(r.heads) == 4 and min(n_measure, 2) <= len(r.measured) <= min(n_measure, 4)
+    if n_measure == 1:  # the first-order estimate already separates them
+        assert max(r.estimate[h] for h in exact) < min(r.estimate[h] for h in harmful)
+
+
+def test_head_means_and_losses(tiny_llama_dir):
+    lm = load_model(tiny_llama_dir)
+    _, _, texts = _split_texts(lm)
+    means = head_output_means(lm, texts["fit"])
+    assert means.shape == (2, 4, 16) and means.abs().sum() > 0
+    loss = token_loss(lm.model, texts["test"], lm.tokenizer, batch_size=2)
+    assert loss.n_tokens == sum(len(t) - 1 for t in texts["test"])
+    one = token_loss(lm.model, texts["test"][:1], lm.tokenizer)
+    with torch.no_grad():
+        ids = torch.from_numpy(texts["test"][0])[None]
+        ref = torch.nn.functional.cross_entropy(lm.model(ids).logits[0, :-1], ids[0, 1:]).item()
+    assert math.isclose(one.mean, ref, rel_tol=1e-5)
+
+
+def test_choice_logprobs_and_accuracy(tiny_llama_dir):
+    lm = load_model(tiny_llama_dir)
+    enc = lambda s, sp=False: np.asarray(lm.tokenizer(s, add_special_tokens=sp)["input_ids"])  # noqa: E731
+    q = Question("t", 0, enc("Tom saw a big"), (enc(" red ball"), enc(" dog")), (9, 4), gold=1)
+    (scores,) = choice_logprobs(lm.model, [q], lm.tokenizer)
+    seq = torch.from_numpy(np.concatenate([q.context, q.continuations[0]]))[None]
+    with torch.no_grad():
+        lp = torch.log_softmax(lm.model(seq).logits[0, :-1], -1)
+    n = len(q.context)
+    ref = sum(lp[i - 1, seq[0, i]].item() for i in range(n, seq.shape[1]))
+    assert math.isclose(scores[0], ref, rel_tol=1e-5)
+    acc = qa_accuracy([q, q], [np.array([0.0, -1.0]), np.array([-9.0, -1.0])])
+    assert acc["acc"] == 0.5 and acc["n"] == 2
+
+
+def test_evaluate_command_writes_report(tiny_gpt2_dir, tmp_path):
+    from headcode.compiler.export import save_plan
+    from tests.runtime.test_surrogate import make_plan
+
+    lm = load_model(tiny_gpt2_dir)
+    save_plan(make_plan(lm), tmp_path / "s.safetensors")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
+               "--text", str(corpus), "--qa", "arc_easy", "--qa-limit", "3", "--out", str(out), "--quiet",
+               "--measure-texts", "2"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert len(r["heads_replaced"]) == 2 and r["qa"]["arc_easy"]["n"] == 3
+    assert set(r["qa"]["arc_easy"]) == {"n", "base", "surrogate", "mean_ablation"}
+    assert all(h["program"].startswith("def attend") for h in r["heads_replaced"])
+    assert r["texts"]["test"] > 0 and (tmp_path / "eval.png").is_file()
+
+
+def test_demo_names_a_missing_step_and_prints_a_table():
+    from headcode.commands.demo import _step, summary_table
+    from headcode.errors import HeadcodeError
+
+    with pytest.raises(HeadcodeError, match="`no_such_step` step is not available"):
+        _step("no_such_step", [])
+    with pytest.raises(HeadcodeError, match="does not take the arguments"):
+        _step("evaluate", ["--no-such-flag"])
+    row = {"k": 2, "actual_fraction": 0.25, "surrogate": 11.0, "mean_ablation": 15.0}
+    table = summary_table({"perplexity": {"base": 10.0}, "curve": [row],
+                           "qa": {"piqa": {"n": 5, "base": {"acc": 0.6}, "surrogate": {"acc": 0.4}}}})
+    assert "11.000" in table and "15.000" in table and "piqa (n=5): base 60.0%, surrogate 40.0%" in table
