@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from headcode.errors import HeadcodeError
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _bench_threads():
@@ -25,3 +27,13 @@ def _offline():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     yield
+
+
+@pytest.fixture(scope="session")
+def lm():
+    from headcode.runtime.loading import load_model
+
+    try:
+        return load_model("smollm2-135m")
+    except HeadcodeError as e:
+        pytest.skip(f"the default model is not available: {e}")

@@ -15,22 +15,11 @@ import pytest
 
 from headcode import benchmarking as bm
 from headcode import benchmarking_model as bmm
-from headcode.errors import HeadcodeError
 from headcode.runtime.heads import HeadRef
 
 ROUNDS = 3
 FRACTIONS = [0.0, *bm.FRACTIONS]  # 0.0: the base model
 _BASE: dict[tuple[str, int], float] = {}
-
-
-@pytest.fixture(scope="module")
-def lm():
-    from headcode.runtime.loading import load_model
-
-    try:
-        return load_model("smollm2-135m")
-    except HeadcodeError as e:
-        pytest.skip(f"the default model is not available: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,6 @@ import pytest
 
 from headcode import benchmarking as bm
 from headcode import benchmarking_model as bmm
-from headcode.errors import HeadcodeError
-
-
-@pytest.fixture(scope="module")
-def lm():
-    from headcode.runtime.loading import load_model
-
-    try:
-        return load_model("smollm2-135m")
-    except HeadcodeError as e:
-        pytest.skip(f"the default model is not available: {e}")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,12 @@ records the machine (CPU, cores, torch/numba/triton/transformers versions, GPU).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
+
+from headcode.io import write_json
 
 HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
 GROUPS = ("head", "memory", "compile", "model", "synthesis")
@@ -41,15 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads (default: torch's own; 1 on a busy machine avoids waits on "
                         "a descheduled worker thread)")
     p.add_argument("--out", required=True, help="report file (.json)")
-
-
-def write_json(report: dict, path: str) -> None:
-    """Write to a temporary name, then ``os.replace``: never a half-written report."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _fmt_ms(x: float | None) -> str:

@@ -14,9 +14,9 @@ against the share of heads replaced (0, 10, 25, 50%) next to it (``--plot`` to c
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
+
+from headcode.io import write_json
 
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
@@ -53,15 +53,6 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError as e:
         raise HeadcodeError(f"--curve {text!r}: give fractions separated by commas, e.g. 0,0.1,0.25,0.5") from e
-
-
-def write_json(report: dict, path: str) -> None:
-    """Write to a temporary name, then ``os.replace``: never a half-written report."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
