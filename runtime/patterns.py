@@ -43,7 +43,7 @@ class HeadPatterns:
     heads: tuple[HeadRef, ...]
     tokens: tuple[Tokens, ...]
     splits: tuple[str, ...]
-    packed: tuple[np.ndarray, ...]          # per text [H, T(T+1)/2] float32
+    packed: tuple[np.ndarray, ...]          # per text [H, T(T+1)/2] float32 (or float16)
     kv_of_head: tuple[int, ...]             # per head: index into values' first axis
     values: tuple[np.ndarray, ...] = ()     # per text [K, T, D] float16 (may be empty)
 
@@ -64,7 +64,7 @@ class HeadPatterns:
 
     def attention(self, text: int, head: HeadRef) -> np.ndarray:
         """``[T, T]`` float32 post-softmax attention of ``head`` on text ``text``."""
-        return unpack(self.packed[text][self.index[head]], len(self.tokens[text]))
+        return unpack(self.packed[text][self.index[head]].astype(np.float32, copy=False), len(self.tokens[text]))
 
     def value(self, text: int, head: HeadRef) -> np.ndarray:
         """``[T, D]`` the values ``head`` reads (its KV head's)."""

@@ -24,10 +24,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-texts", type=int, default=None, help="at most this many texts per split")
     p.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--exact", action="store_true",
+                   help="store patterns in float32 (default float16: half the memory, ~3 significant digits)")
     p.add_argument("--out", required=True, help="output file (.safetensors)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from headcode.runtime.capture import capture
     from headcode.runtime.corpus import load_corpus
     from headcode.runtime.heads import parse_heads
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
     corpus = load_corpus(args.corpus, args.unit).take(args.max_texts)
     toks = corpus.tokens(lm.tokenizer, args.max_tokens)
-    hp = capture(lm, toks, heads=heads, splits=corpus.splits, unit=args.unit, batch_size=args.batch_size)
+    hp = capture(lm, toks, heads=heads, splits=corpus.splits, unit=args.unit, batch_size=args.batch_size,
+                 dtype=np.float32 if args.exact else np.float16)
     hp.save(args.out)
     print(json.dumps({"out": args.out, "model": lm.name, "texts": len(toks), "heads": len(heads),
                       "tokens": int(sum(len(t) for t in toks))}))

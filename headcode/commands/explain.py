@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from headcode.errors import HeadcodeError
 
 HELP = "explain heads as programs (offline search or an OpenAI-compatible model) with a report"
@@ -72,7 +74,7 @@ def _patterns(args: argparse.Namespace, out: Path):
     corpus = load_corpus(args.corpus, args.unit).take(args.max_texts)
     toks = corpus.tokens(lm.tokenizer, args.max_tokens)
     hp = capture(lm, toks, heads=heads, splits=corpus.splits, unit=args.unit,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, dtype=np.float16)  # half the memory; scores need no more
     out.mkdir(parents=True, exist_ok=True)
     hp.save(str(cache))
     write_text(meta_path, json.dumps(meta, indent=1) + "\n")

@@ -164,3 +164,13 @@ def test_hub_id_resolves_through_the_hub_cache(tiny_gpt2_dir, tmp_path, monkeypa
     assert lm.name == "tiny-org/tiny-gpt2" and lm.n_layers == 2
     with pytest.raises(HeadcodeError, match="hub"):
         load_model("tiny-org/not-in-the-cache")
+
+
+def test_float16_capture_is_close_and_half_the_size(tiny_gpt2_dir):
+    lm = load_model(tiny_gpt2_dir)
+    toks = [Tokens.from_text(lm.tokenizer, t) for t in TEXTS]
+    exact = capture(lm, toks, progress=False)
+    half = capture(lm, toks, progress=False, dtype=np.float16)
+    assert half.packed[0].nbytes * 2 == exact.packed[0].nbytes
+    for i in range(len(toks)):
+        np.testing.assert_allclose(half.attention(i, HeadRef(1, 2)), exact.attention(i, HeadRef(1, 2)), atol=1e-3)
