@@ -128,3 +128,22 @@ def text_basis(t: Tokens, terms: Sequence[str]) -> TextBasis:
 
 def class_key(qc: QueryClass) -> str:
     return qc.name if qc.pred is None else qc.pred
+
+
+def lexical_partition(tokens: Sequence[Tokens], n_words: int = 12, min_count: int = 20
+                      ) -> tuple[QueryClass, ...]:
+    """Query classes for the ``n_words`` most frequent words of ``tokens`` (fit), one class each
+    (``token_in('the')``), and the coarse classes of every other query."""
+    counts: dict[str, int] = {}
+    for t in tokens:
+        for p in t.pieces:
+            w = p.strip().lower()
+            if w:
+                counts[w] = counts.get(w, 0) + 1
+    top = sorted((w for w in counts if counts[w] >= min_count), key=lambda w: (-counts[w], w))[:n_words]
+    if not top:
+        return ()
+    words = sorted(top)
+    lex = "token_in(" + ", ".join(repr(w) for w in words) + ")"
+    return (tuple(QueryClass(f"word {w}", f"token_in({w!r})") for w in words)
+            + tuple(QueryClass(qc.name, f"{qc.pred} & ~{lex}") for qc in PARTITIONS["coarse"]))

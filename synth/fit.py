@@ -81,13 +81,29 @@ def greedy_path(G: np.ndarray, b: np.ndarray, max_terms: int) -> list[np.ndarray
     return path
 
 
-def mixture_rows(stack: RowStack, w: np.ndarray) -> np.ndarray:
-    """The mixture's normalised pattern on the stacked rows (flat, float64)."""
+def _columns(stack: RowStack, S: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+    """Dense ``[n, |S|]`` columns ``S`` of ``[stack.matrix | extra]`` (``extra [n, E]``: per-head terms)."""
+    K = stack.matrix.shape[1]
+    cols = [np.asarray(stack.matrix[:, S[S < K]].toarray(), dtype=np.float64)]
+    if extra is not None and (S >= K).any():
+        cols.append(np.asarray(extra[:, S[S >= K] - K], dtype=np.float64))
+    return np.hstack(cols) if len(cols) > 1 else cols[0]
+
+
+def mixture_rows(stack: RowStack, w: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    """The mixture's normalised pattern on the stacked rows (flat, float64).
+
+    ``w [K]`` over the stack's terms, or ``[K + E]`` with ``extra [n, E]``: more terms' columns.
+    """
     S = np.flatnonzero(w)
     if stack.n_rows == 0:
         return np.zeros(0)
-    p = (stack.matrix[:, S] @ w[S]) if S.size else np.zeros(stack.matrix.shape[0])
+    K = stack.matrix.shape[1]
+    Sk, Se = S[S < K], S[S >= K]
+    p = (stack.matrix[:, Sk] @ w[Sk]) if Sk.size else np.zeros(stack.matrix.shape[0])
     p = np.asarray(p, dtype=np.float64).ravel()
+    if Se.size:
+        p = p + np.asarray(extra[:, Se - K], dtype=np.float64) @ w[Se]
     s = np.add.reduceat(p, stack.starts)
     lengths = np.diff(np.append(stack.starts, p.shape[0]))
     inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
@@ -96,23 +112,25 @@ def mixture_rows(stack: RowStack, w: np.ndarray) -> np.ndarray:
     return p
 
 
-def rows_iou(stack: RowStack, a: np.ndarray, w: np.ndarray) -> float:
+def rows_iou(stack: RowStack, a: np.ndarray, w: np.ndarray, extra: np.ndarray | None = None) -> float:
     """``sum_r omega_r * IoU_r`` of the mixture ``w`` against targets ``a`` on the stack."""
     if stack.n_rows == 0:
         return 0.0
-    p = mixture_rows(stack, w)
+    p = mixture_rows(stack, w, extra)
     lo = np.add.reduceat(np.minimum(p, a), stack.starts)
     hi = np.add.reduceat(np.maximum(p, a), stack.starts)
     r = np.divide(lo, hi, out=np.ones_like(lo), where=hi > 0)
     return float(stack.omega @ r)
 
 
-def refine_iou(stack: RowStack, a: np.ndarray, w0: np.ndarray, max_iter: int = 30) -> np.ndarray:
-    """Re-weight the support of ``w0`` to maximise the weighted IoU on ``stack``."""
+def refine_iou(stack: RowStack, a: np.ndarray, w0: np.ndarray, max_iter: int = 30,
+               extra: np.ndarray | None = None) -> np.ndarray:
+    """Re-weight the support of ``w0`` to maximise the weighted IoU on ``stack`` (``extra``: as
+    :func:`mixture_rows`)."""
     S = np.flatnonzero(w0)
     if S.size < 2 or stack.n_rows == 0:
         return w0
-    B = np.asarray(stack.matrix[:, S].toarray(), dtype=np.float64)  # [n, k], k small
+    B = _columns(stack, S, extra)  # [n, k], k small
     starts, omega = stack.starts, stack.omega
     lengths = np.diff(np.append(starts, B.shape[0]))
     rowsum = np.add.reduceat(B, starts, axis=0)  # [R, k]: 1 where the term's row is non-empty

@@ -5,6 +5,16 @@ dictionary terms on the fit split — forward selection by non-negative least sq
 Gram matrices are shared by all heads — chooses the number of terms on the select split,
 re-weights the chosen terms to maximise IoU on (a sample of) the fit split, and keeps the
 re-weighting only where the select split agrees. One program per partition is proposed.
+
+Two extensions, both learned on fit only (``OfflineOptions``):
+
+- per-head key word terms (``keywords``): words the head attends to far above (or below) their
+  share give ``token_in(...)`` sets and a few terms on them; a second path over the shared
+  path's terms and these, fitted on a sample of fit rows, competes on select with the first;
+- a ``lexical`` partition: one query class per frequent word (``when(token_in('the'), ...)``).
+
+Measured (SmolLM2-135M, stories): small matrix products here are much slower with a
+multi-threaded BLAS on a busy machine; run with ``OPENBLAS_NUM_THREADS=1`` there.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from headcode.compiler.program import Program, ProgramError
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns, unpack
 from headcode.synth import basis as B
+from headcode.synth import keywords as KW
 from headcode.synth.backend import Rejected
 from headcode.synth.fit import RowStack, greedy_path, refine_iou, rows_iou
 from headcode.synth.mixture import Mixture, clean_terms
@@ -33,6 +44,12 @@ class OfflineOptions:
     length_weight: bool = False    # weight rows by length in least squares (measured: slightly worse)
     partitions: tuple[str, ...] = ("all", "coarse", "fine")
     terms: tuple[str, ...] = field(default_factory=B.default_terms)
+    # per-head key word terms (``keywords``); None: the shared dictionary only
+    keywords: KW.KeywordOptions | None = field(default_factory=KW.KeywordOptions)
+    keyword_entries: int = 250_000  # packed entries of fit rows the per-head terms are fitted on
+    refine_all: bool = True        # re-weight every partition for IoU (not only the best on select)
+    lexical_words: int = 12         # a partition of queries by their most frequent words (0: none)
+    lexical_min_count: int = 20     # occurrences on fit for a word to get its own query class
 
 
 def _stack(bases: dict[int, B.TextBasis], texts: Sequence[int], key: str, max_entries: int | None = None
@@ -64,6 +81,24 @@ def _stack(bases: dict[int, B.TextBasis], texts: Sequence[int], key: str, max_en
                     np.concatenate(omega), tuple(gather))
 
 
+class _HeadExtras:
+    """One head's extra terms and their columns per text (computed when first needed)."""
+
+    def __init__(self, extras: list[KW.Extra], patterns: HeadPatterns):
+        self.extras, self.patterns = extras, patterns
+        self.cols: dict[int, np.ndarray] = {}
+        self._on: dict[int, np.ndarray] = {}
+
+    def on(self, stack: RowStack) -> np.ndarray:
+        """``[n, E]``: the extra terms on a stack's entries."""
+        if id(stack) not in self._on:
+            for i, _ in stack.gather:
+                if i not in self.cols:
+                    self.cols[i] = KW.extra_columns(self.extras, self.patterns.tokens[i])
+            self._on[id(stack)] = KW.stack_columns(self.cols, stack.gather, len(self.extras))
+        return self._on[id(stack)]
+
+
 class OfflineBackend:
     """Search over the program vocabulary (see the module docstring)."""
 
@@ -76,10 +111,11 @@ class OfflineBackend:
         self.bases: dict[int, B.TextBasis] = {}
         self.mixtures: dict[str, Mixture] = {}
         self._column = {s: i for i, s in enumerate(self.terms)}
+        self._extra: dict[str, KW.Extra] = {}  # per-head terms by source, for ``attention``
 
     # shared work ----------------------------------------------------------------------------
     def _keys(self) -> list[str]:
-        return [B.class_key(qc) for p in self.options.partitions for qc in B.PARTITIONS[p]]
+        return [B.class_key(qc) for part in self.partitions.values() for qc in part]
 
     def prepare(self, patterns: HeadPatterns, heads: Sequence[HeadRef]) -> None:
         self.patterns = patterns
@@ -90,10 +126,22 @@ class OfflineBackend:
         for i in tqdm(todo, desc="dictionary", unit="text", disable=not self.progress):
             self.bases[i] = B.text_basis(patterns.tokens[i], self.terms)
         self._head_index = [patterns.index[h] for h in heads]
+        self.partitions = {p: B.PARTITIONS[p] for p in self.options.partitions}
+        if self.options.lexical_words:
+            lex = B.lexical_partition([patterns.tokens[i] for i in fit], self.options.lexical_words,
+                                      self.options.lexical_min_count)
+            if lex:
+                self.partitions["lexical"] = lex
+                for i, tb in self.bases.items():
+                    for qc in lex:
+                        tb.classes.setdefault(qc.pred, B.eval_pred(qc.pred, patterns.tokens[i]))
         self._gram(patterns, fit)
         keys = self._keys()
         self.select_stacks = {k: _stack(self.bases, select, k) for k in keys}
         self.refine_stacks = {k: _stack(self.bases, fit, k, self.options.refine_entries) for k in keys}
+        if self.options.keywords is not None:
+            self.salience = KW.salience(patterns, fit)
+            self.kw_stacks = {k: _stack(self.bases, fit, k, self.options.keyword_entries) for k in keys}
 
     def _gram(self, patterns: HeadPatterns, fit: list[int]) -> None:
         """Per query class: ``G = B'WB`` and ``b = B'WA`` for every head, over the fit split."""
@@ -119,45 +167,84 @@ class OfflineBackend:
                 self.b[k] += (De.T @ A[m]).astype(np.float64)
 
     # per head ---------------------------------------------------------------------------------
-    def _fit_class(self, key: str, h: int) -> tuple[np.ndarray, float]:
-        """Weights for one query class (terms chosen on select) and their select score."""
+    def _fit_class(self, key: str, h: int, ext: _HeadExtras | None) -> tuple[np.ndarray, float]:
+        """Weights ``[K (+ E)]`` for one query class (terms chosen on select) and their select score.
+
+        With per-head terms (``ext``): a second path, fitted on a sample of fit rows over the
+        shared path's terms and the head's own, competes on select with the shared path.
+        """
         path = greedy_path(self.G[key], self.b[key][:, h], self.options.max_terms)
         sel = self.select_stacks[key]
+        K, E = len(self.terms), (len(ext.extras) if ext else 0)
+        path = [np.pad(w, (0, E)) for w in path]
         if not path:
-            return np.zeros(len(self.terms)), 0.0
+            return np.zeros(K + E), 0.0
         if sel.n_rows == 0:
             return path[0], 0.0
         a_sel = sel.targets(self.patterns.packed, h)
-        scores = [rows_iou(sel, a_sel, w) for w in path]
+        x_sel = ext.on(sel) if ext else None
+        scores = [rows_iou(sel, a_sel, w, x_sel) for w in path]
+        if ext:
+            path2 = self._keyword_path(key, h, ext, np.flatnonzero(np.any(path, axis=0)))
+            path, scores = path + path2, scores + [rows_iou(sel, a_sel, w, x_sel) for w in path2]
         best = max(scores)
         tol = self.options.tolerance * float(sel.omega.sum())
-        m = next(j for j, s in enumerate(scores) if s >= best - tol)
+        m = min((j for j, s in enumerate(scores) if s >= best - tol),
+                key=lambda j: (np.count_nonzero(path[j]), j))
         return path[m], scores[m]
 
-    def _refine(self, key: str, h: int, w: np.ndarray, score: float) -> np.ndarray:
+    def _keyword_path(self, key: str, h: int, ext: _HeadExtras, shared: np.ndarray) -> list[np.ndarray]:
+        st = self.kw_stacks[key]
+        if st.n_rows == 0:
+            return []
+        K, E = len(self.terms), len(ext.extras)
+        cand = np.concatenate([shared, K + np.arange(E)])
+        D = np.hstack([np.asarray(st.matrix[:, shared].toarray(), dtype=np.float64), ext.on(st)])
+        G, b = KW.gram(D, st.targets(self.patterns.packed, h), st.starts, st.omega)
+        out = []
+        for w in greedy_path(G, b, self.options.max_terms):
+            full = np.zeros(K + E)
+            full[cand] = w
+            out.append(full)
+        return out
+
+    def _refine(self, key: str, h: int, w: np.ndarray, score: float, ext: _HeadExtras | None) -> np.ndarray:
         """Re-weight for IoU on fit rows; kept only if the select split agrees."""
         ref, sel = self.refine_stacks[key], self.select_stacks[key]
         if np.count_nonzero(w) < 2 or not ref.n_rows or not sel.n_rows:
             return w
-        w2 = refine_iou(ref, ref.targets(self.patterns.packed, h), w)
-        gain = rows_iou(sel, sel.targets(self.patterns.packed, h), w2) - score
+        x_ref, x_sel = (ext.on(ref), ext.on(sel)) if ext else (None, None)
+        w2 = refine_iou(ref, ref.targets(self.patterns.packed, h), w, extra=x_ref)
+        gain = rows_iou(sel, sel.targets(self.patterns.packed, h), w2, x_sel) - score
         return w2 if gain > 1e-4 * float(sel.omega.sum()) else w
+
+    def _head_extras(self, h: int) -> _HeadExtras | None:
+        if self.options.keywords is None:
+            return None
+        extras = KW.extra_terms(self.salience, h, self.options.keywords)
+        if not extras:
+            return None
+        for x in extras:
+            self._extra[x.source] = x
+        return _HeadExtras(extras, self.patterns)
 
     def propose(self, patterns: HeadPatterns, head: HeadRef) -> list[str]:
         """One program per partition; the classes of the partition best on select are re-weighted for IoU."""
         h = patterns.index[head]
+        ext = self._head_extras(h)
+        names = list(self.terms) + ([x.source for x in ext.extras] if ext else [])
         fitted = {}
-        for pname in self.options.partitions:
-            fitted[pname] = [(qc, *self._fit_class(B.class_key(qc), h)) for qc in B.PARTITIONS[pname]]
+        for pname, part in self.partitions.items():
+            fitted[pname] = [(qc, *self._fit_class(B.class_key(qc), h, ext)) for qc in part]
         best = max(fitted, key=lambda p: sum(s for _, _, s in fitted[p]))
         out = []
         for pname in sorted(fitted, key=lambda p: p != best):
             parts = []
             for qc, w, s in fitted[pname]:
-                if pname == best:
-                    w = self._refine(B.class_key(qc), h, w, s)
+                if pname == best or self.options.refine_all:
+                    w = self._refine(B.class_key(qc), h, w, s, ext)
                 S = np.flatnonzero(w)
-                parts.append((qc.pred, clean_terms(w[S], [self.terms[j] for j in S])))
+                parts.append((qc.pred, clean_terms(w[S], [names[j] for j in S])))
             mix = Mixture(pname, tuple(parts))
             src = mix.source()
             self.mixtures[src] = mix
@@ -183,9 +270,14 @@ class OfflineBackend:
             if not terms:
                 continue
             w = np.zeros(len(self.terms), dtype=np.float32)
+            extra = [(x, self._extra[s]) for x, s in terms if s not in self._column]
             for x, s in terms:
-                w[self._column[s]] += x
+                if s in self._column:
+                    w[self._column[s]] += x
             contrib = np.asarray(tb.matrix @ w, dtype=np.float64).ravel()
+            if extra:
+                cols = KW.extra_columns([e for _, e in extra], self.patterns.tokens[i])
+                contrib += cols.astype(np.float64) @ np.array([x for x, _ in extra])
             if pred is not None:
                 key = pred if pred in tb.classes else None
                 mask = tb.classes[key] if key else B.eval_pred(pred, self.patterns.tokens[i])
