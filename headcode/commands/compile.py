@@ -89,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
                           "heads": rows}, indent=1))
     else:
         for r in rows:
-            detail = " + ".join(r.get("terms", [])) if r["status"] == "compiled" else "; ".join(r["reasons"])
+            if r["status"] == "compiled":  # one line a head; the full terms are in --json
+                terms = r.get("terms", [])
+                detail = f"{len(terms)} terms: " + " + ".join(terms)
+                detail = detail if len(detail) <= 100 else detail[:97] + "..."
+            else:
+                detail = "; ".join(r["reasons"])
             print(f"{r['head']:>8}  {r['status']:<10}  {detail}")
         print(f"{counts['compiled']} compiled, {counts['uncompiled']} uncompiled (reference path), "
               f"{counts['skipped']} skipped -> {out}", file=sys.stderr)
