@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from headcode.compiler.ir import describe_selector
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -30,18 +31,7 @@ class Term:
     query_table: int = -1
 
     def describe(self) -> str:
-        parts = [self.kind]
-        if self.kind == "offset":
-            parts.append(f"k={self.k}")
-        if self.kind == "decay":
-            parts.append(f"rate={self.rate:g}")
-        if self.strict:
-            parts.append("strict")
-        if self.key:
-            parts.append(f"key={self.key}")
-        if self.query:
-            parts.append(f"query={self.query}")
-        return f"{self.weight:g}*(" + " ".join(parts) + ")"
+        return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key, self.query)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -29,6 +29,22 @@ SELECTOR_KINDS: dict[str, str] = {
 }
 
 
+def describe_selector(kind: str, k: int, rate: float, strict: bool, key: str | None, query: str | None) -> str:
+    """``(offset k=1 key=punct)``: one selector term in a line (shared by IR and compiled terms)."""
+    parts = [kind]
+    if kind == "offset":
+        parts.append(f"k={k}")
+    if kind == "decay":
+        parts.append(f"rate={rate:g}")
+    if strict:
+        parts.append("strict")
+    if key:
+        parts.append(f"key={key}")
+    if query:
+        parts.append(f"query={query}")
+    return "(" + " ".join(parts) + ")"
+
+
 @dataclass(frozen=True)
 class Sel:
     """One selector term. ``key`` restricts keys (then renormalises); ``query`` gates rows."""
@@ -41,18 +57,8 @@ class Sel:
     query: Pred | None = None
 
     def describe(self) -> str:
-        parts = [self.kind]
-        if self.kind == "offset":
-            parts.append(f"k={self.k}")
-        if self.kind == "decay":
-            parts.append(f"rate={self.rate:g}")
-        if self.strict:
-            parts.append("strict")
-        if self.key is not None:
-            parts.append(f"key={self.key.name}")
-        if self.query is not None:
-            parts.append(f"query={self.query.name}")
-        return "(" + " ".join(parts) + ")"
+        return describe_selector(self.kind, self.k, self.rate, self.strict,
+                                 self.key and self.key.name, self.query and self.query.name)
 
     def restrict_keys(self, pred: Pred) -> Sel:
         return replace(self, key=pred if self.key is None else self.key & pred)
