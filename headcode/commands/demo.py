@@ -59,7 +59,11 @@ def summary_table(report: dict) -> str:
     variants = [k for k in ("surrogate", "mean_ablation", "first_token", "uniform") if k in report["curve"][0]]
     head = f"{'heads replaced':>16} " + " ".join(f"{v.replace('_', ' '):>14}" for v in variants)
     lines = [f"perplexity on held-out text (base {report['perplexity']['base']:.3f})", head]
+    seen = set()
     for row in report["curve"]:
+        if row["k"] in seen:  # fewer heads explained than the budget: the same row again
+            continue
+        seen.add(row["k"])
         lines.append(f"{row['k']:>6} ({100 * row['actual_fraction']:4.1f}%)  "
                      + " ".join(f"{row[v]:>14.3f}" for v in variants))
     for task, r in report.get("qa", {}).items():
