@@ -64,35 +64,52 @@ def main() -> None:
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    torch.manual_seed(args.seed)
+    # each accepted story is appended to OUT.partial at once: an interrupted run keeps its
+    # stories and, started again, goes on after the last batch it finished
+    partial = args.out + ".partial"
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     stories: list[dict] = []
-    seen: set[str] = set()
+    done_prompts: set[str] = set()
+    if os.path.exists(partial):
+        with open(partial) as f:
+            for line in f:
+                row = json.loads(line)
+                stories.append(row)
+                done_prompts.update(row.get("batch", []))
+    seen = {s["text"] for s in stories}
     todo = prompts(args.n * 2, args.seed)
-    bar = tqdm(total=args.n, desc="stories")
+    bar = tqdm(total=args.n, initial=min(len(stories), args.n), desc="stories")
     t0 = time.time()
-    for i in range(0, len(todo), args.batch):
-        batch = todo[i:i + args.batch]
-        chats = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                         add_generation_prompt=True) for p in batch]
-        enc = tok(chats, return_tensors="pt", padding=True)
-        with torch.no_grad():
-            out = lm.model.generate(**enc, max_new_tokens=200, do_sample=True, temperature=0.7,
-                                    top_p=0.9, repetition_penalty=1.1, pad_token_id=tok.pad_token_id)
-        for p, seq in zip(batch, out[:, enc.input_ids.shape[1]:]):
-            text = clean(tok.decode(seq, skip_special_tokens=True))
-            if text and text not in seen and len(stories) < args.n:
-                seen.add(text)
-                stories.append({"id": len(stories), "prompt": p, "text": text})
-                bar.update(1)
-        if len(stories) >= args.n:
-            break
+    with open(partial, "a") as sink:
+        for i in range(0, len(todo), args.batch):
+            if len(stories) >= args.n:
+                break
+            batch = todo[i:i + args.batch]
+            if set(batch) <= done_prompts:
+                continue
+            torch.manual_seed(args.seed * 100_003 + i)  # per batch: a resumed run samples the same
+            chats = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p in batch]
+            enc = tok(chats, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                out = lm.model.generate(**enc, max_new_tokens=200, do_sample=True, temperature=0.7,
+                                        top_p=0.9, repetition_penalty=1.1, pad_token_id=tok.pad_token_id)
+            for p, seq in zip(batch, out[:, enc.input_ids.shape[1]:]):
+                text = clean(tok.decode(seq, skip_special_tokens=True))
+                if text and text not in seen and len(stories) < args.n:
+                    seen.add(text)
+                    row = {"id": len(stories), "prompt": p, "text": text, "batch": batch}
+                    stories.append(row)
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+                    bar.update(1)
     bar.close()
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         for s in stories:
-            f.write(json.dumps(s) + "\n")
+            f.write(json.dumps({k: s[k] for k in ("id", "prompt", "text")}) + "\n")
     os.replace(tmp, args.out)
+    os.remove(partial)
     print(f"{len(stories)} stories in {time.time() - t0:.0f}s -> {args.out}")
 
 
