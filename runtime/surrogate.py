@@ -22,6 +22,7 @@ projections are swapped for sliced copies, and swapped back on ``remove``). GPT-
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from headcode.errors import HeadcodeError
+from headcode.kernels.program_head.stream import LayerProgram
 from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
 from headcode.runtime.capture import attention_modules
 from headcode.runtime.heads import HeadRef
@@ -52,22 +54,34 @@ class LayerSurrogate:
         self.q_rows: tuple[int, ...] = tuple(range(n_heads))       # head of each row of `query`
         self.k_rows: tuple[int, ...] = tuple(range(n_kv_heads))    # KV group of each row of `key`
         self._index: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        # with a HeadcodeCache: compiled heads keep selector states, the others are recomputed
+        self.stateful = [h for h, fn in self.fns.items() if isinstance(fn, CompiledHeadFn)]
+        self.recompute = [h for h in self.fns if h not in self.stateful]
+        self.key_groups = tuple(sorted({h // self.group for h in self.neural}))
+        self.value_groups = tuple(sorted({h // self.group for h in self.neural + self.recompute}))
+        self.program = LayerProgram.build([self.fns[h].head.spec for h in self.stateful],
+                                          [h // self.group for h in self.stateful]) if self.stateful else None
 
-    def _indices(self, n_q_rows: int, n_k_rows: int, device: torch.device) -> tuple[Any, ...]:
-        key = (n_q_rows, n_k_rows, str(device))
+    def _indices(self, q_rows: tuple[int, ...], k_rows: tuple[int, ...], v_rows: tuple[int, ...] | None,
+                 device: torch.device) -> tuple[Any, ...]:
+        """Index tensors for the neural heads: their rows of ``query``/``key``/``value`` (given the
+        head of each query row and the group of each key/value row), the heads, and whether the
+        query needs no gather."""
+        key = (q_rows, k_rows, v_rows, str(device))
         if key not in self._index:
-            q_rows = self.q_rows if n_q_rows == len(self.q_rows) else tuple(range(n_q_rows))
-            k_rows = self.k_rows if n_k_rows == len(self.k_rows) else tuple(range(n_k_rows))
             try:
                 qi = [q_rows.index(h) for h in self.neural]
                 ki = [k_rows.index(h // self.group) for h in self.neural]
+                vi = [h // self.group if v_rows is None else v_rows.index(h // self.group) for h in self.neural]
             except ValueError as e:
                 raise HeadcodeError("the attention got fewer query/key heads than the surrogate plan "
                                     "expects: remove the plan and apply it again") from e
-            vi = [h // self.group for h in self.neural]
             idx = tuple(torch.tensor(x, dtype=torch.long, device=device) for x in (qi, ki, vi, self.neural))
-            self._index[key] = idx + (qi == list(range(n_q_rows)),)  # True: query needs no gather
+            self._index[key] = idx + (qi == list(range(len(q_rows))),)  # True: query needs no gather
         return self._index[key]
+
+    def _rows(self, n: int, rows: tuple[int, ...]) -> tuple[int, ...]:
+        return rows if n == len(rows) else tuple(range(n))
 
     def __call__(self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  mask: torch.Tensor | None, scaling: float, dropout: float = 0.0) -> torch.Tensor:
@@ -75,10 +89,14 @@ class LayerSurrogate:
         if getattr(module, "_headcode_capture", None) is not None:
             raise HeadcodeError("cannot capture attention on a layer with surrogate heads: "
                                 "remove the surrogate plan before capturing")
+        cache = self.history.cache
+        if getattr(cache, "observe_tokens", None) is not None:  # a HeadcodeCache
+            return self._with_states(cache, cache.layers[module.layer_idx], query, key, value, mask, scaling, dropout)
         B, _, n_q, _ = query.shape
         out = value.new_empty(B, self.n_heads, n_q, value.shape[-1])
         if self.neural:
-            qi, ki, vi, heads, identity = self._indices(query.shape[1], key.shape[1], query.device)
+            qi, ki, vi, heads, identity = self._indices(self._rows(query.shape[1], self.q_rows),
+                                                        self._rows(key.shape[1], self.k_rows), None, query.device)
             q = query if identity else query.index_select(1, qi)
             out[:, heads] = neural_attention(q, key, value, mask, scaling, ki, vi, dropout).to(out.dtype)
         if self.fns:
@@ -87,6 +105,33 @@ class LayerSurrogate:
             ids, start = ids.to(value.device), start.to(value.device)
             for h, fn in self.fns.items():
                 out[:, h] = fn(ids, value[:, h // self.group, :T], start, n_q).to(out.dtype)
+        return out
+
+    def _with_states(self, cache: Any, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float, dropout: float) -> torch.Tensor:
+        """With a ``HeadcodeCache``: ``key``/``value`` hold only the kept groups' history; compiled
+        heads advance their selector states by this call's tokens (one kernel call for the layer)."""
+        if getattr(layer, "surrogate", None) is not self:
+            raise HeadcodeError("this headcode cache was made for another surrogate plan: start again "
+                                "from the prompt with a new cache")
+        B, _, n_q, _ = query.shape
+        out = value.new_empty(B, self.n_heads, n_q, value.shape[-1])
+        if self.neural:
+            qi, ki, vi, heads, identity = self._indices(self._rows(query.shape[1], self.q_rows), self.key_groups,
+                                                        self.value_groups, query.device)
+            q = query if identity else query.index_select(1, qi)
+            out[:, heads] = neural_attention(q, key, value, mask, scaling, ki, vi, dropout).to(out.dtype)
+        if self.stateful:
+            res = layer.step(cache.new_ids, cache.start)
+            if len(self.stateful) == res.shape[1] == self.n_heads:
+                out = res.to(out.dtype)
+            else:
+                out[:, self.stateful] = res.to(out.dtype)
+        if self.recompute:
+            ids, start = cache.ids.to(value.device), cache.start.to(value.device)
+            for h in self.recompute:
+                fn = self.fns[h]
+                out[:, h] = fn(ids, value[:, self.value_groups.index(h // self.group)], start, n_q).to(out.dtype)
         return out
 
 
@@ -107,6 +152,7 @@ class SurrogateHandle:
 
     def __init__(self, model: nn.Module, layers: dict[int, LayerSurrogate], history: TokenHistory):
         self.model, self.layers, self.history = model, layers, history
+        self.attention_modules = attention_modules(model)
         self.heads = tuple(HeadRef(l, h) for l in sorted(layers) for h in layers[l].fns)
         self._restore: list[tuple[nn.Module, str, Any]] = []
         self._hook: Any = None
@@ -124,11 +170,37 @@ class SurrogateHandle:
         self._restore.clear()
         if self._hook is not None:
             self._hook.remove()
+        self.model.__dict__.pop("_prepare_cache_for_generation", None)
         if self._prev_impl is not None and self._prev_impl != NAME:
             self.model.set_attn_implementation(self._prev_impl)
         self.history.reset()
         self.model.__dict__.pop("_headcode_handle", None)
         self.active = False
+
+    def new_cache(self) -> Any:
+        """A ``HeadcodeCache`` for this plan (``generate`` makes one by itself)."""
+        from headcode.runtime.surrogate_cache import HeadcodeCache
+
+        return HeadcodeCache(self)
+
+    def _install_cache(self) -> None:
+        """Make ``generate`` create a ``HeadcodeCache`` where it would create a ``DynamicCache``
+        (a cache the caller passes is used as given)."""
+        from transformers.cache_utils import DynamicCache
+
+        prepare = self.model._prepare_cache_for_generation  # bound method of the model's class
+        handle = weakref.ref(self)
+
+        def prepare_cache(generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
+            res = prepare(generation_config, model_kwargs, *args, **kwargs)
+            h = handle()
+            for name in ("cache", "past_key_values"):
+                c = model_kwargs.get(name)
+                if h is not None and h.active and type(c) is DynamicCache and not getattr(c, "_is_user_defined", False):
+                    model_kwargs[name] = h.new_cache()
+            return res
+
+        self.model.__dict__["_prepare_cache_for_generation"] = prepare_cache
 
     def __enter__(self) -> SurrogateHandle:
         return self
@@ -142,9 +214,11 @@ def _model_of(model: Any) -> nn.Module:
 
 
 def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
-               slice_projections: bool = True) -> SurrogateHandle:
+               slice_projections: bool = True, stateful: bool = True) -> SurrogateHandle:
     """Put ``surrogates`` (``{layer: {head: HeadFn}}``, from ``build_surrogates``) in place; returns
-    the handle that undoes it. ``model``: a transformers causal LM or a ``LoadedModel``."""
+    the handle that undoes it. ``model``: a transformers causal LM or a ``LoadedModel``.
+    ``stateful``: ``generate`` decodes through a ``HeadcodeCache`` (selector states, a smaller
+    cache); ``False`` keeps transformers' ``DynamicCache`` and recomputes replaced heads each step."""
     model = _model_of(model)
     if model.__dict__.get("_headcode_handle") is not None:
         raise HeadcodeError("a surrogate plan is already applied to this model: call remove() on "
@@ -166,6 +240,8 @@ def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
     if handle._prev_impl != NAME:
         use_headcode_attention(model)
     handle._hook = history.attach(model)
+    if stateful:
+        handle._install_cache()
     can_slice = slice_projections and getattr(cfg, "model_type", "") in SLICEABLE
     for layer, ls in layers.items():
         mod = mods[layer]

@@ -12,8 +12,13 @@ so calling either the LM or its base model works) records them:
 - the 2D ``attention_mask`` (when it covers the whole history) gives each row's first real
   position ``start`` (left padding); right padding needs nothing (causal programs never see it).
 
-Limitation: beam search reorders the cache's rows behind the model's back; the history is not
-reordered, so surrogate heads would read the wrong tokens. Use greedy or sampling.
+A ``HeadcodeCache`` (``runtime.surrogate_cache``) keeps what its surrogate heads need itself:
+the hook hands it each call's ids (``observe_tokens``) and records it as the current cache, and
+the history above is not used. It is what ``generate`` uses once a plan is applied.
+
+Limitation of the history path (a ``DynamicCache`` given by hand): beam search reorders the
+cache's rows behind the model's back; the history is not reordered, so surrogate heads would
+read the wrong tokens. Use the headcode cache (the default in ``generate``) for beam search.
 """
 
 from __future__ import annotations
@@ -49,9 +54,15 @@ class TokenHistory:
         self.ids: torch.Tensor | None = None
         self.start: torch.Tensor | None = None
         self._cache: Any = None           # weakref to the cache this history continues, or None
+        self._current: Any = None         # weakref to the cache of the call running now, or None
 
     def reset(self) -> None:
-        self.ids, self.start, self._cache = None, None, None
+        self.ids, self.start, self._cache, self._current = None, None, None, None
+
+    @property
+    def cache(self) -> Cache | None:
+        """The cache the running forward call was given (``None``: none)."""
+        return self._current() if self._current is not None else None
 
     def _same_cache(self, cache: Any) -> bool:
         return self._cache is not None and self._cache() is cache
@@ -89,7 +100,13 @@ class TokenHistory:
         ids = kwargs.get("input_ids")
         if ids is None and args:
             ids = args[0]
-        self.update(ids, kwargs.get("attention_mask"), find_cache(args, kwargs))
+        cache = find_cache(args, kwargs)
+        self._current = weakref.ref(cache) if cache is not None else None
+        observe = getattr(cache, "observe_tokens", None)
+        if observe is not None:
+            observe(ids, kwargs.get("attention_mask"))
+            return
+        self.update(ids, kwargs.get("attention_mask"), cache)
 
     def attach(self, model: torch.nn.Module) -> Any:
         """Register the pre-hook on the model's base module; returns the hook handle."""
