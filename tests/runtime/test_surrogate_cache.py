@@ -1,0 +1,119 @@
+"""Decoding through ``HeadcodeCache`` (selector states, a smaller cache) against the recompute path:
+greedy and beam search token for token, logits at every decoded position, left padding, the
+cache's bytes, and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_surrogate import SOURCES, TEXTS, make_plan
+from transformers import DynamicCache
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.loading import load_model
+from headcode.runtime.surrogate import apply_plan, build_surrogates, surrogates_applied
+from headcode.runtime.surrogate_cache import HeadcodeCache, cache_nbytes
+from headcode.runtime.surrogate_heads import UniformHead
+
+STEPS = 64
+# half the heads of every layer, as whole KV groups (Llama: group 1 = heads 2, 3; GPT-2: one head per group)
+HALF = {
+    HeadRef(layer, head): src for layer in (0, 1) for head, src in (
+        (2, "def attend(t):\n    return 0.6 * first(t) + 0.3 * previous(t, 1) + 0.1 * most_recent(t, punct)\n"),
+        (3, "def attend(t):\n    return 0.5 * decay(t, 0.7) + 0.3 * in_same_sentence(t) + 0.2 * uniform(t)\n"))
+}
+
+
+def _cache_of(out):
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def _gen(model, ids, **kw):
+    args = dict(max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, pad_token_id=0, output_logits=True,
+                return_dict_in_generate=True)
+    with torch.no_grad():
+        return model.generate(ids, **{**args, **kw})
+
+
+def test_greedy_decoding_through_the_states_equals_recompute_and_prefill(tiny_dir):
+    lm = load_model(tiny_dir)
+    ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
+    with surrogates_applied(lm, make_plan(lm)):
+        ours = _gen(lm.model, ids)
+        recompute = _gen(lm.model, ids, use_cache=False)
+        assert isinstance(_cache_of(ours), HeadcodeCache)
+        assert torch.equal(ours.sequences, recompute.sequences)
+        assert ours.sequences.shape[1] == ids.shape[1] + STEPS
+        # the logits of every decoded position equal one prefill over the whole sequence
+        with torch.no_grad():
+            full = lm.model(input_ids=ours.sequences).logits
+        decoded = torch.stack(ours.logits, 1)
+        torch.testing.assert_close(decoded, full[:, ids.shape[1] - 1:-1], rtol=0, atol=1e-4)
+        torch.testing.assert_close(decoded, torch.stack(recompute.logits, 1), rtol=0, atol=1e-4)
+    base = _gen(lm.model, ids)
+    assert (torch.stack(base.logits, 1) - decoded).abs().max() > 1e-3  # the programs are in use
+
+
+def test_left_padded_batch_and_beam_search_equal_recompute(tiny_dir):
+    lm = load_model(tiny_dir)
+    lm.tokenizer.padding_side = "left"
+    enc = lm.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    assert (enc.attention_mask == 0).any()
+    with surrogates_applied(lm, make_plan(lm)):
+        ours = _gen(lm.model, enc.input_ids, attention_mask=enc.attention_mask)
+        recompute = _gen(lm.model, enc.input_ids, attention_mask=enc.attention_mask, use_cache=False)
+        assert isinstance(_cache_of(ours), HeadcodeCache)
+        assert torch.equal(ours.sequences, recompute.sequences)
+        torch.testing.assert_close(torch.stack(ours.logits), torch.stack(recompute.logits), rtol=0, atol=1e-4)
+        beam = dict(num_beams=2, max_new_tokens=16, min_new_tokens=16, output_logits=False)
+        ours = _gen(lm.model, enc.input_ids, attention_mask=enc.attention_mask, **beam)
+        recompute = _gen(lm.model, enc.input_ids, attention_mask=enc.attention_mask, use_cache=False, **beam)
+        assert isinstance(_cache_of(ours), HeadcodeCache)
+        assert torch.equal(ours.sequences, recompute.sequences)
+        torch.testing.assert_close(ours.sequences_scores, recompute.sequences_scores, rtol=0, atol=1e-4)
+
+
+def test_half_the_heads_as_whole_groups_halve_the_cache(tiny_dir):
+    lm = load_model(tiny_dir)
+    ids = lm.tokenizer(" ".join(TEXTS * 3), return_tensors="pt").input_ids[:, :200]
+    base = _gen(lm.model, ids)
+    with surrogates_applied(lm, make_plan(lm, HALF)):
+        ours = _gen(lm.model, ids)
+    cache, base_cache = _cache_of(ours), _cache_of(base)
+    assert isinstance(cache, HeadcodeCache) and type(base_cache) is DynamicCache
+    ratio = cache_nbytes(cache) / cache_nbytes(base_cache)
+    assert ratio <= 0.55, ratio
+    # the groups' own K/V are gone: one of two KV rows left per layer (GPT-2: two of four heads)
+    kv = lm.model.config.num_key_value_heads if hasattr(lm.model.config, "num_key_value_heads") else 4
+    assert all(layer.keys.shape[1] == kv // 2 and layer.values.shape[1] == kv // 2 for layer in cache.layers)
+
+
+def test_a_hand_written_loop_and_a_head_that_must_be_recomputed(tiny_llama_dir):
+    lm = load_model(tiny_llama_dir)
+    layers = build_surrogates(make_plan(lm), lm)
+    layers[0][1] = UniformHead()  # not a compiled program: recomputed from its group's cached values
+    seq = lm.tokenizer(TEXTS[1], return_tensors="pt").input_ids
+    with apply_plan(lm.model, layers) as handle, torch.no_grad():
+        full = lm.model(input_ids=seq).logits
+        cache = handle.new_cache()
+        out = lm.model(input_ids=seq[:, :6], cache=cache, use_cache=True)
+        steps = [out.logits]
+        for i in range(6, seq.shape[1]):
+            steps.append(lm.model(input_ids=seq[:, i:i + 1], cache=cache, use_cache=True).logits)
+        torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-4)
+        assert cache.ids is not None and cache.ids.shape[1] == seq.shape[1]  # kept only for that head
+        with pytest.raises(HeadcodeError, match="cannot be cropped"):
+            cache.crop(-1)
+    with pytest.raises(HeadcodeError, match="removed"), torch.no_grad():
+        apply_plan(lm.model, build_surrogates(make_plan(lm), lm))
+        lm.model(input_ids=seq[:, :1], cache=cache, use_cache=True)
+
+
+def test_a_dynamic_cache_given_by_hand_keeps_the_recompute_path(tiny_gpt2_dir):
+    lm = load_model(tiny_gpt2_dir)
+    ids = lm.tokenizer(TEXTS[2], return_tensors="pt").input_ids
+    with surrogates_applied(lm, make_plan(lm)):
+        out = _gen(lm.model, ids, max_new_tokens=4, min_new_tokens=4, cache=DynamicCache(config=lm.model.config))
+    assert type(_cache_of(out)) is DynamicCache
+    assert len(SOURCES) == 5
