@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from headcode.compiler.head import CompiledHead, SurrogatePlan
+from headcode.compiler.plan_check import check_loaded_plan
 from headcode.errors import HeadcodeError
 
 FORMAT = "headcode-surrogates"
@@ -81,6 +82,7 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
                 if _digest(tables) != d["tables_sha256"]:
                     raise HeadcodeError(f"{path} is corrupt: the tables of head {key} do not match their checksum")
                 heads[key] = CompiledHead.from_meta_json(d, tables)
+            check_loaded_plan(heads, path)
     except HeadcodeError:
         raise
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:

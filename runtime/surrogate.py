@@ -46,7 +46,8 @@ SLICEABLE = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 class LayerSurrogate:
     """One layer's attention with ``fns`` (query head -> HeadFn) in place of those heads."""
 
-    def __init__(self, fns: Mapping[int, HeadFn], n_heads: int, n_kv_heads: int, history: TokenHistory):
+    def __init__(self, fns: Mapping[int, HeadFn], n_heads: int, n_kv_heads: int, history: TokenHistory,
+                 vocab: int = 0):
         self.fns = dict(sorted(fns.items()))
         self.n_heads, self.group = n_heads, n_heads // n_kv_heads
         self.neural = [h for h in range(n_heads) if h not in self.fns]
@@ -60,7 +61,7 @@ class LayerSurrogate:
         self.key_groups = tuple(sorted({h // self.group for h in self.neural}))
         self.value_groups = tuple(sorted({h // self.group for h in self.neural + self.recompute}))
         self.program = LayerProgram.build([self.fns[h].head.spec for h in self.stateful],
-                                          [h // self.group for h in self.stateful]) if self.stateful else None
+                                          [h // self.group for h in self.stateful], vocab) if self.stateful else None
 
     def _indices(self, q_rows: tuple[int, ...], k_rows: tuple[int, ...], v_rows: tuple[int, ...] | None,
                  device: torch.device) -> tuple[Any, ...]:
@@ -234,7 +235,7 @@ def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
             raise HeadcodeError(f"the surrogate plan names layer {layer} heads {sorted(fns)}, outside "
                                 f"this model ({len(mods)} layers x {n_heads} heads): wrong plan for this model")
         if fns:
-            layers[layer] = LayerSurrogate(fns, n_heads, n_kv, history)
+            layers[layer] = LayerSurrogate(fns, n_heads, n_kv, history, getattr(cfg, "vocab_size", 0) or 0)
     handle = SurrogateHandle(model, layers, history)
     handle._prev_impl = cfg._attn_implementation
     if handle._prev_impl != NAME:

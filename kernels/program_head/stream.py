@@ -53,12 +53,14 @@ class LayerProgram:
         return int(self.group.shape[0])
 
     @classmethod
-    def build(cls, specs: Sequence[HeadSpec], groups: Sequence[int]) -> LayerProgram:
+    def build(cls, specs: Sequence[HeadSpec], groups: Sequence[int], vocab: int = 0) -> LayerProgram:
+        """``vocab``: the model's vocabulary size; tables are zero-padded to it (a token id a head was
+        not compiled for satisfies none of its predicates)."""
         cols: dict[str, list] = {k: [] for k in ("kinds", "ks", "rates", "strict", "key_tab", "query_tab",
                                                   "weights", "head", "slot")}
         counts = [0, 0, 0, 0]
         tabs, bnd, nwd, off = [], [], [], 0
-        vocab = max((sp.vocab_size for sp in specs), default=1)
+        vocab = max([vocab, 1] + [sp.vocab_size for sp in specs])
         ring_len = 1
         for h, sp in enumerate(specs):
             def shift(r: int, o: int = off) -> int:
@@ -168,6 +170,13 @@ class LayerState:
         vn = np.ascontiguousarray(vd.cpu().numpy())
         idn = np.ascontiguousarray(ids.detach().cpu().numpy(), dtype=np.int64)
         stn = np.ascontiguousarray(start.detach().cpu().numpy(), dtype=np.int64)
+        if idn.size and (idn.min() < 0 or idn.max() >= self.prog.tables.shape[1]):
+            raise ValueError(f"token ids must be in [0, {self.prog.tables.shape[1]}), got "
+                             f"[{idn.min()}, {idn.max()}]: a plan for another vocabulary")
+        if stn.shape != (B,) or v.dim() != 4 or tuple(v.shape[0:1]) + tuple(v.shape[2:3]) != (B, n) \
+                or v.shape[1] <= int(self.prog.group.max(initial=0)):
+            raise ValueError(f"expected ids [B, n], v [B, G, n, D] and start [B], got {tuple(ids.shape)}, "
+                             f"{tuple(v.shape)} and {tuple(start.shape)}")
         out = np.empty((B, self.prog.n_heads, n, vn.shape[3]), dtype=vn.dtype)
         p = self.prog
         st = [t.numpy() for t in self.tensors().values()]

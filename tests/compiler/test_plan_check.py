@@ -1,0 +1,51 @@
+"""A tampered plan file (a term index past its table, a bad parameter) is refused at load, in one
+line naming every problem, before any kernel could read out of bounds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from catalogue import VOCAB
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from headcode.compiler import SurrogatePlan, compile_source, load_plan, save_plan
+from headcode.errors import HeadcodeError
+
+SOURCE = "def attend(t):\n    return 0.5 * most_recent(t, punct) + 0.5 * in_same_sentence(t)\n"
+
+
+def _tamper(src, dst, edit) -> None:
+    with safe_open(str(src), framework="numpy") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    heads = json.loads(meta["heads"])
+    edit(heads["L0.H0"])
+    meta["heads"] = json.dumps(heads)
+    save_file(tensors, str(dst), metadata=meta)
+
+
+def _edit_term(field, value):
+    def edit(head):
+        head["terms"][0][field] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_edit_term("key_table", 7), "term 0 key_table 7 is past its table"),
+    (_edit_term("query_table", -5), "term 0 query_table -5 is past its table"),
+    (_edit_term("kind", "teleport"), "unknown kind 'teleport'"),
+    (_edit_term("weight", -1.0), "not finite and non-negative"),
+    (lambda h: h.update(boundary_table=3), "boundary_table 3 is past its table"),
+])
+def test_a_tampered_plan_is_refused_in_one_line(tmp_path, edit, words):
+    head = compile_source(SOURCE, VOCAB, "fp", name="L0.H0", model_id="m", strict=True)
+    good = save_plan(SurrogatePlan(model_id="m", fingerprint="fp", heads={"L0.H0": head}), tmp_path / "ok.safetensors")
+    assert load_plan(good).heads["L0.H0"].terms == head.terms
+    bad = tmp_path / "bad.safetensors"
+    _tamper(good, bad, edit)
+    with pytest.raises(HeadcodeError) as e:
+        load_plan(bad)
+    msg = str(e.value)
+    assert "\n" not in msg and "L0.H0" in msg and words in msg and "compile it again" in msg
