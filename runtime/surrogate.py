@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from headcode.errors import HeadcodeError
-from headcode.kernels.program_head.stream import LayerProgram
+from headcode.kernels.program_head.stream import LayerProgram, LayerState
 from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
 from headcode.runtime.capture import attention_modules
 from headcode.runtime.heads import HeadRef
@@ -62,6 +62,8 @@ class LayerSurrogate:
         self.value_groups = tuple(sorted({h // self.group for h in self.neural + self.recompute}))
         self.program = LayerProgram.build([self.fns[h].head.spec for h in self.stateful],
                                           [h // self.group for h in self.stateful], vocab) if self.stateful else None
+        # without a headcode cache, a whole sequence still runs the layer's compiled heads in one call
+        self.one_call = bool(self.stateful) and all(self.fns[h].backend == "numba" for h in self.stateful)
 
     def _indices(self, q_rows: tuple[int, ...], k_rows: tuple[int, ...], v_rows: tuple[int, ...] | None,
                  device: torch.device) -> tuple[Any, ...]:
@@ -104,7 +106,12 @@ class LayerSurrogate:
             ids, start = self.history.current(value.shape[2])
             T = ids.shape[1]
             ids, start = ids.to(value.device), start.to(value.device)
-            for h, fn in self.fns.items():
+            heads = self.fns
+            if self.one_call and n_q == T and value.device.type == "cpu":  # a whole sequence: one kernel call
+                out[:, self.stateful] = LayerState(self.program, B, value.shape[-1]).step(
+                    ids, value[:, :, :T], start).to(out.dtype)
+                heads = {h: self.fns[h] for h in self.recompute}
+            for h, fn in heads.items():
                 out[:, h] = fn(ids, value[:, h // self.group, :T], start, n_q).to(out.dtype)
         return out
 
