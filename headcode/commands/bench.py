@@ -8,7 +8,10 @@ The same cases as ``pytest benchmarks/ --benchmark-only`` (both read ``headcode.
 one head (Numba; the torch reference at short lengths; Triton with a GPU) against SDPA, eager
 attention, FlexAttention (compiled) and a copy of V; one layer's attention, prefill and greedy
 generation with 10/25/50% of heads replaced against the base model; compile time per program;
-synthesis throughput (offline backend); peak memory of one head at T=4096. Each figure is a
+synthesis throughput (offline backend); peak memory of one head at T=4096; decoding tokens/s at
+context 512/2048/4096 and batch 1/8, prefill at T=1024/4096 and KV-cache bytes per token through the
+headcode cache, with 25/50% of heads replaced as whole KV groups, each ratio beside its limit
+``1 / (1 - share * attention's share of the step)`` (``--only decode``). Each figure is a
 median over repeated runs after warm-up; each ratio compares two sides measured in this run
 (``speedup`` = neural_ms / surrogate_ms). With ``--surrogates`` the layer, prefill and generation
 cases put that plan's compiled heads in place (as many as it has, up to each share). The JSON
@@ -26,7 +29,7 @@ from typing import Any
 from headcode.io import write_json
 
 HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
-GROUPS = ("head", "memory", "compile", "model", "synthesis")
+GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis")
 FORMAT_VERSION = 1
 
 
@@ -57,6 +60,11 @@ def table(cases: list[dict[str, Any]]) -> str:
             note = f"{c['surrogate_tokens_per_s']:.1f} vs {c['neural_tokens_per_s']:.1f} tok/s"
         elif c["group"] in ("layer", "model"):
             note = f"{c['replaced']} heads replaced"
+        elif c["group"] in ("decode", "prefill"):
+            note = f"limit {c['limit']:.2f}x (attention {c['attention_share']:.0%} of the step)"
+            if c["group"] == "decode":
+                note += (f"; {c['tokens_per_s']:.1f} vs {c['base_tokens_per_s']:.1f} tok/s; cache "
+                         f"{c['cache_bytes_per_token']:.0f} vs {c['base_cache_bytes_per_token']:.0f} B/token")
         elif c["group"] == "synthesis":
             note = f"{c['heads_per_min']:.1f} heads/min ({c['heads']} heads, {c['texts']} texts)"
         elif c["group"] == "compile":
@@ -116,7 +124,7 @@ def _run(args: argparse.Namespace, groups: set[str]) -> int:
         log(f"memory: one head at T={bm.MEMORY_T}")
         cases.append(bm.memory_case())
     model_name = None
-    if groups & {"compile", "model", "synthesis"}:
+    if groups & {"compile", "model", "decode", "synthesis"}:
         from headcode.benchmarking_model import model_cases, synthesis_case
         from headcode.runtime.loading import load_model
         from headcode.runtime.tokens import vocabulary_pieces
@@ -137,6 +145,11 @@ def _run(args: argparse.Namespace, groups: set[str]) -> int:
         if "model" in groups:
             log("layer, prefill and generation: base vs heads replaced")
             cases += model_cases(lm, settings, plan, log)
+        if "decode" in groups:
+            from headcode.benchmarking_decode import DecodeSettings, decode_cases
+
+            log("decoding and prefill through the headcode cache: base vs whole KV groups replaced")
+            cases += decode_cases(lm, DecodeSettings.quick() if args.quick else DecodeSettings.full(), plan, log)
         if "synthesis" in groups:
             log("synthesis throughput (offline backend)")
             cases.append(synthesis_case(lm, settings))
