@@ -7,10 +7,13 @@ Groups: ``decode C=<C> B=<B>``, ``prefill T=<T>``; names ``base`` and ``replaced
 attention's measured share of the base step), ``cache_bytes_per_token`` (counted from the cache's
 tensors). Targets (issue 12): decode at C=4096, B=8: >= 1.5x base and within 90% of its limit;
 prefill at T=4096 with 50% replaced within 90% of its limit.
-Run: ``pytest benchmarks/test_decode.py --benchmark-only`` (minutes: contexts up to 4096).
+Run: ``pytest benchmarks/test_decode.py --benchmark-only`` (minutes: contexts up to 4096);
+``HEADCODE_BENCH_QUICK=1`` runs the small settings (a check that the cases work, not a figure).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from transformers import DynamicCache
@@ -18,7 +21,7 @@ from transformers import DynamicCache
 from headcode import benchmarking_decode as bd
 from headcode import benchmarking_model as bmm
 
-S = bd.DecodeSettings.full()
+S = bd.DecodeSettings.quick() if os.environ.get("HEADCODE_BENCH_QUICK") else bd.DecodeSettings.full()
 FRACTIONS = [0.0, *S.fractions]
 _BASE: dict[tuple, dict] = {}
 
@@ -73,7 +76,7 @@ def test_decode(benchmark, lm, plan, C, B, fraction):
     def measure(new_cache):
         cache = new_cache()
         fn = bd.decode_fn(lm, cache, bd.prefill(lm, ids, cache), S.steps)
-        return fn, S.steps, lambda: dict(cache_bytes_per_token=bd._cache_bytes(cache) / (B * cache.get_seq_length()))
+        return fn, S.steps, lambda: dict(cache_bytes_per_token=bd.cache_bytes(cache) / (B * cache.get_seq_length()))
 
     info = _run(benchmark, lm, plan, ("decode", C, B), fraction, measure)
     info["tokens_per_s"] = 1e3 * B / info["median_ms"]

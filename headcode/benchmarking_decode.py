@@ -115,7 +115,8 @@ def limit(share: float, a: float) -> float:
     return 1.0 / max(1e-9, 1.0 - share * a)
 
 
-def _cache_bytes(cache: Any) -> int:
+def cache_bytes(cache: Any) -> int:
+    """Bytes of the cache's own tensors (K/V, selector states)."""
     from headcode.runtime.surrogate_cache import cache_nbytes
 
     return cache_nbytes(cache)
@@ -144,14 +145,14 @@ def decode_cases(loaded: Any, settings: DecodeSettings, plan: Any = None,
             run = decode_fn(loaded, cache, prefill(loaded, ids, cache), N)
             a = attention_share(loaded, run)
             base = median_ms(run, r, w) / N
-            base_bpt = _cache_bytes(cache) / (B * cache.get_seq_length())
+            base_bpt = cache_bytes(cache) / (B * cache.get_seq_length())
             for f, heads in chosen.items():
                 share = len(heads) / total
                 with surrogates_applied(loaded, plan, heads=heads) as handle:
                     cache = handle.new_cache()
                     run = decode_fn(loaded, cache, prefill(loaded, ids, cache), N)
                     ms = median_ms(run, r, w) / N
-                    bpt = _cache_bytes(cache) / (B * cache.get_seq_length())
+                    bpt = cache_bytes(cache) / (B * cache.get_seq_length())
                 cases.append(case(f"decode[{share:.0%}] C={C} B={B}", "decode", C, loaded.head_dim, ms, base,
                                   batch=B, replaced=len(heads), fraction=share, target_fraction=f, plan=source,
                                   tokens_per_s=1e3 * B / ms, base_tokens_per_s=1e3 * B / base, attention_share=a,

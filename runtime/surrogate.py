@@ -64,6 +64,7 @@ class LayerSurrogate:
                                           [h // self.group for h in self.stateful], vocab) if self.stateful else None
         # without a headcode cache, a whole sequence still runs the layer's compiled heads in one call
         self.one_call = bool(self.stateful) and all(self.fns[h].backend == "numba" for h in self.stateful)
+        self.on_device = bool(self.stateful) and all(self.fns[h].backend == "triton" for h in self.stateful)
 
     def _indices(self, q_rows: tuple[int, ...], k_rows: tuple[int, ...], v_rows: tuple[int, ...] | None,
                  device: torch.device) -> tuple[Any, ...]:

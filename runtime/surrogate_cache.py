@@ -18,8 +18,9 @@ or a ``DynamicCache`` to use the recompute path instead. Beam search (``reorder_
 ``batch_select_indices`` and ``batch_repeat_interleave`` reorder the states with the K/V; ``crop``
 (assisted decoding) cannot undo a running sum and raises.
 
-Decoding states run on the CPU (Numba); on a GPU the new values of a step are copied to the
-host and back (one sync per layer and step).
+Selector states run where the heads' backend runs: Numba on the CPU (``numba``), Triton on the
+GPU (``triton``: two launches per layer and step, no host sync; ``stream_triton``). With the
+``numba`` backend on a GPU model the new values of a step go to the host and back.
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ class HeadcodeLayer(DynamicLayer):
             raise HeadcodeError("the headcode cache got values without their token ids: call the model "
                                 "itself with input_ids (not one layer, not inputs_embeds)")
         if self.state is None:
-            self.state = LayerState(self.surrogate.program, v.shape[0], v.shape[-1])
+            if self.surrogate.on_device:
+                from headcode.kernels.program_head.stream_triton import TritonLayerState
+
+                self.state = TritonLayerState(self.surrogate.program, v.shape[0], v.shape[-1], v.device)
+            else:
+                self.state = LayerState(self.surrogate.program, v.shape[0], v.shape[-1])
         out = self.state.step(ids, v, start)
         self.new_values = None
         return out.to(v.device)
