@@ -6,6 +6,7 @@ work is left to the Triton kernels. ``ids [B, T] int64, start [B] int64``.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,19 @@ def latest(flags: torch.Tensor) -> torch.Tensor:
     return torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
 
 
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def device_tables(spec: HeadSpec, device: torch.device) -> torch.Tensor:
+    """``[n_tables, vocab + 1]`` bool on ``device`` (a zero column last), copied once per spec and device."""
+    per = _TABLES.setdefault(spec, {})
+    if str(device) not in per:
+        t = torch.zeros(spec.tables.shape[0], spec.vocab_size + 1, dtype=torch.bool)
+        t[:, : spec.vocab_size] = torch.as_tensor(spec.tables).bool()
+        per[str(device)] = t.to(device)
+    return per[str(device)]
+
+
 class Prep:
     """Shared per-call integer features, computed lazily once for all terms of a head."""
 
@@ -40,14 +54,15 @@ class Prep:
         B, T = ids.shape
         self.pos = torch.arange(T, device=ids.device).expand(B, T)
         self.valid = self.pos >= start[:, None]
-        self.tables = torch.as_tensor(spec.tables, device=ids.device).bool()
+        self.tables = device_tables(spec, ids.device)
+        self.tids = ids.clamp(min=0, max=spec.vocab_size)  # an id past the vocabulary reads the zero column
         self._cache: dict[str, torch.Tensor] = {}
 
     def table(self, row: int) -> torch.Tensor:
         """``[B, T]`` bool: table ``row`` at each token (all True for row -1)."""
         if row < 0:
             return torch.ones_like(self.valid)
-        return self.tables[row][self.ids]
+        return self.tables[row][self.tids]
 
     def sentence_begin(self) -> torch.Tensor:
         if "sb" not in self._cache:
