@@ -55,6 +55,17 @@ def neural_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                                           dropout_p=dropout, scale=scaling)
 
 
+def grouped_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                      scaling: float, dropout: float = 0.0) -> torch.Tensor:
+    """SDPA where query row ``i`` reads key/value row ``i // (h / k)``: ``query [B, h, q, D]``,
+    ``key``/``value [B, k, kv, D]`` -> ``[B, h, q, D]``, without copying the K/V history."""
+    if mask is not None:
+        mask = mask[..., : key.shape[-2]]
+    gqa = query.shape[1] != key.shape[1]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                          enable_gqa=gqa)
+
+
 def headcode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                        value: torch.Tensor, attention_mask: torch.Tensor | None,
                        scaling: float | None = None, dropout: float = 0.0,

@@ -32,7 +32,7 @@ from torch import nn
 
 from headcode.errors import HeadcodeError
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
-from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
+from headcode.runtime.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
 from headcode.runtime.capture import attention_modules
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.surrogate_heads import CompiledHeadFn, HeadFn, ProgramHeadFn
@@ -59,6 +59,8 @@ class LayerSurrogate:
         self.stateful = [h for h, fn in self.fns.items() if isinstance(fn, CompiledHeadFn)]
         self.recompute = [h for h in self.fns if h not in self.stateful]
         self.key_groups = tuple(sorted({h // self.group for h in self.neural}))
+        # the neural heads are every head of the kept groups: SDPA reads the groups without a gather
+        self.whole_groups = len(self.neural) == len(self.key_groups) * self.group
         self.value_groups = tuple(sorted({h // self.group for h in self.neural + self.recompute}))
         self.program = LayerProgram.build([self.fns[h].head.spec for h in self.stateful],
                                           [h // self.group for h in self.stateful], vocab) if self.stateful else None
@@ -129,7 +131,11 @@ class LayerSurrogate:
             qi, ki, vi, heads, identity = self._indices(self._rows(query.shape[1], self.q_rows), self.key_groups,
                                                         self.value_groups, query.device)
             q = query if identity else query.index_select(1, qi)
-            out[:, heads] = neural_attention(q, key, value, mask, scaling, ki, vi, dropout).to(out.dtype)
+            if self.whole_groups and self.key_groups == self.value_groups:  # no copy of the K/V history
+                res = grouped_attention(q, key, value, mask, scaling, dropout)
+            else:
+                res = neural_attention(q, key, value, mask, scaling, ki, vi, dropout)
+            out[:, heads] = res.to(out.dtype)
         if self.stateful:
             res = layer.step(cache.new_ids, cache.start)
             if len(self.stateful) == res.shape[1] == self.n_heads:

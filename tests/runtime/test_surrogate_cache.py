@@ -80,6 +80,9 @@ def test_half_the_heads_as_whole_groups_halve_the_cache(tiny_dir):
     base = _gen(lm.model, ids)
     with surrogates_applied(lm, make_plan(lm, HALF)):
         ours = _gen(lm.model, ids)
+        recompute = _gen(lm.model, ids, use_cache=False, max_new_tokens=8, min_new_tokens=8)
+    assert torch.equal(ours.sequences[:, :ids.shape[1] + 8], recompute.sequences)
+    torch.testing.assert_close(torch.stack(ours.logits[:8]), torch.stack(recompute.logits), rtol=0, atol=1e-4)
     cache, base_cache = _cache_of(ours), _cache_of(base)
     assert isinstance(cache, HeadcodeCache) and type(base_cache) is DynamicCache
     ratio = cache_nbytes(cache) / cache_nbytes(base_cache)
