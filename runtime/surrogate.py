@@ -10,14 +10,24 @@ Two explicit steps, and an undo (gpt-fast ``convert_for_runtime`` style)::
 or ``with surrogates_applied(loaded, plan): ...``.
 
 Per layer, ``LayerSurrogate`` is attached as ``module._headcode_surrogate``; headcode's attention
-function hands it the layer: the kept heads go through SDPA (``attention.neural_attention``),
-each replaced head computes ``A_program @ V_head`` from the token history (``TokenHistory``)
-and its KV group's values (after the cache update: the whole history). The model's own output
-projection follows. Work a replaced head no longer needs is skipped: its neural attention
-always; for Llama-style separate projections (``q_proj``/``k_proj``) also its rows of the
-query projection, and the key rows of a KV group all of whose heads are replaced (the
-projections are swapped for sliced copies, and swapped back on ``remove``). GPT-2's fused
-``c_attn`` still computes the replaced heads' queries and keys.
+function hands it the layer: the kept heads go through SDPA (``attention.neural_attention``), the
+replaced heads compute ``A_program @ V_head``; the model's own output projection follows.
+
+Two ways to run the replaced heads, chosen by the cache the call was given:
+- a ``HeadcodeCache`` (``runtime.surrogate_cache``; what ``generate`` uses once a plan is applied):
+  the compiled heads of the layer run in one kernel call that advances their selector states by
+  this call's tokens (O(terms * D) per decoding step); the cache keeps K/V only for KV groups with
+  a neural head. Heads that are not compiled programs are recomputed from their group's values.
+- no cache, or a ``DynamicCache`` given by hand: the ids come from the token history
+  (``TokenHistory``) and each replaced head reads its group's values over the whole history (a
+  whole sequence with numba-compiled heads still runs them in one call per layer).
+
+Work a replaced head no longer needs is skipped: its neural attention always; for Llama-style
+separate projections (``q_proj``/``k_proj``) also its rows of the query projection, and the key
+rows of a KV group all of whose heads are replaced (sliced copies, swapped back on ``remove``).
+``v_proj`` keeps every row: a replaced head's output is ``A_program @ V_head``, so each new
+token's values are still needed to update the selector states (the headcode cache does not
+store them). GPT-2's fused ``c_attn`` still computes the replaced heads' queries and keys.
 """
 
 from __future__ import annotations
