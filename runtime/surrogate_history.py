@@ -23,6 +23,7 @@ read the wrong tokens. Use the headcode cache (the default in ``generate``) for 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -47,17 +48,31 @@ def base_module(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, prefix, model) if prefix else model
 
 
+def _per_thread(name: str) -> Any:
+    """An attribute kept per thread: concurrent ``generate`` calls (a server's threads) on one
+    model each see their own ids and cache."""
+    def get(self: TokenHistory) -> Any:
+        return getattr(self._tls, name, None)
+
+    def put(self: TokenHistory, value: Any) -> None:
+        setattr(self._tls, name, value)
+    return property(get, put)
+
+
 class TokenHistory:
-    """Ids ``[B, T]`` and starts ``[B]`` of the sequence being run; updated before each forward."""
+    """Ids ``[B, T]`` and starts ``[B]`` of the sequence being run; updated before each forward.
+    Everything is per thread."""
+
+    ids = _per_thread("ids")            # [B, T] int64 or None
+    start = _per_thread("start")        # [B] int64 or None
+    _cache = _per_thread("cache")       # weakref to the cache this history continues, or None
+    _current = _per_thread("current")   # weakref to the cache of the call running now, or None
 
     def __init__(self) -> None:
-        self.ids: torch.Tensor | None = None
-        self.start: torch.Tensor | None = None
-        self._cache: Any = None           # weakref to the cache this history continues, or None
-        self._current: Any = None         # weakref to the cache of the call running now, or None
+        self._tls = threading.local()
 
     def reset(self) -> None:
-        self.ids, self.start, self._cache, self._current = None, None, None, None
+        self._tls = threading.local()
 
     @property
     def cache(self) -> Cache | None:

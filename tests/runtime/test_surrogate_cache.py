@@ -120,3 +120,17 @@ def test_a_dynamic_cache_given_by_hand_keeps_the_recompute_path(tiny_gpt2_dir):
         out = _gen(lm.model, ids, max_new_tokens=4, min_new_tokens=4, cache=DynamicCache(config=lm.model.config))
     assert type(_cache_of(out)) is DynamicCache
     assert len(SOURCES) == 5
+
+
+def test_concurrent_generations_on_one_model_each_get_their_own_tokens(tiny_llama_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    lm = load_model(tiny_llama_dir)
+    prompts = [lm.tokenizer(t, return_tensors="pt").input_ids for t in TEXTS + [TEXTS[0][:40]]]
+    kw = dict(max_new_tokens=16, min_new_tokens=16, output_logits=False)
+    with surrogates_applied(lm, make_plan(lm)):
+        alone = [_gen(lm.model, p, **kw).sequences for p in prompts]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda p: _gen(lm.model, p, **kw).sequences, prompts))
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b)
