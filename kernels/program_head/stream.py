@@ -118,6 +118,7 @@ class LayerState:
         self.hcnt = torch.zeros(B, n_map, 0, dtype=f64)
         self.hused = torch.zeros(B, n_map, dtype=torch.long)
         self.work = torch.zeros(B, dtype=torch.long)
+        self._np: tuple | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in self.BATCH_FIRST}
@@ -129,7 +130,17 @@ class LayerState:
     def map_apply(self, fn) -> None:
         """Apply ``fn(tensor) -> tensor`` along the batch dimension of every state (beam search)."""
         for k, t in self.tensors().items():
-            setattr(self, k, fn(t))
+            setattr(self, k, fn(t).contiguous())
+        self._np = None
+
+    def _arrays(self) -> tuple:
+        """Numpy views of the states in the kernel's order (made again when a tensor is replaced)."""
+        if self._np is None:
+            p = self.prog
+            st = [t.numpy() for t in self.tensors().values()]
+            self._np = ((p.kinds, p.ks, p.rates, p.strict, p.key_tab, p.query_tab, p.weights, p.head, p.slot,
+                         p.group, p.tables, p.bnd, p.nwd, *st[:-1]), st[-1])
+        return self._np
 
     def _reserve(self, n: int) -> None:
         """Room in the per-token maps for ``n`` more tokens (amortised doubling, load <= 1/2)."""
@@ -141,10 +152,12 @@ class LayerState:
             B, M, old, D = self.hval.shape
             self.hval = torch.cat([self.hval, self.hval.new_zeros(B, M, E - old, D)], dim=2)
             self.hcnt = torch.cat([self.hcnt, self.hcnt.new_zeros(B, M, E - old)], dim=2)
+            self._np = None
         if 2 * need > self.hkey.shape[2]:
             cap = 1 << (4 * need - 1).bit_length()
             nk, ne = rehash(self.hkey.numpy(), self.hent.numpy(), cap)
             self.hkey, self.hent = torch.from_numpy(nk), torch.from_numpy(ne)
+            self._np = None
 
     def trim(self) -> None:
         """Shrink the per-token maps to what they hold (after a prefill reserved room for every token)."""
@@ -153,10 +166,12 @@ class LayerState:
         used = int(self.hused.max())
         if self.hval.shape[2] > used + 16:
             self.hval, self.hcnt = self.hval[:, :, :used + 16].contiguous(), self.hcnt[:, :, :used + 16].contiguous()
+            self._np = None
         cap = 1 << (4 * max(used, 1) - 1).bit_length()
         if self.hkey.shape[2] > cap:
             nk, ne = rehash(self.hkey.numpy(), self.hent.numpy(), cap)
             self.hkey, self.hent = torch.from_numpy(nk), torch.from_numpy(ne)
+            self._np = None
 
     def step(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
              parallel: bool | None = None) -> torch.Tensor:
@@ -178,10 +193,8 @@ class LayerState:
             raise ValueError(f"expected ids [B, n], v [B, G, n, D] and start [B], got {tuple(ids.shape)}, "
                              f"{tuple(v.shape)} and {tuple(start.shape)}")
         out = np.empty((B, self.prog.n_heads, n, vn.shape[3]), dtype=vn.dtype)
-        p = self.prog
-        st = [t.numpy() for t in self.tensors().values()]
-        run_stream((idn, vn, self.length, stn, p.kinds, p.ks, p.rates, p.strict, p.key_tab, p.query_tab,
-                    p.weights, p.head, p.slot, p.group, p.tables, p.bnd, p.nwd, *st[:-1], out, st[-1]),
+        prog_and_state, work = self._arrays()
+        run_stream((idn, vn, self.length, stn, *prog_and_state, out, work),
                    parallel if parallel is not None else (B > 1 and n > 64))
         self.length += n
         if n > 1:
