@@ -174,9 +174,11 @@ class LayerState:
             self._np = None
 
     def step(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
-             parallel: bool | None = None) -> torch.Tensor:
+             parallel: bool = False) -> torch.Tensor:
         """``ids [B, n] int64, v [B, G, n, D] (every KV group's new values), start [B]`` ->
-        ``[B, H, n, D]`` in v's dtype (CPU). Advances the state by ``n`` tokens."""
+        ``[B, H, n, D]`` in v's dtype (CPU). Advances the state by ``n`` tokens. ``parallel``
+        spreads rows over Numba's threads: off by default, since measured beside torch's own
+        threads (batch 8, context 2048, 2 cores) they made every later torch op of the step ~3x slower."""
         B, n = ids.shape
         self._reserve(n)
         vd = v.detach()
@@ -195,7 +197,7 @@ class LayerState:
         out = np.empty((B, self.prog.n_heads, n, vn.shape[3]), dtype=vn.dtype)
         prog_and_state, work = self._arrays()
         run_stream((idn, vn, self.length, stn, *prog_and_state, out, work),
-                   parallel if parallel is not None else (B > 1 and n > 64))
+                   parallel)
         self.length += n
         if n > 1:
             self.trim()
