@@ -96,7 +96,8 @@ class LayerProgram:
 
 class LayerState:
     """The selector states of one layer's replaced heads for a batch of sequences (torch CPU
-    tensors, batch first; float64 accumulators). ``work [B]`` counts state elements touched."""
+    tensors, batch first; float64 accumulators, float32 per-token map rows -- the size of a
+    cached value row). ``work [B]`` counts state elements touched."""
 
     BATCH_FIRST = ("prev_id", "first_id", "first_v", "acc", "cnt", "vec", "vok", "ring", "rok",
                    "hkey", "hent", "hval", "hcnt", "hused", "work")
@@ -114,7 +115,7 @@ class LayerState:
         self.rok = torch.zeros(B, n_ring, prog.ring_len, dtype=torch.int8)
         self.hkey = torch.full((B, n_map, 1), -1, dtype=torch.long)
         self.hent = torch.zeros(B, n_map, 1, dtype=torch.int32)
-        self.hval = torch.zeros(B, n_map, 0, D, dtype=f64)
+        self.hval = torch.zeros(B, n_map, 0, D, dtype=torch.float32)  # one value row per distinct token
         self.hcnt = torch.zeros(B, n_map, 0, dtype=f64)
         self.hused = torch.zeros(B, n_map, dtype=torch.long)
         self.work = torch.zeros(B, dtype=torch.long)
@@ -167,7 +168,7 @@ class LayerState:
         if self.hval.shape[2] > used + 16:
             self.hval, self.hcnt = self.hval[:, :, :used + 16].contiguous(), self.hcnt[:, :, :used + 16].contiguous()
             self._np = None
-        cap = 1 << (4 * max(used, 1) - 1).bit_length()
+        cap = 1 << (2 * (used + 64) - 1).bit_length()  # load <= 1/2 for the next 64 tokens
         if self.hkey.shape[2] > cap:
             nk, ne = rehash(self.hkey.numpy(), self.hent.numpy(), cap)
             self.hkey, self.hent = torch.from_numpy(nk), torch.from_numpy(ne)
