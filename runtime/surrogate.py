@@ -96,6 +96,12 @@ class LayerSurrogate:
             self._index[key] = idx + (qi == list(range(len(q_rows))),)  # True: query needs no gather
         return self._index[key]
 
+    def _stateful_index(self, device: torch.device) -> torch.Tensor:
+        key = ("stateful", str(device))
+        if key not in self._index:
+            self._index[key] = (torch.tensor(self.stateful, dtype=torch.long, device=device),)
+        return self._index[key][0]
+
     def _rows(self, n: int, rows: tuple[int, ...]) -> tuple[int, ...]:
         return rows if n == len(rows) else tuple(range(n))
 
@@ -145,13 +151,13 @@ class LayerSurrogate:
                 res = grouped_attention(q, key, value, mask, scaling, dropout)
             else:
                 res = neural_attention(q, key, value, mask, scaling, ki, vi, dropout)
-            out[:, heads] = res.to(out.dtype)
+            out.index_copy_(1, heads, res.to(out.dtype))
         if self.stateful:
             res = layer.step(cache.new_ids, cache.start)
-            if len(self.stateful) == res.shape[1] == self.n_heads:
+            if len(self.stateful) == self.n_heads:
                 out = res.to(out.dtype)
             else:
-                out[:, self.stateful] = res.to(out.dtype)
+                out.index_copy_(1, self._stateful_index(out.device), res.to(out.dtype))
         if self.recompute:
             ids, start = cache.ids.to(value.device), cache.start.to(value.device)
             for h in self.recompute:

@@ -163,11 +163,11 @@ class HeadcodeCache(DynamicCache):
         if past == 0:
             full = mask is not None and mask.dim() == 2 and mask.shape == ids.shape
             self.start = first_real(mask) if full else torch.zeros(ids.shape[0], dtype=torch.long)
-            self.start = self.start.cpu()
+            self.start = self.start.cpu().contiguous()
         elif self.start is None or self.start.shape[0] != ids.shape[0]:
             raise HeadcodeError("this headcode cache holds another batch: start again from the prompt "
                                 "with a new cache")
-        self.new_ids = ids.detach().to("cpu", torch.long)
+        self.new_ids = ids.detach().to("cpu", torch.long).contiguous()
         if self.needs_ids:
             self.ids = self.new_ids if past == 0 else torch.cat([self.ids, self.new_ids], dim=1)
 

@@ -22,6 +22,11 @@ from headcode.kernels.program_head.spec import HeadSpec
 from headcode.kernels.program_head.stream_cpu import ACC, MAP, RING, STATE_OF_KIND, VEC, rehash, run_stream
 
 
+def _ready(t: torch.Tensor) -> bool:
+    """A CPU int64 contiguous tensor without grad: its numpy view can go to the kernel as is."""
+    return t.device.type == "cpu" and t.dtype == torch.long and t.is_contiguous() and not t.requires_grad
+
+
 def _i64(x: list) -> np.ndarray:
     return np.asarray(x, dtype=np.int64).reshape(-1)
 
@@ -186,8 +191,8 @@ class LayerState:
         if vd.dtype not in (torch.float32, torch.float64):
             vd = vd.float()
         vn = np.ascontiguousarray(vd.cpu().numpy())
-        idn = np.ascontiguousarray(ids.detach().cpu().numpy(), dtype=np.int64)
-        stn = np.ascontiguousarray(start.detach().cpu().numpy(), dtype=np.int64)
+        idn = ids.numpy() if _ready(ids) else np.ascontiguousarray(ids.detach().cpu().numpy(), dtype=np.int64)
+        stn = start.numpy() if _ready(start) else np.ascontiguousarray(start.detach().cpu().numpy(), dtype=np.int64)
         if idn.size and (idn.min() < 0 or idn.max() >= self.prog.tables.shape[1]):
             raise ValueError(f"token ids must be in [0, {self.prog.tables.shape[1]}), got "
                              f"[{idn.min()}, {idn.max()}]: a plan for another vocabulary")
