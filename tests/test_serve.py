@@ -105,6 +105,13 @@ def test_completion_equals_generate(server, reference):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def test_sampling_with_a_seed_repeats(server):
+    _, client, _ = server
+    texts = [client.completions.create(model="tiny-sym", prompt=PROMPTS[3], max_tokens=12, temperature=0.9,
+                                       top_p=0.95, seed=seed).choices[0].text for seed in (3, 3, 4)]
+    assert texts[0] == texts[1] and texts[0] != texts[2]
+
+
 def test_streaming_equals_non_streaming(server):
     _, client, _ = server
     whole = client.completions.create(model="tiny-sym", prompt=PROMPTS[1], max_tokens=10, temperature=0)
