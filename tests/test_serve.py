@@ -70,14 +70,16 @@ def server(tiny_llama_dir, plan_path, tmp_path_factory):
     tpl.write_text(TEMPLATE)
     cmd = [sys.executable, "-m", "headcode.cli", "serve", tiny_llama_dir, "--surrogates", plan_path,
            "--port", "0", "--name", "tiny-sym", "--chat-template", str(tpl), "--max-tokens", "64"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    err = open(tmp_path_factory.mktemp("log") / "stderr.txt", "w+")  # a file: a full pipe would block the server
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     line = proc.stdout.readline() if sel.select(timeout=120) else ""
     if "http://" not in line:
         proc.kill()
-        pytest.fail(f"the server did not start: {line!r} {proc.stderr.read()[-2000:]}")
+        err.seek(0)
+        pytest.fail(f"the server did not start: {line!r} {err.read()[-2000:]}")
     url = line.split("at ", 1)[1].strip()
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
     yield proc, client, url
@@ -86,6 +88,7 @@ def server(tiny_llama_dir, plan_path, tmp_path_factory):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    err.close()
 
 
 def test_models_names_the_plan(server, plan_path):
@@ -120,6 +123,9 @@ def test_streaming_equals_non_streaming(server):
     assert len(chunks) >= 2
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    counted = list(client.completions.create(model="tiny-sym", prompt=PROMPTS[1], max_tokens=10, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}))
+    assert counted[-1].usage.completion_tokens == whole.usage.completion_tokens and not counted[-1].choices
 
 
 def test_stop_string_is_cut(server, reference):
