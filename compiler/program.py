@@ -2,8 +2,13 @@
 
 ``def attend(t: Tokens) -> Pattern | ndarray[T, T]``. The framework, not the program,
 applies the causal mask and normalises rows (``vocab.attention_from_scores``), so a
-program cannot leak a future token. Programs from the offline search are built here in
-the current process; programs from a language model go through ``headcode.synth.sandbox``.
+program cannot leak a future token.
+
+``Program.from_source`` builds the callable *in this process*: it is for programs you wrote
+yourself (tests, the catalogue, library code); the source is still checked first
+(``compiler.check``). Program source from anywhere else (a language model, a program file,
+a plan) never runs in the host: ``headcode.synth.sandbox`` runs it (``run_programs``) and
+compiles it (``compiler.compile_source``).
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ class Program:
             tree = ast.parse(source)
         except SyntaxError as e:
             raise ProgramError(f"syntax error in program source, line {e.lineno}: {e.msg}") from e
+        from headcode.compiler.check import check_source
+
+        reasons = check_source(source)
+        if reasons:
+            raise ProgramError("program refused: " + "; ".join(reasons))
         fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
         if not fns:
             raise ProgramError("program source defines no function (expected `def attend(t): ...`)")
@@ -90,6 +100,12 @@ class Program:
         if not isinstance(out, vocab.Pattern):
             raise Untraceable(f"program returned {type(out).__name__}, not a selector pattern")
         return out.expr
+
+    def traced(self) -> Program:
+        """This program as its traced IR (``Untraceable`` if it has none): the same scores
+        on every text as the compiled head, and causal by construction."""
+        expr = self.trace()
+        return Program(self.name, self.source, lambda t: vocab.Pattern(expr, t))
 
 
 class Tracer:
