@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import builtins
 import collections
+import dataclasses
 import functools
 import itertools
 import math
@@ -43,7 +44,7 @@ ALLOWED_IMPORTS = ("numpy", "math", "re", "itertools", "collections", "functools
 SAFE_BUILTINS = frozenset("""
     abs all any bool callable chr dict divmod enumerate filter float frozenset int isinstance iter
     len list map max min next ord pow print range repr reversed round set slice sorted str sum
-    tuple zip True False None Exception ValueError TypeError IndexError KeyError ZeroDivisionError
+    tuple zip True False None BaseException Exception ValueError TypeError IndexError KeyError ZeroDivisionError
     ArithmeticError LookupError RuntimeError StopIteration
 """.split())
 
@@ -99,6 +100,7 @@ def allowed_attributes() -> frozenset[str]:
                           str, bytes, list, dict, set, frozenset, tuple, int, float, complex, range,
                           slice, bool]
     names = set().union(*(_public(o) for o in objs)) | {"random", "linalg", "fft"}
+    names |= {f.name for f in dataclasses.fields(Tokens)}  # fields without defaults are not in dir()
     return frozenset(names - DENIED_ATTRIBUTES)
 
 

@@ -15,7 +15,7 @@ BAD = {
     "os.system": ("import os\ndef attend(t):\n    os.system('touch /tmp/headcode_sandbox_pwned')\n",
                   "import of 'os' is not allowed"),
     "file write": ("import numpy as np\ndef attend(t):\n    np.save('/tmp/headcode_sandbox_pwned.npy', "
-                   "np.zeros(3))\n    return np.ones((len(t), len(t)))\n", "file writes are not allowed"),
+                   "np.zeros(3))\n    return np.ones((len(t), len(t)))\n", "attribute `.save` is not allowed"),
     "open builtin": ("def attend(t):\n    open('/tmp/headcode_sandbox_pwned', 'w')\n", "open"),
     "socket": ("import socket\ndef attend(t):\n    socket.create_connection(('127.0.0.1', 9))\n",
                "import of 'socket' is not allowed"),
