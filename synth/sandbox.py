@@ -20,6 +20,7 @@ are ``.npz`` frames read with ``allow_pickle=False`` and validated again here.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import io
 import json
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ from headcode.compiler.compile import uncompiled
 from headcode.compiler.head import CompiledHead, check_head_data
 from headcode.runtime.tokens import Tokens
 
+_PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
 GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
 MAX_IDLE = 2        # workers kept for reuse
 
@@ -196,13 +198,13 @@ class _Pool:
     def acquire(self, limits: Limits) -> Worker:
         with self.lock:
             for w in self.idle:
-                if w.memory_mb == limits.memory_mb:
+                if w.memory_mb == limits.memory_mb and w.python_layers == _PYTHON_LAYERS[0]:
                     self.idle.remove(w)
                     if w.alive():
                         return w
                     w.kill()
                     break
-        return Worker(limits.memory_mb, limits.startup_s)
+        return Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
 
     def release(self, w: Worker) -> None:
         with self.lock:
@@ -220,6 +222,22 @@ class _Pool:
 
 _POOL = _Pool()
 atexit.register(_POOL.close)
+
+
+@contextlib.contextmanager
+def python_layers_off() -> Iterator[None]:
+    """For tests only: inside, programs skip the host's check and run in workers without the
+    Python layers (full builtins, no audit hook): what holds then is the OS layers alone."""
+    _PYTHON_LAYERS[0] = False
+    try:
+        yield
+    finally:
+        _PYTHON_LAYERS[0] = True
+        _POOL.close()
+
+
+def _check(source: str) -> list[str]:
+    return check_source(source) if _PYTHON_LAYERS[0] else []
 
 
 def _key(obj: object) -> str:
@@ -281,7 +299,7 @@ def run_programs(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits
     results: list[SandboxResult | None] = [None] * len(sources)
     todo = []
     for i, src in enumerate(sources):
-        reasons = check_source(src)
+        reasons = _check(src)
         if reasons:
             results[i] = SandboxResult(False, (), "refused: " + "; ".join(reasons))
         elif not texts:
@@ -308,7 +326,7 @@ def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, nam
     returns (validated), or an uncompiled head whose reasons say why (refused, untraceable, ...)."""
     limits = limits or Limits()
     label = name or "attend"
-    reasons = check_source(source)
+    reasons = _check(source)
     if reasons:
         return uncompiled(label, source, ["refused: " + r for r in reasons], len(pieces), fingerprint, model_id)
     pieces = list(pieces)

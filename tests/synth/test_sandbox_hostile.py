@@ -1,0 +1,176 @@
+"""The hostile suite (``hostile.py``) contained in explain, in compile and at plan load; the OS
+layers hold with the Python layers switched off; free-form programs are causal."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hostile import HOSTILE, MARKER
+
+from headcode.compiler import SurrogatePlan, load_plan, save_plan
+from headcode.compiler.check import check_source
+from headcode.compiler.head import CompiledHead, Term
+from headcode.errors import HeadcodeError
+from headcode.runtime.tokens import Tokens
+from headcode.synth import sandbox as S
+
+TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat"]), Tokens.synthetic(["<s>", " a", " b"])]
+VOCAB = ["<s>", " The", " cat", ".", " It", " sat", " a", " b"]
+FAST = S.Limits(time_s=1.0, memory_mb=1024)
+GOOD = "def attend(t):\n    return 0.5 * previous(t, 1) + 0.5 * first(t)\n"
+
+
+@pytest.fixture(autouse=True)
+def no_marker():
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    yield
+    assert not os.path.exists(MARKER), "a hostile program wrote the marker file"
+
+
+def _has(reason: str, fragments: tuple[str, ...]) -> bool:
+    return any(f in reason for f in fragments)
+
+
+@pytest.fixture(scope="module")
+def explained():
+    return S.run_programs([h.source for h in HOSTILE] + [GOOD], TEXTS, FAST, workers=2)
+
+
+@pytest.mark.parametrize("h", HOSTILE, ids=lambda h: h.name)
+def test_contained_in_explain(explained, h):
+    r = explained[HOSTILE.index(h)]
+    assert not r.ok and r.scores == (), h.name
+    assert _has(r.reason, h.reasons), r.reason
+    assert "os-release" not in r.reason.replace("'/etc/os-release'", "") and "Debian" not in r.reason
+
+
+def test_good_program_runs_after_the_hostile_ones(explained):
+    r = explained[-1]
+    assert r.ok and r.mode == "traced" and r.scores[0][2, 1] == 0.5
+
+
+@pytest.mark.parametrize("h", HOSTILE, ids=lambda h: h.name)
+def test_contained_in_compile(h):
+    head = S.compile_in_sandbox(h.source, VOCAB, "fp-hostile", name="L0.H0", limits=FAST)
+    assert not head.compiled and not head.terms and head.tables.shape == (0, len(VOCAB))
+    assert _has(" ".join(head.reasons), h.reasons), head.reasons
+
+
+def test_check_lists_every_reason_at_once():
+    src = "import os\ndef attend(t):\n    getattr(t, 'x').__class__\n    return open('f')\n"
+    reasons = check_source(src)
+    assert len(reasons) == 4, reasons
+    assert [r.split(":")[0] for r in reasons] == ["line 1", "line 3", "line 3", "line 4"]
+
+
+def _first_term_head(name: str, source: str) -> CompiledHead:
+    return CompiledHead(name=name, source=source, terms=(Term("first", 1.0),), table_names=(),
+                        tables=np.zeros((0, len(VOCAB)), dtype=np.uint8), fingerprint="fp-hostile")
+
+
+def test_plan_carrying_code_loads_without_running_it(tmp_path):
+    heads = {}
+    for i, h in enumerate(HOSTILE):
+        heads[f"L{i}.H0"] = _first_term_head(f"L{i}.H0", h.source)  # compiled, hostile source text
+        heads[f"L{i}.H1"] = CompiledHead(f"L{i}.H1", h.source, (), (), np.zeros((0, len(VOCAB)), np.uint8),
+                                         "fp-hostile", compiled=False, reasons=("crafted",))
+    path = save_plan(SurrogatePlan("tiny", "fp-hostile", heads), tmp_path / "surrogates.safetensors")
+    back = load_plan(path)
+    for i, h in enumerate(HOSTILE):
+        assert back.heads[f"L{i}.H0"].source == h.source and back.heads[f"L{i}.H1"].source == h.source
+    from headcode.runtime.surrogate import build_surrogates
+
+    fns = build_surrogates({k: v for k, v in back.heads.items() if v.compiled}, None)
+    assert len(fns) == len(HOSTILE)
+    with pytest.raises(HeadcodeError, match="not compiled"):
+        build_surrogates({"L0.H1": back.heads["L0.H1"]}, None)
+
+
+def test_plan_with_malformed_terms_is_refused_on_load(tmp_path):
+    bad = CompiledHead("L0.H0", GOOD, (Term("most_recent", 1.0, key_table=7),), (),
+                       np.zeros((0, len(VOCAB)), np.uint8), "fp")
+    path = save_plan(SurrogatePlan("tiny", "fp", {"L0.H0": bad}), tmp_path / "p.safetensors")
+    with pytest.raises(HeadcodeError, match="table row 7") as e:
+        load_plan(path)
+    assert "\n" not in str(e.value)
+
+
+def test_the_worker_reports_its_layers():
+    w = S.Worker(1024)
+    try:
+        assert {"rlimits", "no_new_privs", "ast_check", "audit_hook"} <= set(w.layers)
+        if os.geteuid() == 0:
+            assert {"netns", "chroot", "setuid"} <= set(w.layers) and w.uid == 65534
+    finally:
+        w.kill()
+
+
+# the OS layers alone: full builtins, no check, no audit hook -----------------------------------
+def _escape(body: str, head: str = "") -> str:
+    """A program that raises ESCAPED if ``body`` (an attempt at harm) succeeds."""
+    return (f"{head}def attend(t):\n    try:\n        ok = {body}\n    except BaseException as e:\n"
+            f"        return first(t)\n    if ok is False:\n        return first(t)\n"
+            f"    raise RuntimeError('ESCAPED ' + repr(ok)[:80])\n")
+
+
+OS_ONLY = {  # name: (program, layer that must hold it)
+    "read_file": (_escape("open('/etc/os-release').read()"), "chroot"),
+    "write_marker": (_escape(f"open('{MARKER}', 'w').write('x')"), "chroot"),
+    "write_proc_self_mem": (_escape("open('/proc/self/mem', 'wb')"), "chroot"),
+    "shell": (_escape(f"__import__('os').system('touch {MARKER}') == 0 or False"), "rlimits"),
+    "fork": (_escape("__import__('os').fork()"), "rlimits"),
+    "network": (_escape("__import__('socket').create_connection(('1.1.1.1', 53), timeout=2)"), "netns"),
+    "signal_parent": (_escape("__import__('os').kill(__import__('os').getppid(), 0)"), "setuid"),
+    "setuid_root": (_escape("__import__('os').setuid(0)"), "setuid"),
+    "raise_nproc": (_escape("__import__('resource').setrlimit(__import__('resource').RLIMIT_NPROC, (10**6, 10**6))"),
+                    "setuid"),
+    "ctypes_setuid": (_escape("ctypes.CDLL(None).setuid(0) == 0 or False", head="import ctypes\n"), "setuid"),
+    "chroot_escape": (_escape("__import__('os').chroot('/')"), "setuid"),
+}
+
+
+@pytest.fixture(scope="module")
+def os_only():
+    with S.python_layers_off():
+        w = S.Worker(1024, python_layers=False)
+        layers = set(w.layers)
+        w.kill()
+        res = S.run_programs([p for p, _ in OS_ONLY.values()], TEXTS, FAST)
+        hang = ("import signal, time\ndef attend(t):\n    signal.pthread_sigmask(signal.SIG_BLOCK, "
+                "{signal.SIGALRM, signal.SIGXCPU})\n    time.sleep(60)\n    return first(t)\n")
+        res.append(S.run_programs([hang, GOOD], TEXTS, FAST)[0])
+    return layers, dict(zip(list(OS_ONLY) + ["blocked_sleep"], res))
+
+
+@pytest.mark.parametrize("case", list(OS_ONLY))
+def test_os_layers_hold_without_python_layers(os_only, case):
+    layers, res = os_only
+    assert "audit_hook" not in layers
+    if OS_ONLY[case][1] not in layers:
+        pytest.skip(f"this system does not allow the {OS_ONLY[case][1]} layer")
+    r = res[case]
+    assert r.ok, r.reason  # the attempt failed inside the program: it fell back to first(t)
+
+
+def test_a_hang_that_ignores_signals_is_killed_from_outside(os_only):
+    r = os_only[1]["blocked_sleep"]
+    assert not r.ok and "killed from outside" in r.reason, r.reason
+
+
+# free-form programs are causal ---------------------------------------------------------------------
+PEEK = ("import numpy as np\ndef attend(t):\n    T = len(t)\n    s = np.ones((T, T))\n"
+        "    if t.pieces[-1] == ' sat':\n        s[:, 0] = 100.0\n    return s\n")
+
+
+def test_free_form_rows_see_only_their_prefix():
+    a = Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat"])
+    b = Tokens.synthetic(["<s>", " The", " cat", ".", " It", " ran"])
+    ra, rb = S.run_programs([PEEK], [a, b], FAST)[0], None
+    rb = S.run_programs([PEEK], [b], FAST)[0]
+    assert ra.ok and ra.mode == "prefix" and rb.ok
+    np.testing.assert_array_equal(ra.scores[0][:5], rb.scores[0][:5])  # rows before the change agree
+    assert ra.scores[0][5, 0] == 100.0 and rb.scores[0][5, 0] == 1.0
+    assert not np.any(np.triu(ra.scores[0], 1))
