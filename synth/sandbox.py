@@ -48,6 +48,7 @@ from headcode.runtime.tokens import Tokens
 _PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
 GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
 MAX_IDLE = 2        # workers kept for reuse
+MAX_FRAME = 1 << 30  # a reply larger than this is refused (the worker is killed)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=_env(), cwd="/", start_new_session=True)
-        self._buf = b""
+        self._buf = bytearray()
         self._err: list[bytes] = []
         threading.Thread(target=self._drain, daemon=True).start()
         self._send({"root_dir": _empty_root(), "memory_mb": self.memory_mb,
@@ -139,7 +140,8 @@ class Worker:
             if not chunk:
                 raise self._gone("")
             self._buf += chunk
-        out, self._buf = self._buf[:n], self._buf[n:]
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
         return out
 
     def _recv(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
@@ -147,6 +149,8 @@ class Worker:
 
         deadline = time.monotonic() + timeout
         (n,) = struct.unpack("<Q", self._read_exact(8, deadline))
+        if n > MAX_FRAME:
+            raise self._gone(f"sandbox process sent a {n}-byte reply, more than {MAX_FRAME}")
         body = self._read_exact(n, deadline)
         with np.load(io.BytesIO(body), allow_pickle=False) as z:
             status = json.loads(bytes(z["status"]).decode())
