@@ -84,8 +84,10 @@ def test_no_trace_after_explain_compile_load_generate(tmp_path, tiny_gpt2_dir, t
         ran = [a["program"] for a in state["alternatives"]]
         if layers == "os_only":  # it ran in the sandbox (scored), where its write failed
             assert program_name(src) in ran
-        else:  # refused by the check before it ran: never a candidate
+        else:  # refused by the check before it ran: never a candidate; the reason is kept
             assert program_name(src) not in ran and len(ran) == 2  # the two fallbacks
+            (why,) = [r["reason"] for r in state["refused"] if r["program"] == program_name(src)]
+            assert "name `open` is not allowed" in why
         (out / "programs" / "L1.H2.py").write_text(src)  # as a program file, too
         assert main(["compile", str(out), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
