@@ -128,6 +128,7 @@ class Child:
             expr = program_mod.Program("p", req["source"], fn).trace()
         except program_mod.Untraceable:
             expr = None
+        texts = [fresh(t) for t in texts]  # nothing a program does to its texts reaches the next one
         if expr is not None:  # the IR, not the program: the same scores the compiled head gives
             mats = [_checked(vocab.evaluate(expr, t), len(t)) for t in texts]
         else:
@@ -163,6 +164,11 @@ def _checked(s: Any, T: int) -> np.ndarray:
     if np.any(s < 0):
         raise ValueError("returned negative scores")
     return s
+
+
+def fresh(t: Tokens) -> Tokens:
+    """A copy of ``t`` with its own arrays and no cached predicate values."""
+    return Tokens(t.text, t.ids.copy(), t.pieces, t.offsets.copy())
 
 
 def prefix(t: Tokens, n: int) -> Tokens:

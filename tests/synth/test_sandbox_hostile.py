@@ -174,3 +174,24 @@ def test_free_form_rows_see_only_their_prefix():
     np.testing.assert_array_equal(ra.scores[0][:5], rb.scores[0][:5])  # rows before the change agree
     assert ra.scores[0][5, 0] == 100.0 and rb.scores[0][5, 0] == 1.0
     assert not np.any(np.triu(ra.scores[0], 1))
+
+
+# one program cannot change what the next one computes in the same worker -------------------------
+def test_a_program_cannot_poison_the_next_in_the_same_worker():
+    poison_tables = "def attend(t):\n    return most_recent(t, Pred('punct', lambda p: True)) + first(t)\n"
+    poison_texts = "def attend(t):\n    t.ids[:] = 0\n    return uniform(t)\n"
+    honest = "def attend(t):\n    return most_recent(t, punct) + same_token(t)\n"
+    a = S.compile_in_sandbox(poison_tables, VOCAB, "fp-poison", limits=FAST)
+    b = S.compile_in_sandbox(honest, VOCAB, "fp-poison", limits=FAST)
+    assert a.compiled and b.compiled and a.tables[0].all()
+    from headcode.compiler.predicates import punct
+
+    np.testing.assert_array_equal(b.tables[b.table_names.index("punct")], punct.table(VOCAB))
+    *_, after = S.run_programs([poison_tables, poison_texts, honest], TEXTS, FAST)
+    from headcode.compiler.program import Program
+    from headcode.compiler.vocab import evaluate
+
+    expr = Program.from_source(honest).trace()  # our own copy of a trusted program, in this process
+    assert after.ok
+    for t, y in zip(TEXTS, after.scores):
+        np.testing.assert_array_equal(evaluate(expr, t), y)
