@@ -129,6 +129,9 @@ OS_ONLY = {  # name: (program, layer that must hold it)
                     "setuid"),
     "ctypes_setuid": (_escape("ctypes.CDLL(None).setuid(0) == 0 or False", head="import ctypes\n"), "setuid"),
     "chroot_escape": (_escape("__import__('os').chroot('/')"), "setuid"),
+    "make_socket": (_escape("__import__('socket').socket()"), "seccomp"),
+    "unshare_user_ns": (_escape("ctypes.CDLL(None).unshare(0x10000000) == 0 or False", head="import ctypes\n"),
+                        "seccomp"),
 }
 
 
