@@ -129,7 +129,9 @@ OS_ONLY = {  # name: (program, layer that must hold it)
                     "setuid"),
     "ctypes_setuid": (_escape("ctypes.CDLL(None).setuid(0) == 0 or False", head="import ctypes\n"), "setuid"),
     "chroot_escape": (_escape("__import__('os').chroot('/')"), "setuid"),
-    "make_socket": (_escape("__import__('socket').socket()"), "seccomp"),
+    "raw_socket": (_escape("ctypes.CDLL(None).socket(2, 1, 0) >= 0 or False", head="import ctypes\n"), "seccomp"),
+    "raw_execve": (_escape("ctypes.CDLL(None).execve(b'/proc/self/exe', None, None) >= 0 or False",
+                           head="import ctypes\n"), "seccomp"),
     "unshare_user_ns": (_escape("ctypes.CDLL(None).unshare(0x10000000) == 0 or False", head="import ctypes\n"),
                         "seccomp"),
 }
