@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ import numpy as np
 from headcode.compiler.check import check_source
 from headcode.compiler.compile import uncompiled
 from headcode.compiler.head import CompiledHead, check_head_data
+from headcode.errors import HeadcodeError
 from headcode.runtime.tokens import Tokens
 
 _PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
@@ -79,6 +81,7 @@ def _env() -> dict[str, str]:
 
 
 _ROOT: list[str] = []
+_WARNED: list[bool] = []
 
 
 def _empty_root() -> str:
@@ -115,6 +118,12 @@ class Worker:
                     "os_layers": self.os_layers, "python_layers": self.python_layers})
         status, _ = self._recv(self.startup_s)
         self.layers, self.uid = tuple(status.get("layers", ())), int(status.get("uid", -1))
+        missing = [x for x in ("netns", "chroot") if x not in self.layers]
+        if self.os_layers and missing and not _WARNED:
+            _WARNED.append(True)
+            warnings.warn(f"headcode sandbox: this system does not allow the {' and '.join(missing)} "
+                          f"layer(s); running with {', '.join(self.layers)} (see README: what the "
+                          "sandbox contains)", RuntimeWarning, stacklevel=2)
 
     def _drain(self) -> None:
         for line in self.proc.stderr:  # what programs print; keep the tail for error messages
@@ -208,7 +217,12 @@ class _Pool:
                         return w
                     w.kill()
                     break
-        return Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
+        try:
+            return Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
+        except WorkerGone as e:
+            raise HeadcodeError(f"the sandbox process could not start ({e}); programs cannot run "
+                                "without it: check that python can run here with a "
+                                f"{limits.memory_mb} MB address-space limit") from e
 
     def release(self, w: Worker) -> None:
         with self.lock:
@@ -252,8 +266,9 @@ def _call(w: Worker, req: dict, cache: str, key: str, payload_name: str, payload
           time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
     """One request; the (large) texts or vocabulary travel only to a worker that lacks them."""
     seen = w._texts if cache == "texts" else w._vocabs
-    first = key not in seen
-    status, arrays = w.request(dict(req, **({payload_name: payload} if first else {})), time_s)
+    status, arrays = w.request(dict(req, **({payload_name: payload} if key not in seen else {})), time_s)
+    if status.get("missing") == key:  # the worker dropped it from its small cache: send it again
+        status, arrays = w.request(dict(req, **{payload_name: payload}), time_s)
     seen.add(key)
     return status, arrays
 

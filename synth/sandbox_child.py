@@ -59,6 +59,10 @@ class TimeLimit(BaseException):
     """Raised by the alarm; a BaseException so that ``except Exception`` in a program cannot eat it."""
 
 
+class Missing(Exception):
+    """The parent named texts or a vocabulary this worker no longer holds: it sends them again."""
+
+
 class Refused(Exception):
     """The program failed the check (reasons joined)."""
 
@@ -149,6 +153,8 @@ class Child:
             cache[key] = value
             while len(cache) > 4:
                 cache.popitem(last=False)
+        if key not in cache:
+            raise Missing(key)
         cache.move_to_end(key)
         return cache[key]
 
@@ -207,6 +213,8 @@ def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
         status, arrays = {"ok": False, "reason": "memory limit exceeded"}, {}
     except Refused as e:
         status, arrays = {"ok": False, "reason": f"refused: {e}"}, {}
+    except Missing as e:
+        status, arrays = {"ok": False, "missing": str(e), "reason": "worker lacks the data"}, {}
     except RecursionError:
         status, arrays = {"ok": False, "reason": "RecursionError: maximum recursion depth exceeded"}, {}
     except Exception as e:  # noqa: BLE001 - any failure of untrusted code is its own, reported

@@ -107,10 +107,13 @@ def lock_down(root_dir: str, memory_mb: int, cpu_s: int) -> list[str]:
     except OSError:
         pass  # not allowed here: the other layers still apply
     if root:
-        os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
-        layers.append("setuid")
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            layers.append("setuid")
+        except OSError:
+            pass  # root without CAP_SETUID (a container dropped it): the other layers still apply
     # last: NPROC=0 counts this uid's processes, and the steps above need none
     set_rlimits(memory_mb, cpu_s)
     layers.append("rlimits")

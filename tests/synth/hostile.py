@@ -63,7 +63,8 @@ HOSTILE: tuple[Hostile, ...] = (
     _h("deep_recursion", "    def f(n):\n        return f(n + 1) + 1\n    f(0)\n", "RecursionError"),
     _h("infinite_loop_eating_exceptions", "    while True:\n        try:\n            pass\n"
        "        except BaseException:\n            pass\n", "time limit"),
-    _h("c_level_spin", "    any(itertools.repeat(0))\n", "time limit", head="import itertools\n"),
+    # a C loop that never checks for signals: only a kill from outside (SIGXCPU or SIGKILL) stops it
+    _h("c_level_spin", "    any(itertools.repeat(0))\n", "killed", head="import itertools\n"),
     _h("huge_pow", "    x = 7 ** (10 ** 10)\n", "time limit", "memory limit", "MemoryError"),
     _h("regex_backtracking", "    re.match(r'(a+)+$', 'a' * 64 + 'b')\n", "time limit", head="import re\n"),
     # harmless in the sandbox (the write fails there and is caught), harmful anywhere else

@@ -57,3 +57,18 @@ def test_a_child_killed_mid_batch_costs_one_program():
     res = run_programs([sleeper, hang, GOOD], TEXTS, Limits(time_s=1.0, memory_mb=1024))
     assert [r.ok for r in res] == [False, False, True]
     assert "time limit" in res[0].reason
+
+
+def test_texts_dropped_by_the_worker_are_sent_again():
+    from headcode.synth import sandbox as S
+
+    w = S.Worker(1024)
+    try:
+        sets = [[Tokens.synthetic(["<s>"] + [" a"] * n)] for n in range(1, 7)]  # more than it keeps
+        for texts in sets + sets[:1]:
+            key = S._key([t.pieces for t in texts])
+            status, arrays = S._call(w, {"op": "run", "source": GOOD, "texts_key": key}, "texts", key,
+                                     "texts", texts, 2.0)
+            assert status["ok"] and arrays["s0"].shape == (len(texts[0]),) * 2, status
+    finally:
+        w.kill()
