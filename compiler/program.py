@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -77,12 +78,20 @@ class Program:
         exec(compile(tree, f"<program {name or fname}>", "exec"), ns)  # noqa: S102 - trusted path
         return cls(name or fname, source, ns[fname])
 
+    @cached_property
+    def _expr(self) -> ir.Expr | None:
+        try:
+            return self.trace()
+        except Untraceable:
+            return None
+
     def scores(self, t: Any) -> np.ndarray:
-        """The program's raw scores on one text ``[T, T]``."""
-        out = self.fn(t)
-        if isinstance(out, vocab.Pattern):
-            return out.dense()
-        return np.asarray(out, dtype=np.float64)
+        """The program's raw scores on one text ``[T, T]``, causal whatever the program does:
+        a traced program is evaluated from its IR (what the compiled head computes); a
+        free-form one on prefixes (row q from tokens <= q, ``prefix_scores``)."""
+        if self._expr is not None:
+            return vocab.evaluate(self._expr, t)
+        return prefix_scores(self.fn, t)
 
     def attention(self, t: Any) -> np.ndarray:
         """The attention this program gives on one text: ``[T, T]``, causal, rows sum to 1."""
@@ -106,6 +115,30 @@ class Program:
         on every text as the compiled head, and causal by construction."""
         expr = self.trace()
         return Program(self.name, self.source, lambda t: vocab.Pattern(expr, t))
+
+
+def raw_scores(fn: Callable[[Any], Any], t: Any) -> np.ndarray:
+    """``fn(t)`` as a checked ``[T, T]`` float64 matrix (finite, non-negative)."""
+    out = fn(t)
+    s = out.dense() if isinstance(out, vocab.Pattern) else np.asarray(out, dtype=np.float64)
+    T = len(t)
+    if s.shape != (T, T):
+        raise ValueError(f"returned shape {tuple(s.shape)}, expected ({T}, {T})")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("returned NaN or infinite scores")
+    if np.any(s < 0):
+        raise ValueError("returned negative scores")
+    return s
+
+
+def prefix_scores(fn: Callable[[Any], Any], t: Any) -> np.ndarray:
+    """Row q of ``fn`` run on ``t.prefix(q + 1)`` only: a free-form program cannot see the
+    future. ``[T, T]``, zero above the diagonal; T calls of ``fn``."""
+    T = len(t)
+    out = np.zeros((T, T))
+    for q in range(T):
+        out[q, :q + 1] = raw_scores(fn, t.prefix(q + 1))[q]
+    return out
 
 
 class Tracer:

@@ -134,9 +134,9 @@ class Child:
             expr = None
         texts = [fresh(t) for t in texts]  # nothing a program does to its texts reaches the next one
         if expr is not None:  # the IR, not the program: the same scores the compiled head gives
-            mats = [_checked(vocab.evaluate(expr, t), len(t)) for t in texts]
+            mats = [program_mod.raw_scores(lambda x: vocab.Pattern(expr, x), t) for t in texts]
         else:
-            mats = [prefix_scores(fn, t) for t in texts]
+            mats = [program_mod.prefix_scores(fn, t) for t in texts]
         return {"ok": True, "mode": "traced" if expr is not None else "prefix"}, \
             {f"s{i}": m for i, m in enumerate(mats)}
 
@@ -159,37 +159,9 @@ class Child:
         return cache[key]
 
 
-def _checked(s: Any, T: int) -> np.ndarray:
-    if isinstance(s, vocab.Pattern):
-        s = s.dense()
-    s = np.asarray(s, dtype=np.float64)
-    if s.shape != (T, T):
-        raise ValueError(f"returned shape {tuple(s.shape)}, expected ({T}, {T})")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("returned NaN or infinite scores")
-    if np.any(s < 0):
-        raise ValueError("returned negative scores")
-    return s
-
-
 def fresh(t: Tokens) -> Tokens:
     """A copy of ``t`` with its own arrays and no cached predicate values."""
     return Tokens(t.text, t.ids.copy(), t.pieces, t.offsets.copy())
-
-
-def prefix(t: Tokens, n: int) -> Tokens:
-    """The first ``n`` tokens of ``t`` (and the text up to the end of token ``n - 1``)."""
-    end = int(t.offsets[:n, 1].max()) if n else 0
-    return Tokens(t.text[:end], t.ids[:n].copy(), t.pieces[:n], t.offsets[:n].copy())
-
-
-def prefix_scores(fn: Any, t: Tokens) -> np.ndarray:
-    """Row q of ``fn`` run on tokens 0..q only: a free-form program cannot see the future."""
-    T = len(t)
-    out = np.zeros((T, T))
-    for q in range(T):
-        out[q, :q + 1] = _checked(fn(prefix(t, q + 1)), q + 1)[q]
-    return out
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -257,7 +229,7 @@ def _preload() -> None:
     check.check_source("def attend(t):\n    return first(t)\n")
     frame({"ok": True}, {"a": np.zeros((1, 1))})
     t = Tokens.synthetic(["<s>", " a", "."])
-    _ = t.sentence_index, t.word_index, prefix(t, 2)
+    _ = t.sentence_index, t.word_index, t.prefix(2)
 
 
 def main() -> None:

@@ -173,12 +173,15 @@ PEEK = ("import numpy as np\ndef attend(t):\n    T = len(t)\n    s = np.ones((T,
 def test_free_form_rows_see_only_their_prefix():
     a = Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat"])
     b = Tokens.synthetic(["<s>", " The", " cat", ".", " It", " ran"])
-    ra, rb = S.run_programs([PEEK], [a, b], FAST)[0], None
+    ra = S.run_programs([PEEK], [a], FAST)[0]
     rb = S.run_programs([PEEK], [b], FAST)[0]
     assert ra.ok and ra.mode == "prefix" and rb.ok
     np.testing.assert_array_equal(ra.scores[0][:5], rb.scores[0][:5])  # rows before the change agree
     assert ra.scores[0][5, 0] == 100.0 and rb.scores[0][5, 0] == 1.0
     assert not np.any(np.triu(ra.scores[0], 1))
+    from headcode.compiler.program import Program
+
+    np.testing.assert_array_equal(Program.from_source(PEEK).scores(a), ra.scores[0])  # same rule in-process
 
 
 # one program cannot change what the next one computes in the same worker -------------------------
