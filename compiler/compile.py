@@ -60,13 +60,15 @@ def compile_in_process(program: Program, pieces: Sequence[str], fingerprint: str
 
 
 def compile_source(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
-                   model_id: str = "", strict: bool = False) -> CompiledHead:
+                   model_id: str = "", strict: bool = False, time_limit_s: float | None = None) -> CompiledHead:
     """Compile ``source`` against a vocabulary (``pieces[id]`` = the decoded piece of token
-    ``id``; ``fingerprint`` names that vocabulary) in the sandbox. Returns a compiled head, or
-    an uncompiled one with reasons (``strict``: raise ``CompileError`` instead)."""
-    from headcode.synth.sandbox import compile_in_sandbox  # the sandbox owns the child process
+    ``id``; ``fingerprint`` names that vocabulary) in the sandbox (``time_limit_s``: for the
+    trace and the tables; default ``sandbox.Limits``). Returns a compiled head, or an
+    uncompiled one with reasons (``strict``: raise ``CompileError`` instead)."""
+    from headcode.synth.sandbox import Limits, compile_in_sandbox  # the sandbox owns the worker process
 
-    head = compile_in_sandbox(source, pieces, fingerprint, name=name, model_id=model_id)
+    limits = Limits(time_s=time_limit_s) if time_limit_s else None
+    head = compile_in_sandbox(source, pieces, fingerprint, name=name, model_id=model_id, limits=limits)
     if strict and not head.compiled:
         raise CompileError(head.reasons, head.name)
     return head

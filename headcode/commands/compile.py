@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model spec whose tokenizer to compile for (default: report.json's model)")
     p.add_argument("--out", help="output file (default: DIR/surrogates.safetensors)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="seconds each program may take to trace and build its tables in the sandbox (default 10)")
 
 
 def _program_files(d: Path) -> list[tuple[str, Path]]:
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from headcode.runtime.loading import load_tokenizer, resolve, tokenizer_fingerprint
     from headcode.runtime.tokens import vocabulary_pieces
 
+    if not args.time_limit > 0:
+        raise HeadcodeError("--time-limit must be a positive number of seconds")
     d = Path(args.dir)
     files = _program_files(d)
     spec = _model_spec(d, args.model)
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as e:
             rows.append({"head": key, "status": "refused", "reasons": [f"cannot read {path}: {e}"]})
             continue
-        head = compile_source(source, pieces, fingerprint, name=key, model_id=model_id)
+        head = compile_source(source, pieces, fingerprint, name=key, model_id=model_id,
+                              time_limit_s=args.time_limit)
         if head.compiled:
             heads[key] = head
         rows.append({"head": key, "status": "compiled" if head.compiled else "refused",

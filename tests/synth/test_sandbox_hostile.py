@@ -203,3 +203,22 @@ def test_a_program_cannot_poison_the_next_in_the_same_worker():
     assert after.ok
     for t, y in zip(TEXTS, after.scores):
         np.testing.assert_array_equal(evaluate(expr, t), y)
+
+
+def test_compile_command_refuses_every_hostile_file(tmp_path, tiny_gpt2_dir, capsys):
+    import json
+
+    from headcode.cli import main
+
+    d = tmp_path / "explain"
+    (d / "programs").mkdir(parents=True)
+    for i, h in enumerate(HOSTILE):
+        (d / "programs" / f"L{i}.H0.py").write_text(h.source)
+    (d / "programs" / "L99.H0.py").write_text(GOOD)
+    assert main(["compile", str(d), "--model", tiny_gpt2_dir, "--json", "--time-limit", "1"]) == 0
+    rows = {r["head"]: r for r in json.loads(capsys.readouterr().out)["heads"]}
+    for i, h in enumerate(HOSTILE):
+        r = rows[f"L{i}.H0"]
+        assert r["status"] == "refused" and _has(" ".join(r["reasons"]), h.reasons), (h.name, r)
+    assert rows["L99.H0"]["status"] == "compiled"
+    assert set(load_plan(d / "surrogates.safetensors").heads) == {"L99.H0"}
