@@ -34,7 +34,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,8 +140,6 @@ class Worker:
             raise self._gone(f"sandbox process is gone ({e})") from e
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
-        import time
-
         fd = self.proc.stdout.fileno()
         while len(self._buf) < n:
             left = deadline - time.monotonic()
@@ -154,16 +154,17 @@ class Worker:
         return out
 
     def _recv(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
-        import time
-
         deadline = time.monotonic() + timeout
         (n,) = struct.unpack("<Q", self._read_exact(8, deadline))
         if n > MAX_FRAME:
             raise self._gone(f"sandbox process sent a {n}-byte reply, more than {MAX_FRAME}")
         body = self._read_exact(n, deadline)
-        with np.load(io.BytesIO(body), allow_pickle=False) as z:
-            status = json.loads(bytes(z["status"]).decode())
-            arrays = {k: z[k] for k in z.files if k != "status"}
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                status = json.loads(bytes(z["status"]).decode())
+                arrays = {k: z[k] for k in z.files if k != "status"}
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+            raise self._gone(f"sandbox process sent a malformed reply ({type(e).__name__})") from e
         if not isinstance(status, dict):
             raise self._gone("sandbox process sent a malformed reply")
         return status, arrays

@@ -222,3 +222,13 @@ def test_compile_command_refuses_every_hostile_file(tmp_path, tiny_gpt2_dir, cap
         assert r["status"] == "refused" and _has(" ".join(r["reasons"]), h.reasons), (h.name, r)
     assert rows["L99.H0"]["status"] == "compiled"
     assert set(load_plan(d / "surrogates.safetensors").heads) == {"L99.H0"}
+
+
+def test_a_compromised_worker_cannot_forge_replies():
+    forge = ("import os\ndef attend(t):\n    for fd in range(3, 16):\n        try:\n"
+             "            os.write(fd, ({n}).to_bytes(8, 'little') + b'x' * 64)\n"
+             "        except OSError:\n            pass\n    return first(t)\n")
+    with S.python_layers_off():
+        res = S.run_programs([forge.format(n=64), forge.format(n=2**62), GOOD], TEXTS, FAST)
+    assert "malformed reply" in res[0].reason and "more than" in res[1].reason, [r.reason for r in res]
+    assert res[2].ok
