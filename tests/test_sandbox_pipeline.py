@@ -99,7 +99,7 @@ def test_no_trace_after_explain_compile_load_generate(tmp_path, tiny_gpt2_dir, t
     model = headcode.from_pretrained(tiny_gpt2_dir, surrogates=str(out / "surrogates.safetensors"))
     assert set(map(str, model.headcode_handle.heads)) >= ({"L0.H1", "L1.H2"} if layers == "os_only" else {"L0.H1"})
     ids = torch.tensor([tiny_tokenizer("Once upon a time, Tom").input_ids])
-    gen = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False,
+    gen = model.generate(ids, max_new_tokens=4, do_sample=False,
                          pad_token_id=tiny_tokenizer.pad_token_id)
     assert gen.shape[1] == ids.shape[1] + 4
     assert not marker.exists() and not os.path.exists(str(marker))
