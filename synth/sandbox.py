@@ -340,6 +340,17 @@ def run_programs(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits
     return [r for r in results if r is not None]
 
 
+def clear_table_caches() -> None:
+    """Empty the vocabulary-table cache of every idle worker (benchmarks of a cold compile)."""
+    from headcode.compiler.tables import clear_cache
+
+    clear_cache()
+    with _POOL.lock:
+        idle = list(_POOL.idle)
+    for w in idle:
+        w.request({"op": "clear_tables"}, 5.0)
+
+
 def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
                        model_id: str = "", limits: Limits | None = None) -> CompiledHead:
     """Trace, validate and lower ``source`` in the sandbox; the head built here from the data it
