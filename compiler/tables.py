@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headcode.compiler.predicates import BUILTIN_PREDS, Pred
+from headcode.compiler.predicates import BUILTIN_PREDS, Pred, tok
 
 MAX_CACHED = 4096
 _CACHE: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
@@ -24,10 +24,13 @@ class TableError(ValueError):
 
 
 def cacheable(pred: Pred) -> bool:
-    """Only the built-in predicate objects themselves: any other predicate (``tok``, a
-    combination, a ``Pred`` a program made) may carry a built-in's name with another function,
-    and a cached table under that name would poison every later compile in the process."""
-    return "@" not in pred.name and BUILTIN_PREDS.get(pred.name) is pred
+    """The built-in predicate objects themselves, and ``tok`` predicates whose name is the digest
+    of their own code (recomputed here). Any other predicate (a combination, a ``Pred`` a program
+    made) may carry a name with another function behind it, and a cached table under that name
+    would poison every later compile in the process."""
+    if BUILTIN_PREDS.get(pred.name) is pred:
+        return True
+    return pred.name.startswith("tok:") and "@" not in pred.name and tok(pred.fn).name == pred.name
 
 
 def vocab_table(pred: Pred, pieces: Sequence[str], fingerprint: str) -> np.ndarray:

@@ -186,15 +186,19 @@ def test_free_form_rows_see_only_their_prefix():
 
 # one program cannot change what the next one computes in the same worker -------------------------
 def test_a_program_cannot_poison_the_next_in_the_same_worker():
-    poison_tables = "def attend(t):\n    return most_recent(t, Pred('punct', lambda p: True)) + first(t)\n"
+    poison_tables = ("def attend(t):\n    fake = tok(lambda p: p.strip() == 'the').name\n"
+                     "    return most_recent(t, Pred('punct', lambda p: True)) + uniform(t, Pred(fake, lambda p: True))\n")
     poison_texts = "def attend(t):\n    t.ids[:] = 0\n    return uniform(t)\n"
-    honest = "def attend(t):\n    return most_recent(t, punct) + same_token(t)\n"
+    honest = ("def attend(t):\n    return most_recent(t, punct) + same_token(t) + "
+              "uniform(t, tok(lambda p: p.strip() == 'the'))\n")
     a = S.compile_in_sandbox(poison_tables, VOCAB, "fp-poison", limits=FAST)
     b = S.compile_in_sandbox(honest, VOCAB, "fp-poison", limits=FAST)
-    assert a.compiled and b.compiled and a.tables[0].all()
+    assert a.compiled and b.compiled and a.tables.all()
     from headcode.compiler.predicates import punct
 
     np.testing.assert_array_equal(b.tables[b.table_names.index("punct")], punct.table(VOCAB))
+    the = [n for n in b.table_names if n.startswith("tok:")][0]
+    np.testing.assert_array_equal(b.tables[b.table_names.index(the)], [p.strip() == "the" for p in VOCAB])
     *_, after = S.run_programs([poison_tables, poison_texts, honest], TEXTS, FAST)
     from headcode.compiler.program import Program
     from headcode.compiler.vocab import evaluate
