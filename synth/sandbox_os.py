@@ -16,7 +16,7 @@ skipped and left out of the list, never silently claimed):
 - ``setuid``: started as root, the child becomes uid/gid 65534 (``nobody``) with no
   supplementary groups, and so loses every capability;
 - ``seccomp`` (x86-64): a filter that refuses (``EPERM``) the system calls a scoring process
-  never needs and that widen the kernel's attack surface: sockets, ``execve``, ``fork``,
+  never needs and that widen the kernel's attack surface: sockets, ``execve``, ``fork``/``clone``,
   ``ptrace``, namespaces, mounts, ``bpf``, ``io_uring``, ``userfaultfd``, ``perf_event_open``,
   keyrings, modules; other ABIs (i386 ``int 0x80``, x32) kill the process.
 """
@@ -55,8 +55,10 @@ def set_rlimits(memory_mb: int, cpu_s: int, nofile: int = 32) -> None:
 # unshare setns bpf userfaultfd perf_event_open add_key request_key keyctl io_uring_setup/enter/
 # register kexec_load kexec_file_load init_module finit_module delete_module process_vm_readv/writev
 # name_to_handle_at open_by_handle_at personality mknod mknodat acct swapon swapoff reboot
-# sethostname setdomainname iopl ioperm syslog fanotify_init kcmp clone3
-DENIED_SYSCALLS_X86_64 = (41, 53, 59, 322, 57, 58, 101, 165, 166, 155, 161, 272, 308, 321, 323, 298,
+# sethostname setdomainname iopl ioperm syslog fanotify_init kcmp clone3 clone. The worker makes no
+# process or thread after lock-down (numpy runs single-threaded), and RLIMIT_NPROC does not bind uid 0,
+# so clone is refused here too: a root worker that could not drop its uid still cannot fork.
+DENIED_SYSCALLS_X86_64 = (41, 53, 59, 322, 57, 58, 56, 101, 165, 166, 155, 161, 272, 308, 321, 323, 298,
                           248, 249, 250, 425, 426, 427, 246, 320, 175, 313, 176, 310, 311, 303, 304,
                           135, 133, 259, 163, 167, 168, 169, 170, 171, 172, 173, 103, 300, 312, 435)
 AUDIT_ARCH_X86_64 = 0xC000003E
