@@ -177,7 +177,7 @@ def _alias_reasons(n: ast.AST, a: ast.alias, attrs: frozenset[str], path: list[s
         yield f"{_where(n)}: name `{a.asname}` is not allowed (names starting with `_`)"
 
 
-def check_source(source: str, max_chars: int = 20_000) -> list[str]:
+def check_source(source: str, max_chars: int = 200_000) -> list[str]:
     """Every reason ``source`` may not run (empty list: it may run in the sandbox)."""
     if not isinstance(source, str):
         return [f"a program is source text, got {type(source).__name__}"]
