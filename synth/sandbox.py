@@ -11,7 +11,7 @@ uid ``nobody``) and Python layers (safe builtins, import allow-list, audit hook)
 - ``compile_in_sandbox(source, pieces, fingerprint)``: the program traced, validated and
   lowered in the worker; the host gets the head as data and validates it.
 
-Workers are reused (a small pool: starting one costs ~0.2 s). A request that runs past its
+Workers (``sandbox_worker``) are reused: starting one costs ~0.1 s. A request that runs past its
 time limit — also in C code, where no Python-level alarm can fire — is answered by killing
 the worker from here (``SIGKILL``) and starting a fresh one for the next request. Replies
 are ``.npz`` frames read with ``allow_pickle=False`` and validated again here.
@@ -19,47 +19,25 @@ are ``.npz`` frames read with ``allow_pickle=False`` and validated again here.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import hashlib
-import io
-import json
-import os
-import pickle
-import select
-import shutil
-import signal
-import struct
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import warnings
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from headcode.compiler.check import check_source
 from headcode.compiler.compile import uncompiled
 from headcode.compiler.head import CompiledHead, check_head_data
-from headcode.errors import HeadcodeError
 from headcode.runtime.tokens import Tokens
-
-_PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
-GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
-MAX_IDLE = 2        # workers kept for reuse
-MAX_FRAME = 1 << 30  # a reply larger than this is refused (the worker is killed)
-
-
-@dataclass(frozen=True)
-class Limits:
-    time_s: float = 10.0        # wall-clock per program (all texts of the request)
-    memory_mb: int = 2048       # address space of the worker
-    startup_s: float = 20.0     # allowance for a worker to start and import numpy
+from headcode.synth import sandbox_worker as W
+from headcode.synth.sandbox_worker import (  # noqa: F401 - re-exported: the sandbox's public face
+    Limits,
+    Worker,
+    WorkerGone,
+    _call,
+    _key,
+    python_layers_off,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,208 +48,8 @@ class SandboxResult:
     mode: str = ""              # "traced" (from the IR) or "prefix" (free-form, row q on tokens <= q)
 
 
-class WorkerGone(Exception):
-    """The worker was killed (time limit) or died (memory/CPU limit, crash); the message says why."""
-
-
-def _env() -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "SYSTEMROOT")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-               PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", HOME="/")
-    return env
-
-
-_ROOT: list[str] = []
-_WARNED: list[bool] = []
-
-
-def _empty_root() -> str:
-    """An empty directory, read-only to the worker, that becomes its ``/`` (one per host process)."""
-    if not _ROOT:
-        d = tempfile.mkdtemp(prefix="headcode-sandbox-root-")
-        os.chmod(d, 0o555)
-        _ROOT.append(d)
-        atexit.register(shutil.rmtree, d, True)
-    return _ROOT[0]
-
-
-@dataclass(eq=False)
-class Worker:
-    """One sandbox process. ``layers``: the isolation layers it reported as applied."""
-
-    memory_mb: int = 2048
-    startup_s: float = 20.0
-    os_layers: bool = True
-    python_layers: bool = True
-    layers: tuple[str, ...] = ()
-    uid: int = -1
-    _texts: set = field(default_factory=set)
-    _vocabs: set = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=_env(), cwd="/", start_new_session=True)
-        self._buf = bytearray()
-        self._err: list[bytes] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-        self._send({"root_dir": _empty_root(), "memory_mb": self.memory_mb,
-                    "os_layers": self.os_layers, "python_layers": self.python_layers})
-        status, _ = self._recv(self.startup_s)
-        self.layers, self.uid = tuple(status.get("layers", ())), int(status.get("uid", -1))
-        missing = [x for x in ("netns", "chroot") if x not in self.layers]
-        if self.os_layers and missing and not _WARNED:
-            _WARNED.append(True)
-            warnings.warn(f"headcode sandbox: this system does not allow the {' and '.join(missing)} "
-                          f"layer(s); running with {', '.join(self.layers)} (see README: what the "
-                          "sandbox contains)", RuntimeWarning, stacklevel=2)
-
-    def _drain(self) -> None:
-        for line in self.proc.stderr:  # what programs print; keep the tail for error messages
-            self._err = (self._err + [line])[-5:]
-
-    def _send(self, obj: dict) -> None:
-        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self.proc.stdin.write(struct.pack("<Q", len(data)) + data)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
-            raise self._gone(f"sandbox process is gone ({e})") from e
-
-    def _read_exact(self, n: int, deadline: float) -> bytes:
-        fd = self.proc.stdout.fileno()
-        while len(self._buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise self._gone(None)
-            chunk = os.read(fd, max(n - len(self._buf), 1 << 16))
-            if not chunk:
-                raise self._gone("")
-            self._buf += chunk
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
-
-    def _recv(self, timeout: float) -> tuple[dict, dict[str, np.ndarray]]:
-        deadline = time.monotonic() + timeout
-        (n,) = struct.unpack("<Q", self._read_exact(8, deadline))
-        if n > MAX_FRAME:
-            raise self._gone(f"sandbox process sent a {n}-byte reply, more than {MAX_FRAME}")
-        body = self._read_exact(n, deadline)
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as z:
-                status = json.loads(bytes(z["status"]).decode())
-                arrays = {k: z[k] for k in z.files if k != "status"}
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-            raise self._gone(f"sandbox process sent a malformed reply ({type(e).__name__})") from e
-        if not isinstance(status, dict):
-            raise self._gone("sandbox process sent a malformed reply")
-        return status, arrays
-
-    def _gone(self, why: str | None) -> WorkerGone:
-        """Kill the process (if alive) and say why it is gone (``None``: it ran out of time)."""
-        timed_out = why is None and self.proc.poll() is None
-        self.kill()
-        rc = self.proc.returncode
-        if timed_out:
-            return WorkerGone("time limit exceeded (killed from outside)")
-        if why:
-            return WorkerGone(why)
-        if rc == -signal.SIGXCPU:
-            return WorkerGone("time limit exceeded (CPU seconds; killed by SIGXCPU)")
-        if rc is not None and rc < 0:
-            return WorkerGone(f"sandbox process killed by signal {-rc} (memory limit or crash)")
-        tail = b"".join(self._err).decode(errors="replace").strip().splitlines()[-1:] or [""]
-        return WorkerGone(f"sandbox process exited with code {rc}: {tail[0][:200]}")
-
-    def request(self, req: dict, time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
-        """Send ``req`` (with ``time_s``) and wait for the reply; ``WorkerGone`` past ``time_s + GRACE_S``."""
-        self._send(dict(req, time_s=time_s))
-        return self._recv(time_s + GRACE_S)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # it exited between the poll and the kill
-        self.proc.wait()
-
-
-class _Pool:
-    """Idle workers for reuse, keyed by memory limit."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.idle: list[Worker] = []
-
-    def acquire(self, limits: Limits) -> Worker:
-        with self.lock:
-            for w in self.idle:
-                if w.memory_mb == limits.memory_mb and w.python_layers == _PYTHON_LAYERS[0]:
-                    self.idle.remove(w)
-                    if w.alive():
-                        return w
-                    w.kill()
-                    break
-        try:
-            return Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
-        except WorkerGone as e:
-            raise HeadcodeError(f"the sandbox process could not start ({e}); programs cannot run "
-                                "without it: check that python can run here with a "
-                                f"{limits.memory_mb} MB address-space limit") from e
-
-    def release(self, w: Worker) -> None:
-        with self.lock:
-            if w.alive() and len(self.idle) < MAX_IDLE:
-                self.idle.append(w)
-                return
-        w.kill()
-
-    def close(self) -> None:
-        with self.lock:
-            idle, self.idle = self.idle, []
-        for w in idle:
-            w.kill()
-
-
-_POOL = _Pool()
-atexit.register(_POOL.close)
-
-
-@contextlib.contextmanager
-def python_layers_off() -> Iterator[None]:
-    """For tests only: inside, programs skip the host's check and run in workers without the
-    Python layers (full builtins, no audit hook): what holds then is the OS layers alone."""
-    _PYTHON_LAYERS[0] = False
-    try:
-        yield
-    finally:
-        _PYTHON_LAYERS[0] = True
-        _POOL.close()
-
-
 def _check(source: str) -> list[str]:
-    return check_source(source) if _PYTHON_LAYERS[0] else []
-
-
-def _key(obj: object) -> str:
-    return hashlib.sha1(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
-
-
-def _call(w: Worker, req: dict, cache: str, key: str, payload_name: str, payload: object,
-          time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
-    """One request; the (large) texts or vocabulary travel only to a worker that lacks them."""
-    seen = w._texts if cache == "texts" else w._vocabs
-    status, arrays = w.request(dict(req, **({payload_name: payload} if key not in seen else {})), time_s)
-    if status.get("missing") == key:  # the worker dropped it from its small cache: send it again
-        status, arrays = w.request(dict(req, **{payload_name: payload}), time_s)
-    seen.add(key)
-    return status, arrays
+    return check_source(source) if W._PYTHON_LAYERS[0] else []
 
 
 def _validate(status: dict, arrays: dict[str, np.ndarray], texts: Sequence[Tokens]) -> SandboxResult:
@@ -295,7 +73,7 @@ def _run_share(sources: Sequence[str], texts: list[Tokens], key: str, limits: Li
     w = None
     try:
         for src in sources:
-            w = w if w is not None and w.alive() else _POOL.acquire(limits)
+            w = w if w is not None and w.alive() else W._POOL.acquire(limits)
             try:
                 status, arrays = _call(w, {"op": "run", "source": src, "texts_key": key}, "texts", key,
                                        "texts", texts, limits.time_s)
@@ -306,7 +84,7 @@ def _run_share(sources: Sequence[str], texts: list[Tokens], key: str, limits: Li
                 w = None
     finally:
         if w is not None:
-            _POOL.release(w)
+            W._POOL.release(w)
     return out
 
 
@@ -345,8 +123,8 @@ def clear_table_caches() -> None:
     from headcode.compiler.tables import clear_cache
 
     clear_cache()
-    with _POOL.lock:
-        idle = list(_POOL.idle)
+    with W._POOL.lock:
+        idle = list(W._POOL.idle)
     for w in idle:
         w.request({"op": "clear_tables"}, 5.0)
 
@@ -362,7 +140,7 @@ def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, nam
         return uncompiled(label, source, ["refused: " + r for r in reasons], len(pieces), fingerprint, model_id)
     pieces = list(pieces)
     key = f"{fingerprint}:{len(pieces)}:{_key(pieces)}"
-    w = _POOL.acquire(limits)
+    w = W._POOL.acquire(limits)
     try:
         status, arrays = _call(w, {"op": "compile", "source": source, "name": name, "vocab_key": key,
                                    "fingerprint": fingerprint, "model_id": model_id}, "vocabs", key,
@@ -370,7 +148,7 @@ def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, nam
     except WorkerGone as e:
         return uncompiled(label, source, [f"sandbox: {e}"], len(pieces), fingerprint, model_id)
     finally:
-        _POOL.release(w)
+        W._POOL.release(w)
     if not status.get("ok"):
         return uncompiled(label, source, [str(status.get("reason", "failed"))[:600]], len(pieces),
                           fingerprint, model_id)
