@@ -40,6 +40,7 @@ _PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS 
 GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
 MAX_IDLE = 2        # workers kept for reuse
 MAX_FRAME = 1 << 30  # a reply larger than this is refused (the worker is killed)
+MAX_STATUS = 1 << 20  # bytes of a reply's JSON status
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,11 @@ class Worker:
                           "sandbox contains)", RuntimeWarning, stacklevel=2)
 
     def _drain(self) -> None:
-        for line in self.proc.stderr:  # what programs print; keep the tail for error messages
-            self._err = (self._err + [line])[-5:]
+        """Read what programs print (stderr) in chunks, keeping only the tail for error messages:
+        a program cannot grow this process's memory by printing."""
+        fd = self.proc.stderr.fileno()
+        while chunk := os.read(fd, 1 << 16):
+            self._err = [(b"".join(self._err) + chunk)[-2048:]]
 
     def _send(self, obj: dict) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -140,6 +144,8 @@ class Worker:
         body = self._read_exact(n, deadline)
         try:
             with np.load(io.BytesIO(body), allow_pickle=False) as z:
+                if z["status"].size > MAX_STATUS:
+                    raise ValueError("status too long")
                 status = json.loads(bytes(z["status"]).decode())
                 arrays = {k: z[k] for k in z.files if k != "status"}
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:

@@ -240,3 +240,13 @@ def test_a_compromised_worker_cannot_forge_replies():
         res = S.run_programs([forge.format(n=64), forge.format(n=2**62), GOOD], TEXTS, FAST)
     assert "malformed reply" in res[0].reason and "more than" in res[1].reason, [r.reason for r in res]
     assert res[2].ok
+
+
+def test_printing_cannot_grow_the_host():
+    loud = "def attend(t):\n    for i in range(8):\n        print('x' * 10 ** 8, end='')\n    return first(t)\n"
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    (r,) = S.run_programs([loud], TEXTS, S.Limits(time_s=20.0, memory_mb=1024))
+    assert r.ok, r.reason
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: not the 800 MB printed
