@@ -57,7 +57,7 @@ DENIED_ATTRIBUTES = frozenset("""
     capsule lib testing f2py distutils os sys show_config show_runtime info source lookfor who
     get_include gi_frame gi_code gi_yieldfrom cr_frame cr_code ag_frame ag_code f_back f_globals
     f_locals f_builtins f_code tb_frame tb_next co_code mro register seterrcall geterrcall
-    exec eval open system
+    exec eval open system set_printoptions setbufsize set_string_function
 """.split())
 
 _ALLOWED_NODES = (

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import signal
 import struct
 import sys
@@ -168,8 +169,12 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise TimeLimit()
 
 
+_NP_ERR = np.geterr()
+
+
 def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
     del _violations[:]
+    np.seterr(**_NP_ERR)  # a program's np.seterr must not change how the next one runs
     time_s = float(req.get("time_s", 10.0))
     _own_call[0] = True
     try:
@@ -199,6 +204,8 @@ def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
         signal.setitimer(signal.ITIMER_REAL, 0)
     if _violations:
         status, arrays = {"ok": False, "reason": f"refused: {_violations[0]}"}, {}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    status["cpu_s"] = use.ru_utime + use.ru_stime  # the host retires a worker that has used much
     return status, arrays
 
 

@@ -41,6 +41,7 @@ GRACE_S = 2.0       # beyond a request's time limit before the worker is killed 
 MAX_IDLE = 2        # workers kept for reuse
 MAX_FRAME = 1 << 30  # a reply larger than this is refused (the worker is killed)
 MAX_STATUS = 1 << 20  # bytes of a reply's JSON status
+RETIRE_CPU_S = 1800.0  # a worker that has used this much CPU is not reused (its hard limit is 3600 s)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Worker:
     python_layers: bool = True
     layers: tuple[str, ...] = ()
     uid: int = -1
+    cpu_s: float = 0.0
     _texts: set = field(default_factory=set)
     _vocabs: set = field(default_factory=set)
 
@@ -173,7 +175,10 @@ class Worker:
     def request(self, req: dict, time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
         """Send ``req`` (with ``time_s``) and wait for the reply; ``WorkerGone`` past ``time_s + GRACE_S``."""
         self._send(dict(req, time_s=time_s))
-        return self._recv(time_s + GRACE_S)
+        status, arrays = self._recv(time_s + GRACE_S)
+        cpu = status.get("cpu_s", 0.0)
+        self.cpu_s = float(cpu) if isinstance(cpu, (int, float)) else RETIRE_CPU_S
+        return status, arrays
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -212,7 +217,7 @@ class _Pool:
 
     def release(self, w: Worker) -> None:
         with self.lock:
-            if w.alive() and len(self.idle) < MAX_IDLE:
+            if w.alive() and len(self.idle) < MAX_IDLE and w.cpu_s < RETIRE_CPU_S:
                 self.idle.append(w)
                 return
         w.kill()

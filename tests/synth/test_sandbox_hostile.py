@@ -250,3 +250,11 @@ def test_printing_cannot_grow_the_host():
     (r,) = S.run_programs([loud], TEXTS, S.Limits(time_s=20.0, memory_mb=1024))
     assert r.ok, r.reason
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: not the 800 MB printed
+
+
+def test_numpy_error_state_does_not_carry_over():
+    raising = "import numpy as np\ndef attend(t):\n    np.seterr(all='raise')\n    return first(t)\n"
+    nan_ok = ("import numpy as np\ndef attend(t):\n    z = np.zeros((len(t), len(t)))\n"
+              "    return np.nan_to_num(z / z) + 1.0\n")
+    res = S.run_programs([raising, nan_ok], TEXTS, FAST)
+    assert all(r.ok for r in res), [r.reason for r in res]
