@@ -88,6 +88,7 @@ class Worker:
     layers: tuple[str, ...] = ()
     uid: int = -1
     cpu_s: float = 0.0
+    busy: bool = False
     _texts: set = field(default_factory=set)
     _vocabs: set = field(default_factory=set)
 
@@ -126,9 +127,11 @@ class Worker:
 
     def _read_exact(self, n: int, deadline: float) -> bytes:
         fd = self.proc.stdout.fileno()
+        poll = select.poll()  # not select.select: it fails for descriptors >= 1024 in a busy host
+        poll.register(fd, select.POLLIN)
         while len(self._buf) < n:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0 or not poll.poll(left * 1000):
                 raise self._gone(None)
             chunk = os.read(fd, max(n - len(self._buf), 1 << 16))
             if not chunk:
@@ -174,8 +177,10 @@ class Worker:
 
     def request(self, req: dict, time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
         """Send ``req`` (with ``time_s``) and wait for the reply; ``WorkerGone`` past ``time_s + GRACE_S``."""
+        self.busy = True  # until the reply is read: a worker interrupted mid-request is never reused
         self._send(dict(req, time_s=time_s))
         status, arrays = self._recv(time_s + GRACE_S)
+        self.busy = False
         cpu = status.get("cpu_s", 0.0)
         self.cpu_s = float(cpu) if isinstance(cpu, (int, float)) else RETIRE_CPU_S
         return status, arrays
@@ -217,7 +222,7 @@ class _Pool:
 
     def release(self, w: Worker) -> None:
         with self.lock:
-            if w.alive() and len(self.idle) < MAX_IDLE and w.cpu_s < RETIRE_CPU_S:
+            if w.alive() and not w.busy and len(self.idle) < MAX_IDLE and w.cpu_s < RETIRE_CPU_S:
                 self.idle.append(w)
                 return
         w.kill()

@@ -72,3 +72,16 @@ def test_texts_dropped_by_the_worker_are_sent_again():
             assert status["ok"] and arrays["s0"].shape == (len(texts[0]),) * 2, status
     finally:
         w.kill()
+
+
+def test_a_worker_interrupted_mid_request_is_not_reused():
+    from headcode.synth import sandbox as S
+    from headcode.synth import sandbox_worker as SW
+
+    w = SW._POOL.acquire(S.Limits(memory_mb=1024))
+    w._send({"op": "run", "source": GOOD, "texts_key": "k", "texts": TEXTS, "time_s": 2.0})
+    w.busy = True  # as if the caller was interrupted before reading the reply
+    SW._POOL.release(w)
+    assert w not in SW._POOL.idle and not w.alive()
+    (r,) = S.run_programs([GOOD], TEXTS[:1], S.Limits(memory_mb=1024))
+    assert r.ok and r.scores[0].shape == (5, 5)  # not the stale reply for two texts
