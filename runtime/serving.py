@@ -11,6 +11,7 @@ layer over this module.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -147,9 +148,14 @@ class Generator:
         if req.seed is not None:
             torch.manual_seed(req.seed)
         sample = req.temperature > 0
-        cfg = GenerationConfig(max_new_tokens=req.max_tokens, do_sample=sample, pad_token_id=self.pad_id,
-                               eos_token_id=sorted(self.eos_ids) or None,
-                               **({"temperature": req.temperature, "top_p": req.top_p, "top_k": 0} if sample else {}))
+        # the model's own config (its cache implementation, ...) with this request's settings over it
+        base = getattr(self.model, "generation_config", None)
+        cfg = copy.deepcopy(base) if base is not None else GenerationConfig()
+        cfg.update(max_new_tokens=req.max_tokens, max_length=None, min_new_tokens=None, min_length=0,
+                   do_sample=sample, num_beams=1, num_return_sequences=1, pad_token_id=self.pad_id,
+                   eos_token_id=sorted(self.eos_ids) or None, temperature=req.temperature if sample else None,
+                   top_p=req.top_p if sample else None, top_k=0 if sample else None,
+                   repetition_penalty=None)
         device = next(self.model.parameters()).device
         ids = torch.tensor([req.prompt_ids], dtype=torch.long, device=device)
         stopping = StoppingCriteriaList([_StopCriteria(self.tokenizer, ids.shape[1], req.stop, cancel)])
