@@ -20,7 +20,7 @@ from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
-from headcode.synth.ranking import rank_head, score_source
+from headcode.synth.ranking import program_name, rank_head, score_source
 
 STATE_VERSION = 1
 
@@ -78,9 +78,11 @@ def explain_heads(
             continue
         results[str(h)] = chosen
         if state:
+            refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
             _save_json(state / f"{h}.json", {
                 "version": STATE_VERSION, "backend": backend.name, "chosen": asdict(chosen),
-                "alternatives": [{"program": c.program, "iou": c.iou} for c in scored]})
+                "alternatives": [{"program": c.program, "iou": c.iou} for c in scored],
+                "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
     if failed:
         print(f"headcode: {len(failed)} heads got no program: " +
               "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
