@@ -52,6 +52,12 @@ STATE_OF_KIND = {UNIFORM: ACC, DECAY: ACC, SENTENCE: ACC, MOST_RECENT: VEC, SENT
                  WORD_START: VEC, OFFSET: RING, SAME_TOKEN: MAP, INDUCTION: MAP, FIRST: NONE}
 
 
+def streamable(kinds: np.ndarray) -> bool:
+    """Does every term kind of a head have a decoding state here? A head with a kind that has none
+    is recomputed over the history each step (from its group's cached values), that head only."""
+    return all(int(k) in STATE_OF_KIND for k in kinds)
+
+
 @nb.njit(cache=True, nogil=True, inline="always")
 def _slot(hkey, b, m, tid, mask):
     h = (tid * 2654435761) & mask
