@@ -29,9 +29,12 @@ class Term:
     query: str | None = None
     key_table: int = -1
     query_table: int = -1
+    aux: str | None = None   # segment_start / anchor: the predicate that places the key
+    aux_table: int = -1
 
     def describe(self) -> str:
-        return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key, self.query)
+        return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key,
+                                                       self.query, self.aux)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +44,8 @@ class Term:
         return cls(kind=str(d["kind"]), weight=float(d["weight"]), k=int(d.get("k", 0)),
                    rate=float(d.get("rate", 0.0)), strict=bool(d.get("strict", False)),
                    key=d.get("key"), query=d.get("query"), key_table=int(d.get("key_table", -1)),
-                   query_table=int(d.get("query_table", -1)))
+                   query_table=int(d.get("query_table", -1)), aux=d.get("aux"),
+                   aux_table=int(d.get("aux_table", -1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +83,7 @@ class CompiledHead:
     def spec(self) -> HeadSpec:
         """The kernel-level arrays (built once per head)."""
         terms = [dict(kind=t.kind, k=t.k, rate=t.rate, strict=int(t.strict), key_tab=t.key_table,
-                      query_tab=t.query_table, weight=t.weight) for t in self.terms]
+                      query_tab=t.query_table, weight=t.weight, aux_tab=t.aux_table) for t in self.terms]
         return HeadSpec.build(terms, self.tables, self.boundary_table, self.new_word_table)
 
     def meta_json(self) -> dict[str, Any]:
