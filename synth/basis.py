@@ -33,6 +33,35 @@ _RECENT_PREDS = ("punct", "sentence_end", "comma", "newline", "capitalised", "fu
                  "content_word", "word_start", "quote", "digit")
 
 
+# readable dictionary: named classes from ``compiler.classes`` (see ``readable_terms``)
+_R_UNIFORM = ("noun_like", "verb_like", "adjective_like", "name", "pronoun", "determiner", "preposition",
+              "content_word", "function_word", "punct", "~punct", "sentence_end", "newline")
+_R_SENTENCE = ("noun_like", "verb_like", "name", "content_word", "function_word", "punct")
+_R_RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_boundary", "name", "pronoun",
+             "noun_like", "verb_like", "adjective_like", "determiner", "preposition", "conjunction",
+             "content_word", "function_word", "capitalised")
+_R_AFTER = ("determiner", "preposition", "verb_like", "conjunction", "pronoun", "punct")
+_R_BEFORE = ("verb_like", "auxiliary", "punct", "noun_like")
+# query classes a head may split on: ``when(c, ...) + when(~c, ...)``
+SPLIT_CLASSES = ("punct", "function_word", "noun_like", "verb_like", "determiner", "pronoun", "clause_boundary")
+
+
+def readable_terms() -> tuple[str, ...]:
+    """The readable dictionary: ~100 selector expressions over named classes (deterministic order)."""
+    terms = ["current(t)"] + [f"previous(t, {k})" for k in range(1, 6)]
+    terms += ["first(t)", "uniform(t)", "in_same_sentence(t)", "same_token(t)", "induction(t)",
+              "sentence_start(t)", "clause_start(t)", "word_start(t)"]
+    terms += [f"uniform(t, {p})" for p in _R_UNIFORM]
+    terms += [f"in_same_sentence(t, {p})" for p in _R_SENTENCE]
+    terms += [f"most_recent(t, {p})" for p in _R_RECENT]
+    terms += [f"most_recent(t, {p}, strict=True)" for p in _R_RECENT]
+    terms += [f"after_last(t, {p})" for p in _R_AFTER] + [f"before_last(t, {p})" for p in _R_BEFORE]
+    terms += [f"decay(t, {r})" for r in (0.5, 0.8, 0.95)]
+    terms += [f"decay(t, {r}, {p})" for p in ("noun_like", "content_word", "name", "punct", "~punct")
+              for r in (0.8, 0.95)]
+    return tuple(terms)
+
+
 def default_terms() -> tuple[str, ...]:
     """The dictionary: ~90 selector expressions over ``t`` (deterministic order)."""
     terms = ["current(t)"] + [f"previous(t, {k})" for k in range(1, 9)]
@@ -70,6 +99,11 @@ PARTITIONS: dict[str, tuple[QueryClass, ...]] = {
              QueryClass("piece", "content_word & ~word_start"),
              QueryClass("other", OTHER_COARSE)),
 }
+
+
+PARTITIONS.update({
+    f"split:{c}": (QueryClass(c, c), QueryClass(f"not {c}", f"~{c}")) for c in SPLIT_CLASSES
+})
 
 
 def _namespace() -> dict:
