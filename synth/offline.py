@@ -114,9 +114,10 @@ class OfflineBackend:
         self.out_select: OutputGrams | None = None
         if patterns.values:
             with tqdm(total=2, desc="output grams", disable=not self.progress) as bar:
-                self.out_fit = output_grams(patterns, self.bases, fit, keys)
+                idx = [patterns.index[h] for h in heads]
+                self.out_fit = output_grams(patterns, self.bases, fit, keys, idx)
                 bar.update()
-                self.out_select = output_grams(patterns, self.bases, select, keys)
+                self.out_select = output_grams(patterns, self.bases, select, keys, idx)
                 bar.update()
 
     def _select_values(self, patterns: HeadPatterns, select: list[int], keys: list[str]) -> None:
