@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     spec = _model_spec(d, args.model)
     tokenizer = load_tokenizer(spec)
     model_id = resolve(spec)[1]
+    from headcode.compiler.size import program_size
+
     fingerprint = tokenizer_fingerprint(tokenizer)
     pieces = vocabulary_pieces(tokenizer)
     heads, rows = {}, []
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         head = compile_program(program, pieces, fingerprint, model_id)
         heads[key] = head
         rows.append({"head": key, "status": "compiled" if head.compiled else "uncompiled",
+                     "size": program_size(source).nodes,
                      "reasons": list(head.reasons), "terms": [t.describe() for t in head.terms]})
     out = Path(args.out) if args.out else d / "surrogates.safetensors"
     save_plan(SurrogatePlan(model_id=model_id, fingerprint=fingerprint, heads=heads), out)
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             if r["status"] == "compiled":  # one line a head; the full terms are in --json
                 terms = r.get("terms", [])
-                detail = f"{len(terms)} terms: " + " + ".join(terms)
+                detail = f"size {r['size']}, {len(terms)} terms: " + " + ".join(terms)
                 detail = detail if len(detail) <= 100 else detail[:97] + "..."
             else:
                 detail = "; ".join(r["reasons"])
