@@ -172,8 +172,3 @@ def refine_iou(stack: RowStack, a: np.ndarray, w0: np.ndarray, max_iter: int = 3
     w = np.zeros_like(w0)
     w[S] = x
     return w
-
-
-def normalised(w: np.ndarray) -> np.ndarray:
-    s = w.sum()
-    return w / s if s > 0 else w
