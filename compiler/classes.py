@@ -187,7 +187,7 @@ def meaning(pred_name: str) -> str:
         return "not " + meaning(n[1:])
     if n.startswith("token_in(") and n.endswith(")"):
         words = [w.strip() for w in n[len("token_in("):-1].split(",") if w.strip()]
-        return "one of " + ", ".join(repr(w) for w in words)
+        return repr(words[0]) if len(words) == 1 else "one of " + ", ".join(repr(w) for w in words)
     if n.startswith("(") and n.endswith(")"):
         inner = n[1:-1]
         for op, word in ((" & ", " and "), (" | ", " or ")):

@@ -38,6 +38,7 @@ _R_RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_bound
              "content_word", "function_word", "capitalised")
 _R_AFTER = ("determiner", "preposition", "verb_like", "conjunction", "pronoun", "punct")
 _R_BEFORE = ("verb_like", "auxiliary", "punct", "noun_like")
+THE = "token_in('the')"
 # query classes a head may split on: ``when(c, ...) + when(~c, ...)``
 SPLIT_CLASSES = ("punct", "function_word", "noun_like", "verb_like", "determiner", "pronoun", "clause_boundary")
 
@@ -55,6 +56,8 @@ def readable_terms() -> tuple[str, ...]:
     terms += [f"decay(t, {r})" for r in (0.5, 0.8, 0.95)]
     terms += [f"decay(t, {r}, {p})" for p in ("noun_like", "content_word", "name", "punct", "~punct")
               for r in (0.8, 0.95)]
+    # 'the' on its own: many middle-layer heads of SmolLM2 use its occurrences as secondary sinks
+    terms += [f"uniform(t, {THE})", f"decay(t, 0.95, {THE})", f"most_recent(t, {THE})"]
     return tuple(terms)
 
 
