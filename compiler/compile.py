@@ -1,9 +1,16 @@
 """The compiler driver: program -> ``CompiledHead`` through the passes
 ``program_to_ir`` (trace) -> ``validate`` -> ``ir_to_plan`` (tables, terms).
 
-A program that cannot be compiled (free-form numpy, a product or maximum of patterns, a
-predicate that raises) gives an uncompiled head with every reason: its source stays usable
-through the reference path. ``strict=True`` raises ``CompileError`` instead.
+Program source is untrusted: ``compile_source`` (and ``compile_program``, which compiles a
+program's source) checks it (``compiler.check``) and runs the passes inside the sandbox
+(``headcode.synth.sandbox``), where the program is traced and its ``tok()`` tables are
+computed; the host receives the head as data (JSON terms and a ``uint8`` table stack) and
+validates that data before building the ``CompiledHead`` (``head.check_head_data``). No code
+of the program runs in the host.
+
+A program that cannot be compiled (refused by the check, free-form numpy, a product or maximum
+of patterns, a predicate that raises) gives an uncompiled head with every reason: a record of
+the refusal, which no runtime runs. ``strict=True`` raises ``CompileError`` instead.
 """
 
 from __future__ import annotations
@@ -20,18 +27,18 @@ from headcode.compiler.tables import TableError
 from headcode.compiler.validate import CompileError, validate
 
 
-def uncompiled(program: Program, reasons: Sequence[str], n_vocab: int, fingerprint: str,
+def uncompiled(name: str, source: str, reasons: Sequence[str], n_vocab: int, fingerprint: str,
                model_id: str = "") -> CompiledHead:
-    return CompiledHead(name=program.name, source=program.source, terms=(), table_names=(),
+    return CompiledHead(name=name, source=source, terms=(), table_names=(),
                         tables=np.zeros((0, n_vocab), dtype=np.uint8), fingerprint=fingerprint,
                         compiled=False, reasons=tuple(reasons), model_id=model_id)
 
 
-def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, model_id: str = "",
-                    strict: bool = False) -> CompiledHead:
-    """Compile ``program`` against a vocabulary (``pieces[id]`` = the decoded piece of token
-    ``id``; ``fingerprint`` names that vocabulary). Returns a compiled head, or an uncompiled
-    one with reasons (``strict``: raise ``CompileError`` instead)."""
+def compile_in_process(program: Program, pieces: Sequence[str], fingerprint: str, model_id: str = "",
+                       strict: bool = False) -> CompiledHead:
+    """The passes, run in this process on a program already built here. Only the sandbox's
+    child calls this on untrusted programs (the program runs: it is traced, its predicates
+    are evaluated over the vocabulary)."""
     try:
         try:
             expr = program_to_ir(program)
@@ -45,7 +52,7 @@ def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, m
     except CompileError as e:
         if strict:
             raise
-        return uncompiled(program, e.reasons, len(pieces), fingerprint, model_id)
+        return uncompiled(program.name, program.source, e.reasons, len(pieces), fingerprint, model_id)
     out_terms, names, tables, bnd, nwd = plan
     return CompiledHead(name=program.name, source=program.source, terms=out_terms, table_names=names,
                         tables=tables, fingerprint=fingerprint, compiled=True, reasons=(),
@@ -53,6 +60,21 @@ def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, m
 
 
 def compile_source(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
-                   model_id: str = "", strict: bool = False) -> CompiledHead:
-    """``compile_program`` from source (``ProgramError`` if the source does not build)."""
-    return compile_program(Program.from_source(source, name), pieces, fingerprint, model_id, strict)
+                   model_id: str = "", strict: bool = False, time_limit_s: float | None = None) -> CompiledHead:
+    """Compile ``source`` against a vocabulary (``pieces[id]`` = the decoded piece of token
+    ``id``; ``fingerprint`` names that vocabulary) in the sandbox (``time_limit_s``: for the
+    trace and the tables; default ``sandbox.Limits``). Returns a compiled head, or an
+    uncompiled one with reasons (``strict``: raise ``CompileError`` instead)."""
+    from headcode.synth.sandbox import Limits, compile_in_sandbox  # the sandbox owns the worker process
+
+    limits = Limits(time_s=time_limit_s) if time_limit_s else None
+    head = compile_in_sandbox(source, pieces, fingerprint, name=name, model_id=model_id, limits=limits)
+    if strict and not head.compiled:
+        raise CompileError(head.reasons, head.name)
+    return head
+
+
+def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, model_id: str = "",
+                    strict: bool = False) -> CompiledHead:
+    """``compile_source`` of the program's source (the callable built here is not used)."""
+    return compile_source(program.source, pieces, fingerprint, program.name, model_id, strict)

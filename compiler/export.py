@@ -6,6 +6,12 @@ uncompiled head). Metadata (strings): ``format`` = ``headcode-surrogates``, ``fo
 terms with weights and table rows, table names, compiled flag and reasons, plus a sha256 of
 its tables (a flipped byte is caught on load). Written to a temporary name, then
 ``os.replace``d, so a crash never leaves a half-written plan under the real name.
+
+A plan is data. ``load_plan`` parses JSON and reads tensors; it never builds, imports or runs
+a program: a head's ``source`` stays text (to show), and every head's terms and tables are
+validated (``head.check_head_data``) before anything uses them, so a crafted plan gives a
+one-line error rather than an out-of-range table row in a kernel. A head stored uncompiled
+(by an older headcode, or crafted) loads as a record; the runtime refuses to run it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from headcode.compiler.head import CompiledHead, SurrogatePlan
+from headcode.compiler.head import CompiledHead, SurrogatePlan, check_head_data
 from headcode.errors import HeadcodeError
 
 FORMAT = "headcode-surrogates"
@@ -75,11 +81,16 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
             if expected_model is not None and model != expected_model:
                 raise HeadcodeError(f"{path} was compiled for model {model!r}, not {expected_model!r}")
             heads_meta = json.loads(meta["heads"])
+            if not isinstance(heads_meta, dict):
+                raise HeadcodeError(f"{path} is not a valid surrogate plan: its heads are not a JSON object")
             heads = {}
             for key, d in heads_meta.items():
                 tables = f.get_tensor(f"{key}/tables")
                 if _digest(tables) != d["tables_sha256"]:
                     raise HeadcodeError(f"{path} is corrupt: the tables of head {key} do not match their checksum")
+                bad = check_head_data(d, tables)
+                if bad:
+                    raise HeadcodeError(f"{path} is not a valid surrogate plan: head {key}: " + "; ".join(bad[:3]))
                 heads[key] = CompiledHead.from_meta_json(d, tables)
     except HeadcodeError:
         raise

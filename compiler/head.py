@@ -5,13 +5,14 @@ does not import the runtime; the runtime converts to ``HeadRef``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from headcode.compiler.ir import describe_selector
+from headcode.compiler.ir import AUX_KINDS, SELECTOR_KINDS, describe_selector
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -113,3 +114,64 @@ class SurrogatePlan:
 
     def compiled_heads(self) -> dict[str, CompiledHead]:
         return {k: h for k, h in self.heads.items() if h.compiled}
+
+
+def check_head_data(d: Any, tables: Any, vocab_size: int | None = None) -> list[str]:
+    """Every reason the JSON form ``d`` of a head and its ``tables`` are not a well-formed
+    ``CompiledHead`` (the data a sandboxed compile or a plan file gives: never trusted).
+    Term kinds must be known, weights finite and non-negative, table rows in range, tables
+    ``[len(table_names), vocab] uint8`` of 0/1."""
+    if not isinstance(d, dict):
+        return [f"head data is a {type(d).__name__}, not an object"]
+    out = []
+    if not isinstance(tables, np.ndarray) or tables.dtype != np.uint8 or tables.ndim != 2:
+        return ["tables must be a 2-d uint8 array"]
+    names = d.get("table_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return ["table_names must be a list of strings"]
+    if tables.shape[0] != len(names):
+        out.append(f"{tables.shape[0]} tables for {len(names)} table names")
+    if vocab_size is not None and tables.shape[1] != vocab_size:
+        out.append(f"tables cover {tables.shape[1]} tokens, the vocabulary has {vocab_size}")
+    if tables.size and int(tables.max()) > 1:
+        out.append("tables hold values other than 0 and 1")
+    for key in ("name", "source", "fingerprint"):
+        if not isinstance(d.get(key), str):
+            out.append(f"{key} must be a string")
+    if not isinstance(d.get("compiled"), bool) or not isinstance(d.get("reasons"), list):
+        out.append("compiled must be true/false and reasons a list")
+    terms = d.get("terms")
+    if not isinstance(terms, list) or not all(isinstance(t, dict) for t in terms):
+        return out + ["terms must be a list of objects"]
+    if d.get("compiled") is False and terms:
+        out.append("an uncompiled head has terms")
+    n = len(names)
+    for i, t in enumerate(terms):
+        try:
+            term = Term.from_json(t)
+        except (KeyError, TypeError, ValueError) as e:
+            out.append(f"term {i} is malformed ({type(e).__name__}: {e})")
+            continue
+        if term.kind not in SELECTOR_KINDS:
+            out.append(f"term {i} has unknown kind {term.kind!r}")
+        if not (math.isfinite(term.weight) and term.weight >= 0):
+            out.append(f"term {i} has weight {term.weight}, not finite and non-negative")
+        bad_k = not (-8 <= term.k <= 8 and term.k != 0) if term.kind == "anchor" else term.k < 0
+        if bad_k or not (0.0 <= term.rate < 1.0):
+            out.append(f"term {i} has offset {term.k} or rate {term.rate} out of range")
+        for tab in (term.key_table, term.query_table, term.aux_table):
+            if not -1 <= tab < n:
+                out.append(f"term {i} names table row {tab}, outside 0..{n - 1}")
+        if term.kind == "most_recent" and term.key_table < 0:
+            out.append(f"term {i} (most_recent) has no key table")
+        if term.kind in AUX_KINDS and term.aux_table < 0:
+            out.append(f"term {i} ({term.kind}) has no aux table")
+        if term.kind in ("sentence", "sentence_start") and d.get("boundary_table") == -1:
+            out.append(f"term {i} ({term.kind}) needs a boundary table")
+        if term.kind == "word_start" and d.get("new_word_table") == -1:
+            out.append(f"term {i} (word_start) needs a new-word table")
+    for key in ("boundary_table", "new_word_table"):
+        v = d.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < n:
+            out.append(f"{key} {v!r} is outside -1..{n - 1}")
+    return out

@@ -2,8 +2,13 @@
 
 ``def attend(t: Tokens) -> Pattern | ndarray[T, T]``. The framework, not the program,
 applies the causal mask and normalises rows (``vocab.attention_from_scores``), so a
-program cannot leak a future token. Programs from the offline search are built here in
-the current process; programs from a language model go through ``headcode.synth.sandbox``.
+program cannot leak a future token.
+
+``Program.from_source`` builds the callable *in this process*: it is for programs you wrote
+yourself (tests, the catalogue, library code); the source is still checked first
+(``compiler.check``). Program source from anywhere else (a language model, a program file,
+a plan) never runs in the host: ``headcode.synth.sandbox`` runs it (``run_programs``) and
+compiles it (``compiler.compile_source``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -60,6 +66,11 @@ class Program:
             tree = ast.parse(source)
         except SyntaxError as e:
             raise ProgramError(f"syntax error in program source, line {e.lineno}: {e.msg}") from e
+        from headcode.compiler.check import check_source
+
+        reasons = check_source(source)
+        if reasons:
+            raise ProgramError("program refused: " + "; ".join(reasons))
         fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
         if not fns:
             raise ProgramError("program source defines no function (expected `def attend(t): ...`)")
@@ -68,12 +79,20 @@ class Program:
         exec(compile(tree, f"<program {name or fname}>", "exec"), ns)  # noqa: S102 - trusted path
         return cls(name or fname, source, ns[fname])
 
+    @cached_property
+    def _expr(self) -> ir.Expr | None:
+        try:
+            return self.trace()
+        except Untraceable:
+            return None
+
     def scores(self, t: Any) -> np.ndarray:
-        """The program's raw scores on one text ``[T, T]``."""
-        out = self.fn(t)
-        if isinstance(out, vocab.Pattern):
-            return out.dense()
-        return np.asarray(out, dtype=np.float64)
+        """The program's raw scores on one text ``[T, T]``, causal whatever the program does:
+        a traced program is evaluated from its IR (what the compiled head computes); a
+        free-form one on prefixes (row q from tokens <= q, ``prefix_scores``)."""
+        if self._expr is not None:
+            return vocab.evaluate(self._expr, t)
+        return prefix_scores(self.fn, t)
 
     def attention(self, t: Any) -> np.ndarray:
         """The attention this program gives on one text: ``[T, T]``, causal, rows sum to 1."""
@@ -91,6 +110,36 @@ class Program:
         if not isinstance(out, vocab.Pattern):
             raise Untraceable(f"program returned {type(out).__name__}, not a selector pattern")
         return out.expr
+
+    def traced(self) -> Program:
+        """This program as its traced IR (``Untraceable`` if it has none): the same scores
+        on every text as the compiled head, and causal by construction."""
+        expr = self.trace()
+        return Program(self.name, self.source, lambda t: vocab.Pattern(expr, t))
+
+
+def raw_scores(fn: Callable[[Any], Any], t: Any) -> np.ndarray:
+    """``fn(t)`` as a checked ``[T, T]`` float64 matrix (finite, non-negative)."""
+    out = fn(t)
+    s = out.dense() if isinstance(out, vocab.Pattern) else np.asarray(out, dtype=np.float64)
+    T = len(t)
+    if s.shape != (T, T):
+        raise ValueError(f"returned shape {tuple(s.shape)}, expected ({T}, {T})")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("returned NaN or infinite scores")
+    if np.any(s < 0):
+        raise ValueError("returned negative scores")
+    return s
+
+
+def prefix_scores(fn: Callable[[Any], Any], t: Any) -> np.ndarray:
+    """Row q of ``fn`` run on ``t.prefix(q + 1)`` only: a free-form program cannot see the
+    future. ``[T, T]``, zero above the diagonal; T calls of ``fn``."""
+    T = len(t)
+    out = np.zeros((T, T))
+    for q in range(T):
+        out[q, :q + 1] = raw_scores(fn, t.prefix(q + 1))[q]
+    return out
 
 
 class Tracer:

@@ -1,10 +1,9 @@
 """Vocabulary tables: a predicate over every piece of a tokenizer's vocabulary, ``[vocab] bool``.
 
 Evaluating a predicate over a 50k vocabulary costs ~50 ms, so tables are cached per
-(tokenizer fingerprint, predicate name) in a bounded LRU. Predicate names are identities
-(``compiler.predicates``); names with an ``@`` are tied to a live function object (an
-unnamed ``tok`` with a closure) and are never cached, since a later function may reuse the
-address.
+(tokenizer fingerprint, predicate name) in a bounded LRU — for the built-in predicates only
+(``cacheable``): a program can name its own predicate ``punct``, so a name alone is not an
+identity a cache may trust.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headcode.compiler.predicates import Pred
+from headcode.compiler.predicates import BUILTIN_PREDS, Pred, tok
 
 MAX_CACHED = 4096
 _CACHE: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
@@ -25,13 +24,19 @@ class TableError(ValueError):
 
 
 def cacheable(pred: Pred) -> bool:
-    return "@" not in pred.name
+    """The built-in predicate objects themselves, and ``tok`` predicates whose name is the digest
+    of their own code (recomputed here). Any other predicate (a combination, a ``Pred`` a program
+    made) may carry a name with another function behind it, and a cached table under that name
+    would poison every later compile in the process."""
+    if BUILTIN_PREDS.get(pred.name) is pred:
+        return True
+    return pred.name.startswith("tok:") and "@" not in pred.name and tok(pred.fn).name == pred.name
 
 
 def vocab_table(pred: Pred, pieces: Sequence[str], fingerprint: str) -> np.ndarray:
     """``[len(pieces)] bool`` (read-only); ``TableError`` if the predicate raises on a piece."""
     key = (fingerprint, pred.name, len(pieces))
-    hit = _CACHE.get(key)
+    hit = _CACHE.get(key) if cacheable(pred) else None
     if hit is not None:
         _CACHE.move_to_end(key)
         return hit

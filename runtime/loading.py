@@ -123,7 +123,50 @@ def resolve(spec: str) -> tuple[str, str]:
         raise HeadcodeError(f"{p} is neither a checkpoint directory nor a .gguf file")
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise HeadcodeError(f"unknown model {spec!r}: no such path, and not a hub id")
+    if not hub_cached(spec) and not hub_reachable():
+        raise HeadcodeError(f"unknown model {spec!r}: not a local path, not in the Hugging Face cache, "
+                            "and the hub does not answer; use 'smollm2-135m' (bundled), a checkpoint "
+                            "directory or a .gguf file")
     return spec, spec
+
+
+def hub_cached(repo_id: str) -> bool:
+    """True when the hub cache holds a ``config.json`` for ``repo_id`` (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the hub endpoint be reached within ``timeout`` s (name lookup and TCP connect)?
+    ``HF_HUB_OFFLINE`` means no. Without this, transformers retries an unreachable hub for ~45 s."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)   # getaddrinfo itself has no timeout
+    t.start()
+    t.join(timeout)
+    return bool(ok and ok[0])
+
+
+def _local_only(where: str) -> dict[str, Any]:
+    """``local_files_only`` for a hub id that is cached while the hub does not answer."""
+    return {} if Path(where).exists() or hub_reachable() else {"local_files_only": True}
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
@@ -131,7 +174,7 @@ def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
 
     where, _ = resolve(spec)
     try:
-        return AutoTokenizer.from_pretrained(where)
+        return AutoTokenizer.from_pretrained(where, **_local_only(where))
     except (OSError, ValueError) as e:
         raise HeadcodeError(_load_hint(spec, e)) from e
 
@@ -153,9 +196,10 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: Any = None) -> LoadedModel:
     where, name = resolve(spec)
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise on the command line
     try:
-        tok = AutoTokenizer.from_pretrained(where)
+        local = _local_only(where)
+        tok = AutoTokenizer.from_pretrained(where, **local)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype or torch.float32,
-                                                     attn_implementation=register())
+                                                     attn_implementation=register(), **local)
     except (OSError, ValueError, KeyError) as e:
         raise HeadcodeError(_load_hint(spec, e)) from e
     model.eval()

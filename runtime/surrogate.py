@@ -191,11 +191,18 @@ def _head_fn(obj: Any, tokenizer: Any, backend: str) -> HeadFn:
     from headcode.compiler.head import CompiledHead
     from headcode.compiler.program import Program
 
-    if isinstance(obj, CompiledHead) and not obj.compiled:
-        obj = Program.from_source(obj.source, obj.name)  # the reference path
+    if isinstance(obj, CompiledHead) and not obj.compiled:  # a plan is data: its source never runs
+        raise HeadcodeError(f"head {obj.name} of the plan is not compiled ({'; '.join(obj.reasons)[:200]}): "
+                            "only compiled heads run; fix the program and run `headcode compile` again")
     if isinstance(obj, Program):
         if tokenizer is None:
             raise HeadcodeError("programs that are not compiled need the model's tokenizer: pass a LoadedModel")
+        from headcode.compiler.program import Untraceable
+
+        try:  # the traced IR, not the free-form callable: causal by construction
+            obj = obj.traced()
+        except Untraceable as e:
+            raise HeadcodeError(f"program {obj.name} cannot run in a model: {e}") from e
         return ProgramHeadFn(obj, tokenizer)
     if isinstance(obj, CompiledHead):
         return CompiledHeadFn(obj, backend)

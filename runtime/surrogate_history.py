@@ -22,8 +22,18 @@ import weakref
 from typing import Any
 
 import torch
+from transformers.cache_utils import Cache
 
 from headcode.errors import HeadcodeError
+
+
+def find_cache(args: tuple, kwargs: dict) -> Cache | None:
+    """The ``Cache`` a forward call was given, whatever the keyword is called (transformers 5.24
+    renamed ``past_key_values`` to ``cache``; the outer model forwards either spelling as the new one)."""
+    found = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]
+    if len(found) > 1:
+        raise HeadcodeError("the model was called with two KV caches: pass one")
+    return found[0] if found else None
 
 
 def base_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -79,7 +89,7 @@ class TokenHistory:
         ids = kwargs.get("input_ids")
         if ids is None and args:
             ids = args[0]
-        self.update(ids, kwargs.get("attention_mask"), kwargs.get("past_key_values"))
+        self.update(ids, kwargs.get("attention_mask"), find_cache(args, kwargs))
 
     def attach(self, model: torch.nn.Module) -> Any:
         """Register the pre-hook on the model's base module; returns the hook handle."""

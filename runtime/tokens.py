@@ -44,6 +44,13 @@ class Tokens:
             cache[pred.name] = pred.table(self.pieces)
         return cache[pred.name]
 
+    def prefix(self, n: int) -> Tokens:
+        """The first ``n`` tokens (and the text up to the end of token ``n - 1``): what a
+        free-form program sees when it scores row ``n - 1`` (``compiler.program.prefix_scores``)."""
+        n = max(0, min(int(n), len(self)))
+        end = int(self.offsets[:n, 1].max()) if n else 0
+        return Tokens(self.text[:end], self.ids[:n].copy(), self.pieces[:n], self.offsets[:n].copy())
+
     # cheap per-token features -------------------------------------------------------
     @property
     def is_punct(self) -> np.ndarray:

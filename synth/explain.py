@@ -21,7 +21,7 @@ from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
 from headcode.synth.occam import FrontPoint, within_budget
 from headcode.synth.occam import choose as occam_choose
-from headcode.synth.ranking import finalize, head_front, score_source
+from headcode.synth.ranking import finalize, head_front, program_name, score_source
 
 STATE_VERSION = 2
 
@@ -84,8 +84,11 @@ def explain_heads(
             failed[str(h)] = str(e)
             continue
         if state:
-            _save_json(state / f"{h}.json", {"version": STATE_VERSION, "backend": backend.name,
-                                             "front": [p.to_json() for p in fronts[str(h)]]})
+            refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
+            _save_json(state / f"{h}.json", {
+                "version": STATE_VERSION, "backend": backend.name,
+                "front": [p.to_json() for p in fronts[str(h)]],
+                "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
     if failed:
         print(f"headcode: {len(failed)} heads got no program: " +
               "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))

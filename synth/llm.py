@@ -54,6 +54,7 @@ class OpenAIBackend:
         self.client = openai.OpenAI(base_url=self.options.base_url, api_key=key,
                                     timeout=self.options.timeout_s, max_retries=1)
         self._cache: dict[tuple[str, int], np.ndarray | str] = {}
+        self.refused: dict[str, str] = {}  # source -> why the sandbox refused it (current head)
         self.log: list[dict] = []  # (head, round, prompt, reply) for inspection
 
     def prepare(self, patterns: HeadPatterns, heads: Sequence[HeadRef]) -> None:
@@ -88,6 +89,8 @@ class OpenAIBackend:
         toks = [self.patterns.tokens[i] for i in texts]
         results = run_programs(todo, toks, self.options.limits, workers=self.options.workers)
         for src, res in zip(todo, results):
+            if not res.ok:
+                self.refused[src] = res.reason
             for j, i in enumerate(texts):
                 self._cache[(src, i)] = (attention_from_scores(res.scores[j]).astype(np.float32)
                                          if res.ok else res.reason)
@@ -115,6 +118,7 @@ class OpenAIBackend:
     def propose(self, patterns: HeadPatterns, head: HeadRef) -> list[str]:
         self.patterns = patterns
         self._cache.clear()
+        self.refused = {}
         o = self.options
         fit = patterns.texts("fit")[:o.max_fit_texts]
         messages = [{"role": "system", "content": prompts.SYSTEM},

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from headcode.compiler import english
-from headcode.compiler.program import Program, ProgramError, Tracer
+from headcode.compiler.program import Tracer
 from headcode.compiler.size import program_size
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns, unpack
@@ -287,12 +287,14 @@ class OfflineBackend:
     # attention of a proposed program ------------------------------------------------------------
     def attention(self, source: str, texts: Sequence[int]) -> list[np.ndarray]:
         mix = self.mixtures.get(source)
-        if mix is None:  # a program from an earlier run (resumed): the reference path
-            try:
-                prog = Program.from_source(source)
-                return [prog.attention(self.patterns.tokens[i]) for i in texts]
-            except (ProgramError, ValueError, TypeError, NameError) as e:
-                raise Rejected(f"cannot run program: {e}") from e
+        if mix is None:  # a program from an earlier run (resumed, read from disk): in the sandbox
+            from headcode.compiler.vocab import attention_from_scores
+            from headcode.synth.sandbox import run_programs
+
+            (res,) = run_programs([source], [self.patterns.tokens[i] for i in texts])
+            if not res.ok:
+                raise Rejected(f"cannot run program: {res.reason}")
+            return [attention_from_scores(s) for s in res.scores]
         return [self._attention(mix, i) for i in texts]
 
     def _attention(self, mix: Mixture, i: int) -> np.ndarray:

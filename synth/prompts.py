@@ -44,7 +44,11 @@ Example:
 def attend(t):
     return when(punct, 0.7 * first(t) + 0.3 * current(t)) + when(~punct, 0.8 * previous(t, 1) + 0.2 * first(t))
 ```
-Only numpy, math, re, itertools, collections, functools and string may be imported."""
+Only numpy, math, re, itertools, collections, functools and string may be imported. Programs are
+checked before they run: no classes, decorators, `with`, `global` or `yield`; no names or
+attributes starting with `_`; no file access, no `getattr`/`eval`/`open`. A program that does not
+return a pattern is run on each prefix of the text (row q sees tokens <= q only) and is not
+compiled: prefer patterns."""
 
 SYSTEM = ("You explain attention heads of a transformer language model as short, readable Python "
           "programs that predict the head's attention pattern from the text alone.")

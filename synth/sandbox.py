@@ -1,37 +1,43 @@
-"""Run untrusted programs (from a language model) in a separate, locked-down process.
+"""Run untrusted programs (from a language model, a program file, a plan) in a locked-down process.
 
-``run_programs(sources, texts)`` starts ``headcode.synth.sandbox_child`` (see its docstring
-for the lock-down: memory and CPU limits, no network, no file writes, an import allow-list,
-a per-program alarm), runs every program on every text, and returns one ``SandboxResult``
-per program: the validated ``[T, T]`` score matrices, or the reason they are missing. A
-program that hangs or crashes the child costs its own candidacy: the child is killed and the
-programs after it run in a fresh child. Results come back as ``.npz`` frames loaded with
-``allow_pickle=False``, and are validated again here.
+Every program is first checked here, from outside, before any of it runs
+(``compiler.check.check_source``: an AST allow-list; all reasons at once). What passes runs
+in a worker process (``sandbox_child``) that has locked itself down with OS layers
+(``sandbox_os``: rlimits, no new privileges, own network namespace, empty read-only root,
+uid ``nobody``) and Python layers (safe builtins, import allow-list, audit hook).
+
+- ``run_programs(sources, texts)``: each program's ``[T, T]`` scores, or why not. Traced
+  programs are evaluated from their IR; free-form ones on prefixes only (causal).
+- ``compile_in_sandbox(source, pieces, fingerprint)``: the program traced, validated and
+  lowered in the worker; the host gets the head as data and validates it.
+
+Workers (``sandbox_worker``) are reused: starting one costs ~0.1 s. A request that runs past its
+time limit — also in C code, where no Python-level alarm can fire — is answered by killing
+the worker from here (``SIGKILL``) and starting a fresh one for the next request. Replies
+are ``.npz`` frames read with ``allow_pickle=False`` and validated again here.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import pickle
-import struct
-import subprocess
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from headcode.compiler.check import check_source
+from headcode.compiler.compile import uncompiled
+from headcode.compiler.head import CompiledHead, check_head_data
 from headcode.runtime.tokens import Tokens
-
-
-@dataclass(frozen=True)
-class Limits:
-    time_s: float = 10.0        # wall-clock per program (all texts of the batch)
-    memory_mb: int = 2048       # address space of the child
-    startup_s: float = 20.0     # allowance for the child to start and import numpy
+from headcode.synth import sandbox_worker as W
+from headcode.synth.sandbox_worker import (  # noqa: F401 - re-exported: the sandbox's public face
+    Limits,
+    Worker,
+    WorkerGone,
+    _call,
+    _key,
+    python_layers_off,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,84 +45,117 @@ class SandboxResult:
     ok: bool
     scores: tuple[np.ndarray, ...] = ()
     reason: str = ""
+    mode: str = ""              # "traced" (from the IR) or "prefix" (free-form, row q on tokens <= q)
 
 
-def _env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT")
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0")
-    return env
+def _check(source: str) -> list[str]:
+    return check_source(source) if W._PYTHON_LAYERS[0] else []
 
 
-def _parse(out: bytes, texts: Sequence[Tokens]) -> list[SandboxResult]:
-    results, pos = [], 0
-    while pos + 8 <= len(out):
-        (n,) = struct.unpack("<Q", out[pos:pos + 8])
-        if pos + 8 + n > len(out):
-            break
-        with np.load(io.BytesIO(out[pos + 8:pos + 8 + n]), allow_pickle=False) as z:
-            status = json.loads(bytes(z["status"]).decode())
-            mats = [z[f"s{i}"] for i in range(len(texts))] if status.get("ok") else []
-        results.append(_validate(status, mats, texts))
-        pos += 8 + n
-    return results
-
-
-def _validate(status: dict, mats: list[np.ndarray], texts: Sequence[Tokens]) -> SandboxResult:
+def _validate(status: dict, arrays: dict[str, np.ndarray], texts: Sequence[Tokens]) -> SandboxResult:
     if not status.get("ok"):
-        return SandboxResult(False, (), str(status.get("reason", "failed"))[:300])
-    for m, t in zip(mats, texts):
-        T = len(t)
-        if m.shape != (T, T) or m.dtype.kind != "f":
-            return SandboxResult(False, (), f"returned shape {m.shape}, expected ({T}, {T})")
+        return SandboxResult(False, (), str(status.get("reason", "failed"))[:600])
+    mats = []
+    for i, t in enumerate(texts):
+        m, T = arrays.get(f"s{i}"), len(t)
+        if m is None or m.shape != (T, T) or m.dtype.kind != "f":
+            return SandboxResult(False, (), f"returned shape {getattr(m, 'shape', None)}, expected ({T}, {T})")
         if not np.all(np.isfinite(m)) or np.any(m < 0):
             return SandboxResult(False, (), "returned NaN, infinite or negative scores")
-    return SandboxResult(True, tuple(mats), "")
+        if np.any(np.triu(m, 1)):
+            return SandboxResult(False, (), "scores above the diagonal (the future): refused")
+        mats.append(m)
+    return SandboxResult(True, tuple(mats), "", str(status.get("mode", "")))
 
 
-def _run_child(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits) -> list[SandboxResult]:
-    job = {"sources": list(sources), "texts": list(texts), "time_limit_s": limits.time_s,
-           "memory_mb": limits.memory_mb, "cpu_s": int(limits.time_s * len(sources) + limits.startup_s)}
-    wall = limits.startup_s + limits.time_s * len(sources) + 2.0
-    proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=_env(), cwd="/", start_new_session=True)
-    killed = False
+def _run_share(sources: Sequence[str], texts: list[Tokens], key: str, limits: Limits) -> list[SandboxResult]:
+    out: list[SandboxResult] = []
+    w = None
     try:
-        out, err = proc.communicate(pickle.dumps(job), timeout=wall)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        killed = True
-    results = _parse(out, texts)
-    if len(results) >= len(sources):
-        return results[:len(sources)]
-    # the child died on program number len(results): that program is out, the rest run again
-    if killed:
-        why = f"time limit exceeded ({limits.time_s:g} s; killed)"
-    elif proc.returncode and proc.returncode < 0:
-        why = f"sandbox process killed by signal {-proc.returncode} (memory or CPU limit)"
-    else:
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        why = f"sandbox process exited with code {proc.returncode}: {tail[0][:200]}"
-    results.append(SandboxResult(False, (), why))
-    rest = sources[len(results):]
-    return results + (_run_child(rest, texts, limits) if rest else [])
+        for src in sources:
+            w = w if w is not None and w.alive() else W._POOL.acquire(limits)
+            try:
+                status, arrays = _call(w, {"op": "run", "source": src, "texts_key": key}, "texts", key,
+                                       "texts", texts, limits.time_s)
+                out.append(_validate(status, arrays, texts))
+            except WorkerGone as e:
+                out.append(SandboxResult(False, (), str(e).replace("time limit exceeded",
+                                                                   f"time limit exceeded ({limits.time_s:g} s)")))
+                w = None
+    finally:
+        if w is not None:
+            W._POOL.release(w)
+    return out
 
 
 def run_programs(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits | None = None,
                  workers: int = 1, chunk: int = 4) -> list[SandboxResult]:
-    """Run each program source on every text in the sandbox; one result per source, in order."""
+    """Run each program source on every text in the sandbox; one result per source, in order.
+    ``workers`` programs run at once (each in its own process); ``chunk`` is kept for callers."""
     limits = limits or Limits()
     sources = list(sources)
-    if not sources:
-        return []
-    if not texts:
-        return [SandboxResult(True, (), "") for _ in sources]
-    chunks = [sources[i:i + chunk] for i in range(0, len(sources), chunk)]
-    if workers <= 1 or len(chunks) == 1:
-        return [r for c in chunks for r in _run_child(c, texts, limits)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(lambda c: _run_child(c, texts, limits), chunks))
-    return [r for p in parts for r in p]
+    results: list[SandboxResult | None] = [None] * len(sources)
+    todo = []
+    for i, src in enumerate(sources):
+        reasons = _check(src)
+        if reasons:
+            results[i] = SandboxResult(False, (), "refused: " + "; ".join(reasons))
+        elif not texts:
+            results[i] = SandboxResult(True, (), "")
+        else:
+            todo.append(i)
+    texts = list(texts)
+    key = _key([(t.ids.tobytes(), t.pieces, t.text) for t in texts])
+    shares = [todo[j::max(1, workers)] for j in range(max(1, min(workers, len(todo))))]
+    if len(shares) == 1:
+        parts = [_run_share([sources[i] for i in shares[0]], texts, key, limits)]
+    else:
+        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
+            parts = list(pool.map(lambda s: _run_share([sources[i] for i in s], texts, key, limits), shares))
+    for share, part in zip(shares, parts):
+        for i, r in zip(share, part):
+            results[i] = r
+    return [r for r in results if r is not None]
+
+
+def clear_table_caches() -> None:
+    """Empty the vocabulary-table cache of every idle worker (benchmarks of a cold compile)."""
+    from headcode.compiler.tables import clear_cache
+
+    clear_cache()
+    with W._POOL.lock:
+        idle = list(W._POOL.idle)
+    for w in idle:
+        w.request({"op": "clear_tables"}, 5.0)
+
+
+def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
+                       model_id: str = "", limits: Limits | None = None) -> CompiledHead:
+    """Trace, validate and lower ``source`` in the sandbox; the head built here from the data it
+    returns (validated), or an uncompiled head whose reasons say why (refused, untraceable, ...)."""
+    limits = limits or Limits()
+    label = name or "attend"
+    reasons = _check(source)
+    if reasons:
+        return uncompiled(label, source, ["refused: " + r for r in reasons], len(pieces), fingerprint, model_id)
+    pieces = list(pieces)
+    key = f"{fingerprint}:{len(pieces)}:{_key(pieces)}"
+    w = W._POOL.acquire(limits)
+    try:
+        status, arrays = _call(w, {"op": "compile", "source": source, "name": name, "vocab_key": key,
+                                   "fingerprint": fingerprint, "model_id": model_id}, "vocabs", key,
+                               "pieces", pieces, limits.time_s)
+    except WorkerGone as e:
+        return uncompiled(label, source, [f"sandbox: {e}"], len(pieces), fingerprint, model_id)
+    finally:
+        W._POOL.release(w)
+    if not status.get("ok"):
+        return uncompiled(label, source, [str(status.get("reason", "failed"))[:600]], len(pieces),
+                          fingerprint, model_id)
+    d, tables = status.get("head"), arrays.get("tables")
+    bad = check_head_data(d, tables, len(pieces))
+    if bad:
+        return uncompiled(label, source, ["sandbox returned a malformed head: " + "; ".join(bad)],
+                          len(pieces), fingerprint, model_id)
+    d = dict(d, name=name or str(d["name"])[:100], source=source, fingerprint=fingerprint, model_id=model_id)
+    return CompiledHead.from_meta_json(d, tables)

@@ -1,19 +1,24 @@
-"""The sandbox's child process: runs untrusted programs on texts and writes back score matrices.
+"""The sandbox's worker process: runs untrusted programs and sends back data, never code.
 
-Started by ``headcode.synth.sandbox`` as ``python -m headcode.synth.sandbox_child``. It reads
-one pickled job from stdin (written by the trusted parent), then locks itself down before
-running any program:
+Started by ``headcode.synth.sandbox`` as ``python -I -m headcode.synth.sandbox_child`` and
+reused for many requests. Before reading any program it imports everything it will need,
+then locks itself down with the operating-system layers of ``sandbox_os`` (rlimits, no new
+privileges, its own network namespace, an empty read-only root, uid ``nobody``), then adds
+the Python layers: programs run with ``check.safe_builtins`` and an import allow-list, under
+an audit hook that refuses files, sockets, processes and ``ctypes``. Nothing depends on the
+Python layers: the checked source cannot reach them, and the OS layers hold without them
+(``tests/synth/test_sandbox_hostile.py`` runs programs with the Python layers switched off).
 
-- resource limits: address space (``RLIMIT_AS``), CPU seconds, no file growth (``RLIMIT_FSIZE=0``);
-- an audit hook that refuses sockets, subprocesses, ``os.system``/``exec``/``fork``, file
-  writes and deletions, ``ctypes``, and imports outside the allow-list;
-- programs see restricted builtins: an ``__import__`` with the allow-list, no ``open``,
-  ``exec``, ``eval``, ``compile``, ``input``, ``breakpoint``;
-- a per-program wall-clock alarm.
+Protocol: frames of an 8-byte little-endian length and a body. Parent -> child: a pickle
+(the parent is trusted). Child -> parent: an ``.npz`` with a JSON ``status`` and arrays, read
+back with ``allow_pickle=False``. Requests:
 
-Results go to the original stdout as frames (8-byte length + an ``.npz`` holding the
-matrices and a JSON status): no pickle flows back to the parent. Anything the program
-prints goes to stderr.
+- ``run``: a program's scores on texts. A program that traces to selectors is evaluated from
+  its IR (causal by construction); a free-form one on prefixes only (row q from tokens <= q).
+- ``compile``: trace, validate and lower a program against a vocabulary (``tok()`` tables
+  are computed here); the reply is the head as JSON plus its tables.
+
+Anything a program prints goes to stderr.
 """
 
 from __future__ import annotations
@@ -28,146 +33,235 @@ import resource
 import signal
 import struct
 import sys
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from headcode.compiler import check, tables, vocab
 from headcode.compiler import program as program_mod
-from headcode.compiler import vocab
+from headcode.compiler.compile import compile_in_process
+from headcode.runtime.tokens import Tokens
+from headcode.synth import sandbox_os
 
-ALLOWED_IMPORTS = ("numpy", "math", "re", "itertools", "collections", "functools", "string")
+ALLOWED_IMPORTS = check.ALLOWED_IMPORTS
 _BLOCKED_EVENTS = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                    "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.remove", "os.unlink",
                    "os.rmdir", "os.rename", "os.replace", "os.truncate", "os.chmod", "os.chown",
                    "os.mkdir", "os.symlink", "os.link", "os.putenv", "os.unsetenv", "os.chdir",
                    "shutil.", "ctypes.", "pty.", "webbrowser.", "urllib.", "http.", "ftplib.",
-                   "smtplib.", "sqlite3.", "resource.setrlimit", "signal.")
+                   "smtplib.", "sqlite3.", "resource.", "signal.", "code.__new__", "function.__new__")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_REMOVED_BUILTINS = ("open", "exec", "eval", "compile", "input", "breakpoint", "help", "exit", "quit")
-
-violations: list[str] = []
+_violations: list[str] = []
+_own_call = [False]  # set while the child itself (not a program) makes an audited call
 
 
 class TimeLimit(BaseException):
     """Raised by the alarm; a BaseException so that ``except Exception`` in a program cannot eat it."""
 
 
-def _top(name: str) -> str:
-    return name.split(".")[0]
+class Missing(Exception):
+    """The parent named texts or a vocabulary this worker no longer holds: it sends them again."""
+
+
+class Refused(Exception):
+    """The program failed the check (reasons joined)."""
 
 
 def _audit(event: str, args: tuple) -> None:
+    if _own_call[0]:
+        return
     reason = None
     if event == "open":
         mode, flags = args[1], args[2]
         writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
             isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writes:
-            reason = f"file writes are not allowed (open {args[0]!r} mode={mode!r})"
+        reason = f"file access is not allowed (open {str(args[0])[:80]!r}{' for writing' if writes else ''})"
     elif event == "import":
-        if _top(str(args[0])) not in ALLOWED_IMPORTS and str(args[0]) not in sys.modules:
+        if str(args[0]).split(".")[0] not in ALLOWED_IMPORTS and str(args[0]) not in sys.modules:
             reason = f"import of {args[0]!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})"
     elif event.startswith("socket."):
         reason = f"network access is not allowed ({event})"
     elif event.startswith(_BLOCKED_EVENTS):
         reason = f"{event} is not allowed in the sandbox"
     if reason:
-        violations.append(reason)
+        _violations.append(reason)
         raise PermissionError(f"sandbox: {reason}")
 
 
 def _restricted_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
                        level: int = 0) -> Any:
-    if level != 0 or _top(name) not in ALLOWED_IMPORTS:
+    if level != 0 or name.split(".")[0] not in ALLOWED_IMPORTS:
         reason = f"import of {name!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})"
-        violations.append(reason)
+        _violations.append(reason)
         raise ImportError(f"sandbox: {reason}")
     return builtins.__import__(name, globals, locals, fromlist, level)
 
 
-def _builtins() -> dict[str, Any]:
-    b = {k: v for k, v in vars(builtins).items() if k not in _REMOVED_BUILTINS}
-    b["__import__"] = _restricted_import
-    return b
+class Child:
+    """The worker's state: the cached texts and vocabularies, and which layers are on."""
+
+    def __init__(self, python_layers: bool):
+        self.python_layers = python_layers
+        self.texts: OrderedDict[str, list[Tokens]] = OrderedDict()
+        self.vocabs: OrderedDict[str, list[str]] = OrderedDict()
+
+    # building a program ----------------------------------------------------------------------
+    def function(self, source: str) -> tuple[str, Any]:
+        if self.python_layers:
+            reasons = check.check_source(source)
+            if reasons:
+                raise Refused("; ".join(reasons))
+        tree = ast.parse(source)
+        fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+        if not fns:
+            raise Refused("program source defines no function (expected `def attend(t): ...`)")
+        ns = program_mod.namespace()
+        if self.python_layers:
+            b = check.safe_builtins()
+            b["__import__"] = _restricted_import
+            ns["__builtins__"] = b
+        exec(compile(tree, "<program>", "exec"), ns)  # noqa: S102 - this process is the sandbox
+        name = "attend" if "attend" in fns else fns[-1]
+        return name, ns[name]
+
+    # requests ----------------------------------------------------------------------------------
+    def run(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        texts = self._cached(self.texts, req["texts_key"], req.get("texts"))
+        _, fn = self.function(req["source"])
+        try:
+            expr = program_mod.Program("p", req["source"], fn).trace()
+        except program_mod.Untraceable:
+            expr = None
+        texts = [fresh(t) for t in texts]  # nothing a program does to its texts reaches the next one
+        if expr is not None:  # the IR, not the program: the same scores the compiled head gives
+            mats = [program_mod.raw_scores(lambda x: vocab.Pattern(expr, x), t) for t in texts]
+        else:
+            mats = [program_mod.prefix_scores(fn, t) for t in texts]
+        return {"ok": True, "mode": "traced" if expr is not None else "prefix"}, \
+            {f"s{i}": m for i, m in enumerate(mats)}
+
+    def compile(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        pieces = self._cached(self.vocabs, req["vocab_key"], req.get("pieces"))
+        name, fn = self.function(req["source"])
+        prog = program_mod.Program(req.get("name") or name, req["source"], fn)
+        head = compile_in_process(prog, pieces, req["fingerprint"], req.get("model_id", ""))
+        return {"ok": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(head.tables)}
+
+    @staticmethod
+    def _cached(cache: OrderedDict, key: str, value: Any) -> Any:
+        if value is not None:
+            cache[key] = value
+            while len(cache) > 4:
+                cache.popitem(last=False)
+        if key not in cache:
+            raise Missing(key)
+        cache.move_to_end(key)
+        return cache[key]
 
 
-def _function(source: str) -> Any:
-    tree = ast.parse(source)
-    fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    if not fns:
-        raise ValueError("program source defines no function (expected `def attend(t): ...`)")
-    ns = program_mod.namespace()
-    ns["__builtins__"] = _builtins()
-    exec(compile(tree, "<program>", "exec"), ns)  # noqa: S102 - this process is the sandbox
-    return ns["attend" if "attend" in fns else fns[-1]]
-
-
-def _scores(fn: Any, t: Any) -> np.ndarray:
-    out = fn(t)
-    if isinstance(out, vocab.Pattern):
-        out = out.dense()
-    s = np.asarray(out, dtype=np.float64)
-    T = len(t)
-    if s.shape != (T, T):
-        raise ValueError(f"returned shape {tuple(s.shape)}, expected ({T}, {T})")
-    if not np.all(np.isfinite(s)):
-        raise ValueError("returned NaN or infinite scores")
-    if np.any(s < 0):
-        raise ValueError("returned negative scores")
-    return s
+def fresh(t: Tokens) -> Tokens:
+    """A copy of ``t`` with its own arrays and no cached predicate values."""
+    return Tokens(t.text, t.ids.copy(), t.pieces, t.offsets.copy())
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise TimeLimit()
 
 
-def _frame(status: dict, mats: list[np.ndarray]) -> bytes:
+_NP_ERR = np.geterr()
+
+
+def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    del _violations[:]
+    np.seterr(**_NP_ERR)  # a program's np.seterr must not change how the next one runs
+    time_s = float(req.get("time_s", 10.0))
+    _own_call[0] = True
+    try:
+        sandbox_os.set_cpu_budget(time_s + 1.0)
+    finally:
+        _own_call[0] = False
+    signal.setitimer(signal.ITIMER_REAL, time_s)
+    try:
+        if req["op"] == "clear_tables":  # benchmarks: time a cold compile
+            tables.clear_cache()
+            status, arrays = {"ok": True}, {}
+        else:
+            status, arrays = child.run(req) if req["op"] == "run" else child.compile(req)
+    except TimeLimit:
+        status, arrays = {"ok": False, "reason": f"time limit exceeded ({time_s:g} s)"}, {}
+    except MemoryError:
+        status, arrays = {"ok": False, "reason": "memory limit exceeded"}, {}
+    except Refused as e:
+        status, arrays = {"ok": False, "reason": f"refused: {e}"}, {}
+    except Missing as e:
+        status, arrays = {"ok": False, "missing": str(e), "reason": "worker lacks the data"}, {}
+    except RecursionError:
+        status, arrays = {"ok": False, "reason": "RecursionError: maximum recursion depth exceeded"}, {}
+    except Exception as e:  # noqa: BLE001 - any failure of untrusted code is its own, reported
+        status, arrays = {"ok": False, "reason": f"{type(e).__name__}: {e}"[:300]}, {}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if _violations:
+        status, arrays = {"ok": False, "reason": f"refused: {_violations[0]}"}, {}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    status["cpu_s"] = use.ru_utime + use.ru_stime  # the host retires a worker that has used much
+    return status, arrays
+
+
+def frame(status: dict, arrays: dict[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    arrays = {f"s{i}": m for i, m in enumerate(mats)}
-    arrays["status"] = np.frombuffer(json.dumps(status).encode(), dtype=np.uint8)
-    np.savez(buf, **arrays)
+    np.savez(buf, status=np.frombuffer(json.dumps(status).encode(), dtype=np.uint8), **arrays)
     data = buf.getvalue()
     return struct.pack("<Q", len(data)) + data
 
 
-def run_one(source: str, texts: list[Any], time_limit: float) -> tuple[dict, list[np.ndarray]]:
-    del violations[:]
-    signal.setitimer(signal.ITIMER_REAL, time_limit)
-    try:
-        fn = _function(source)
-        mats = [_scores(fn, t) for t in texts]
-        status = {"ok": True, "reason": ""}
-    except TimeLimit:
-        mats, status = [], {"ok": False, "reason": f"time limit exceeded ({time_limit:g} s)"}
-    except MemoryError:
-        mats, status = [], {"ok": False, "reason": "memory limit exceeded"}
-    except Exception as e:  # noqa: BLE001 - any failure of untrusted code is its own, reported
-        mats, status = [], {"ok": False, "reason": f"{type(e).__name__}: {e}"[:300]}
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    if violations:
-        mats, status = [], {"ok": False, "reason": f"refused: {violations[0]}"}
-    return status, mats
+def _read(inp: Any) -> Any:
+    head = inp.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    return pickle.loads(inp.read(n))  # written by the trusted parent
+
+
+def _preload() -> None:
+    """Import and warm what programs and replies need: nothing can be read from disk later."""
+    import collections  # noqa: F401
+    import functools  # noqa: F401
+    import itertools  # noqa: F401
+    import math  # noqa: F401
+    import re
+    import string  # noqa: F401
+
+    for m in ("numpy.random", "numpy.linalg", "numpy.fft"):
+        __import__(m)
+    re.compile(r"(\w+)\s").findall("warm up ")
+    check.allowed_attributes()
+    check.check_source("def attend(t):\n    return first(t)\n")
+    frame({"ok": True}, {"a": np.zeros((1, 1))})
+    t = Tokens.synthetic(["<s>", " a", "."])
+    _ = t.sentence_index, t.word_index, t.prefix(2)
 
 
 def main() -> None:
-    job = pickle.load(sys.stdin.buffer)  # written by the trusted parent
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints of programs go to stderr
-    mem = int(job["memory_mb"]) * 2**20
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    cpu = int(job["cpu_s"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    inp = sys.stdin.buffer
+    hello = _read(inp)
+    _preload()
+    layers = []
+    if hello.get("os_layers", True):
+        layers = sandbox_os.lock_down(hello["root_dir"], int(hello["memory_mb"]), 60)
+    child = Child(bool(hello.get("python_layers", True)))
+    if child.python_layers:
+        sys.addaudithook(_audit)
+        layers += ["ast_check", "restricted_builtins", "audit_hook"]
     signal.signal(signal.SIGALRM, _on_alarm)
-    texts = job["texts"]
-    for t in texts:  # warm the token features programs commonly read
-        _ = t.sentence_index, t.word_index
-    _frame({"ok": True}, [np.zeros((1, 1))])  # warm the imports the frames need
-    sys.addaudithook(_audit)
-    for source in job["sources"]:
-        status, mats = run_one(source, texts, float(job["time_limit_s"]))
-        out.write(_frame(status, mats))
+    out.write(frame({"ok": True, "layers": layers, "uid": os.getuid()}, {}))
+    out.flush()
+    while (req := _read(inp)) is not None:
+        status, arrays = handle(child, req)
+        out.write(frame(status, arrays))
         out.flush()
 
 

@@ -4,11 +4,12 @@
   headcode compile out/explain --json
 
 The model (for its tokenizer: vocabulary tables and fingerprint) is read from
-DIR/report.json's "model" field, or given with --model. A program that traces to selectors
-is compiled to vocabulary tables and kernel terms. One that does not (free-form numpy, a
-product or maximum of patterns) is stored uncompiled, with its source and the reasons, so
-the runtime can still run it through the reference path. A file that is not a program at
-all (syntax error, no function) is left out of the plan and reported.
+DIR/report.json's "model" field, or given with --model. Program files are untrusted: each is
+checked, then traced and lowered inside the sandbox (its tok() tables are computed there);
+this process only receives the terms and tables as data. A program that traces to selectors
+is compiled. One that does not (refused by the check, free-form numpy, a product or maximum
+of patterns, a time limit) is refused with its reasons and left out of the plan: a plan holds
+IR and tables only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model spec whose tokenizer to compile for (default: report.json's model)")
     p.add_argument("--out", help="output file (default: DIR/surrogates.safetensors)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="seconds each program may take to trace and build its tables in the sandbox (default 10)")
 
 
 def _program_files(d: Path) -> list[tuple[str, Path]]:
@@ -56,37 +59,46 @@ def _model_spec(d: Path, override: str | None) -> str:
     return str(spec)
 
 
+def _size(source: str) -> int | None:
+    """The program's size (``compiler.size``: AST nodes of attend's body; parsing runs nothing)."""
+    from headcode.compiler.size import program_size
+
+    try:
+        return program_size(source).nodes
+    except ValueError:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
-    from headcode.compiler import SurrogatePlan, compile_program, save_plan
-    from headcode.compiler.program import Program, ProgramError
+    from headcode.compiler import SurrogatePlan, compile_source, save_plan
     from headcode.runtime.loading import load_tokenizer, resolve, tokenizer_fingerprint
     from headcode.runtime.tokens import vocabulary_pieces
 
+    if not args.time_limit > 0:
+        raise HeadcodeError("--time-limit must be a positive number of seconds")
     d = Path(args.dir)
     files = _program_files(d)
     spec = _model_spec(d, args.model)
     tokenizer = load_tokenizer(spec)
     model_id = resolve(spec)[1]
-    from headcode.compiler.size import program_size
-
     fingerprint = tokenizer_fingerprint(tokenizer)
     pieces = vocabulary_pieces(tokenizer)
     heads, rows = {}, []
     for key, path in files:
-        source = path.read_text()
         try:
-            program = Program.from_source(source, key)
-        except ProgramError as e:
-            rows.append({"head": key, "status": "skipped", "reasons": [str(e)]})
+            source = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            rows.append({"head": key, "status": "refused", "reasons": [f"cannot read {path}: {e}"]})
             continue
-        head = compile_program(program, pieces, fingerprint, model_id)
-        heads[key] = head
-        rows.append({"head": key, "status": "compiled" if head.compiled else "uncompiled",
-                     "size": program_size(source).nodes,
+        head = compile_source(source, pieces, fingerprint, name=key, model_id=model_id,
+                              time_limit_s=args.time_limit)
+        if head.compiled:
+            heads[key] = head
+        rows.append({"head": key, "status": "compiled" if head.compiled else "refused", "size": _size(source),
                      "reasons": list(head.reasons), "terms": [t.describe() for t in head.terms]})
     out = Path(args.out) if args.out else d / "surrogates.safetensors"
     save_plan(SurrogatePlan(model_id=model_id, fingerprint=fingerprint, heads=heads), out)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("compiled", "uncompiled", "skipped")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("compiled", "refused")}
     if args.json:
         print(json.dumps({"out": str(out), "model": model_id, "fingerprint": fingerprint, **counts,
                           "heads": rows}, indent=1))
@@ -99,6 +111,6 @@ def run(args: argparse.Namespace) -> int:
             else:
                 detail = "; ".join(r["reasons"])
             print(f"{r['head']:>8}  {r['status']:<10}  {detail}")
-        print(f"{counts['compiled']} compiled, {counts['uncompiled']} uncompiled (reference path), "
-              f"{counts['skipped']} skipped -> {out}", file=sys.stderr)
+        print(f"{counts['compiled']} compiled, {counts['refused']} refused (not in the plan) -> {out}",
+              file=sys.stderr)
     return 0

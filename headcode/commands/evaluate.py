@@ -1,6 +1,7 @@
 """Measure a model with compiled programs in place of a fraction of its heads.
 
   headcode evaluate --surrogates out/explain/surrogates.safetensors --fraction 0.25 --out eval.json
+  headcode evaluate --surrogates s.safetensors --fraction 0.25 --out e.json --save-plan chosen.safetensors
   headcode evaluate gpt2 --surrogates s.safetensors --text notes.txt --qa piqa,arc_easy --qa-limit 200 --out e.json
 
 Heads are chosen on the corpus's select split by what replacing each one does to the loss;
@@ -43,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--plot", default=None, help="plot file (default: next to --out, .png)")
     p.add_argument("--out", required=True, help="report file (.json)")
+    p.add_argument("--save-plan", default=None,
+                   help="also write a plan with only the heads replaced at --fraction (for serve, bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -84,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     info = {"surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit, "backend": args.backend,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
     report = run_evaluation(lm, heads, texts, settings, programs=programs, plot=plot, info=info)
+    if args.save_plan:
+        from headcode.compiler.export import save_plan
+        from headcode.runtime.select_plan import subset_plan
+
+        save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), args.save_plan)
+        report["saved_plan"] = str(args.save_plan)
     write_json(report, args.out)
     print(summary(report))
     return 0

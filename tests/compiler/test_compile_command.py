@@ -37,15 +37,16 @@ def test_compile_command_writes_plan_and_reports(tmp_path, tiny_gpt2_dir, tiny_t
     assert main(["compile", str(d), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     status = {r["head"]: r["status"] for r in rep["heads"]}
-    assert status == {"L0.H0": "skipped", "L0.H1": "compiled", "L1.H0": "uncompiled"}
+    assert status == {"L0.H0": "refused", "L0.H1": "compiled", "L1.H0": "refused"}
+    reasons = {r["head"]: " ".join(r["reasons"]) for r in rep["heads"]}
+    assert "defines no function" in reasons["L0.H0"] and "product" in reasons["L1.H0"]
     assert rep["fingerprint"] == tokenizer_fingerprint(tiny_tokenizer)
     plan = load_plan(d / "surrogates.safetensors", expected_fingerprint=rep["fingerprint"])
-    assert set(plan.heads) == {"L0.H1", "L1.H0"}
-    assert plan.heads["L0.H1"].compiled and not plan.heads["L1.H0"].compiled
-    assert "product" in plan.heads["L1.H0"].reasons[0]
+    assert set(plan.heads) == {"L0.H1"}  # a plan holds compiled heads only: IR and tables
+    assert plan.heads["L0.H1"].compiled and plan.heads["L0.H1"].source == PROGRAMS[3].source
     assert main(["compile", str(d)]) == 0
     out = capsys.readouterr()
-    assert "L0.H1  compiled" in out.out and "L1.H0  uncompiled" in out.out and "1 compiled" in out.err
+    assert "L0.H1  compiled" in out.out and "L1.H0  refused" in out.out and "1 compiled, 2 refused" in out.err
 
 
 def test_compile_command_errors_are_one_line(tmp_path, capsys):

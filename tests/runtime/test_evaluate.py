@@ -105,7 +105,7 @@ def test_choice_logprobs_and_accuracy(tiny_llama_dir):
 
 
 def test_evaluate_command_writes_report(tiny_gpt2_dir, tmp_path):
-    from headcode.compiler.export import save_plan
+    from headcode.compiler.export import load_plan, save_plan
     from tests.runtime.test_surrogate import make_plan
 
     lm = load_model(tiny_gpt2_dir)
@@ -115,10 +115,12 @@ def test_evaluate_command_writes_report(tiny_gpt2_dir, tmp_path):
     out = tmp_path / "eval.json"
     rc = main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
                "--text", str(corpus), "--qa", "arc_easy", "--qa-limit", "3", "--out", str(out), "--quiet",
-               "--measure-texts", "2"])
+               "--measure-texts", "2", "--save-plan", str(tmp_path / "chosen.safetensors")])
     assert rc == 0
     r = json.loads(out.read_text())
     assert len(r["heads_replaced"]) == 2 and r["qa"]["arc_easy"]["n"] == 3
+    chosen = load_plan(tmp_path / "chosen.safetensors")
+    assert list(chosen.heads) == [h["head"] for h in r["heads_replaced"]]
     assert set(r["qa"]["arc_easy"]) == {"n", "base", "surrogate", "mean_ablation"}
     assert all(h["program"].startswith("def attend") for h in r["heads_replaced"])
     assert r["texts"]["test"] > 0 and (tmp_path / "eval.png").is_file()

@@ -174,3 +174,26 @@ def test_float16_capture_is_close_and_half_the_size(tiny_gpt2_dir):
     assert half.packed[0].nbytes * 2 == exact.packed[0].nbytes
     for i in range(len(toks)):
         np.testing.assert_allclose(half.attention(i, HeadRef(1, 2)), exact.attention(i, HeadRef(1, 2)), atol=1e-3)
+
+
+def test_an_unknown_hub_id_fails_fast_with_one_line(monkeypatch):
+    """With no hub answering, a name that is not cached fails at once: no ~45 s of retries."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from headcode.runtime import loading
+
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    t0 = time.monotonic()
+    with pytest.raises(HeadcodeError, match="hub does not answer"):
+        load_model("no-such-model")
+    assert time.monotonic() - t0 < 2.0   # no network call was made: resolving is a cache lookup
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"   # nothing listens on the discard port
+    out = subprocess.run([sys.executable, "-m", "headcode.cli", "heads", "org/no-such-model"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1
+    assert out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "unknown model 'org/no-such-model'" in out.stderr

@@ -176,3 +176,44 @@ def test_a_cache_from_another_sequence_is_refused(tiny_llama_dir):
         lm.model(input_ids=ids[:, :4], use_cache=True)  # another sequence in between
         with pytest.raises(HeadcodeError, match="KV cache"):
             lm.model(input_ids=ids[:, :1], past_key_values=first.past_key_values, use_cache=True)
+
+
+def cache_keywords(model) -> list[str]:
+    """The keywords the installed transformers accepts for a cache: the current one (``cache`` from
+    5.24) and the deprecated ``past_key_values`` while it is still accepted (removed in 5.40)."""
+    import inspect
+
+    import transformers
+    from packaging.version import Version
+
+    params = inspect.signature(model.forward).parameters
+    if "cache" not in params:
+        return ["past_key_values"]
+    return ["cache"] + (["past_key_values"] if Version(transformers.__version__) < Version("5.40") else [])
+
+
+@pytest.mark.parametrize("spelling", ["current", "deprecated"])
+def test_decoding_through_either_cache_keyword_equals_recompute(tiny_dir, spelling):
+    from transformers import DynamicCache
+
+    lm = load_model(tiny_dir)
+    names = cache_keywords(lm.model)
+    if spelling == "deprecated" and (len(names) < 2 and names[0] == "cache"):
+        pytest.skip("this transformers no longer accepts past_key_values")
+    kw = names[0] if spelling == "current" else names[-1]
+    ids = torch.from_numpy(Tokens.from_text(lm.tokenizer, TEXTS[0]).ids)[None]
+    gen = dict(max_new_tokens=10, do_sample=False, pad_token_id=0, output_scores=True,
+               return_dict_in_generate=True)
+    with surrogates_applied(lm, make_plan(lm)), torch.no_grad():
+        recompute = lm.model.generate(ids, use_cache=False, **gen)
+        given = lm.model.generate(ids, use_cache=True, **{kw: DynamicCache(config=lm.model.config)}, **gen)
+        assert torch.equal(given.sequences, recompute.sequences)
+        torch.testing.assert_close(torch.stack(given.scores), torch.stack(recompute.scores), rtol=0, atol=1e-4)
+        # a hand-written decoding loop, passing the cache back under that keyword
+        seq = recompute.sequences
+        out = lm.model(input_ids=seq[:, :5], use_cache=True)
+        steps, cache = [out.logits], out.past_key_values
+        for i in range(5, seq.shape[1]):
+            out = lm.model(input_ids=seq[:, i:i + 1], use_cache=True, **{kw: cache})
+            steps.append(out.logits)
+        torch.testing.assert_close(torch.cat(steps, 1), logits(lm.model, seq), rtol=0, atol=1e-4)

@@ -3,6 +3,9 @@ made by a known program, random values."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,9 @@ from headcode.compiler.program import Program
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns, pack
 from headcode.runtime.tokens import Tokens
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the hostile suite (hostile.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WORDS = [" the", " a", " cat", " dog", " sat", " ran", " on", " mat", " big", " red", " and",
          " was", " happy", "ing", "ed", " Tom", " Sue", " to", " park", " it"]

@@ -15,7 +15,7 @@ BAD = {
     "os.system": ("import os\ndef attend(t):\n    os.system('touch /tmp/headcode_sandbox_pwned')\n",
                   "import of 'os' is not allowed"),
     "file write": ("import numpy as np\ndef attend(t):\n    np.save('/tmp/headcode_sandbox_pwned.npy', "
-                   "np.zeros(3))\n    return np.ones((len(t), len(t)))\n", "file writes are not allowed"),
+                   "np.zeros(3))\n    return np.ones((len(t), len(t)))\n", "attribute `.save` is not allowed"),
     "open builtin": ("def attend(t):\n    open('/tmp/headcode_sandbox_pwned', 'w')\n", "open"),
     "socket": ("import socket\ndef attend(t):\n    socket.create_connection(('127.0.0.1', 9))\n",
                "import of 'socket' is not allowed"),
@@ -57,3 +57,31 @@ def test_a_child_killed_mid_batch_costs_one_program():
     res = run_programs([sleeper, hang, GOOD], TEXTS, Limits(time_s=1.0, memory_mb=1024))
     assert [r.ok for r in res] == [False, False, True]
     assert "time limit" in res[0].reason
+
+
+def test_texts_dropped_by_the_worker_are_sent_again():
+    from headcode.synth import sandbox as S
+
+    w = S.Worker(1024)
+    try:
+        sets = [[Tokens.synthetic(["<s>"] + [" a"] * n)] for n in range(1, 7)]  # more than it keeps
+        for texts in sets + sets[:1]:
+            key = S._key([t.pieces for t in texts])
+            status, arrays = S._call(w, {"op": "run", "source": GOOD, "texts_key": key}, "texts", key,
+                                     "texts", texts, 2.0)
+            assert status["ok"] and arrays["s0"].shape == (len(texts[0]),) * 2, status
+    finally:
+        w.kill()
+
+
+def test_a_worker_interrupted_mid_request_is_not_reused():
+    from headcode.synth import sandbox as S
+    from headcode.synth import sandbox_worker as SW
+
+    w = SW._POOL.acquire(S.Limits(memory_mb=1024))
+    w._send({"op": "run", "source": GOOD, "texts_key": "k", "texts": TEXTS, "time_s": 2.0})
+    w.busy = True  # as if the caller was interrupted before reading the reply
+    SW._POOL.release(w)
+    assert w not in SW._POOL.idle and not w.alive()
+    (r,) = S.run_programs([GOOD], TEXTS[:1], S.Limits(memory_mb=1024))
+    assert r.ok and r.scores[0].shape == (5, 5)  # not the stale reply for two texts

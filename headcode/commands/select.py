@@ -1,0 +1,81 @@
+"""Choose the heads to replace and write a plan with only them.
+
+  headcode select --surrogates out/explain/surrogates.safetensors --fraction 0.25 --out out/select/plan.safetensors
+  headcode select --surrogates s.safetensors --fraction 0.5 --whole-groups --out plan50.safetensors
+
+Heads are chosen on the corpus's select split by what replacing them does to the loss (a
+first-order estimate for every head, then the best candidates measured one by one, in rounds on
+top of the heads already chosen). --whole-groups chooses only whole KV groups (every query head
+sharing a key/value head), so that the KV cache keeps nothing for them; the KV-cache bytes per
+token saved are printed and reported. The plan written holds only the chosen heads, so
+`headcode serve`, `headcode bench --surrogates` and `headcode.from_pretrained` use it as is.
+A JSON report (heads, measured losses, cache saving) goes next to it (--report to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from headcode.io import write_json
+
+HELP = "choose the heads to replace (optionally whole KV groups) and write a plan with only them"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    p.add_argument("--surrogates", required=True, help="the plan to choose from (from `headcode compile`)")
+    p.add_argument("--fraction", type=float, default=0.25, help="share of all heads to replace (default 0.25)")
+    p.add_argument("--whole-groups", action="store_true",
+                   help="replace whole KV groups only (the KV cache shrinks); the budget rounds to groups")
+    p.add_argument("--text", default="stories", help="corpus: stories | lambada | FILE.txt | hf:<dataset>")
+    p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
+    p.add_argument("--max-texts", type=int, default=None, help="at most this many texts per split")
+    p.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens")
+    p.add_argument("--measure-texts", type=int, default=8, help="select texts for measuring heads one by one")
+    p.add_argument("--measure-tokens", type=int, default=128, help="... truncated to this many tokens")
+    p.add_argument("--measure-factor", type=float, default=1.5,
+                   help="heads (groups) measured one by one: this many times the number to replace")
+    p.add_argument("--rounds", type=int, default=4, help="choose in this many rounds, each on top of the last")
+    p.add_argument("--backend", default="numba", choices=["numba", "triton"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True, help="the plan to write (.safetensors), only the chosen heads")
+    p.add_argument("--report", default=None, help="report file (default: next to --out, .json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def summary(report: dict, out: str) -> str:
+    kv, loss = report["kv_cache"], report["select_loss"]
+    groups = f" as {len(report['groups'])} whole KV groups" if report["whole_groups"] else ""
+    return (f"{report['model']}: chose {len(report['heads'])} of {report['total_heads']} heads{groups}; "
+            f"select-split loss {loss['base']:.4f} -> {loss['chosen']:.4f} nats/token ({loss['increase']:+.4f}); "
+            f"KV cache {kv['saved_bytes_per_token']} of {kv['base_bytes_per_token']} bytes/token saved "
+            f"({100 * kv['saved_share']:.1f}%, {kv['whole_groups_replaced']} whole groups)\nplan: {out}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from headcode.compiler.export import load_plan, save_plan
+    from headcode.errors import HeadcodeError
+    from headcode.runtime.corpus import load_corpus
+    from headcode.runtime.loading import load_model
+    from headcode.runtime.select_plan import SelectSettings, select_plan
+
+    if not 0.0 < args.fraction <= 1.0:
+        raise HeadcodeError(f"--fraction {args.fraction} is not in (0, 1]: give the share of all heads")
+    if Path(args.out).resolve() == Path(args.surrogates).resolve():
+        raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
+    lm = load_model(args.model)
+    plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
+    corpus = load_corpus(args.text, args.unit).take(args.max_texts)
+    select = [t.ids for t, sp in zip(corpus.tokens(lm.tokenizer, args.max_tokens), corpus.splits) if sp == "select"]
+    settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,
+                              measure_factor=args.measure_factor, measure_texts=args.measure_texts,
+                              measure_tokens=args.measure_tokens, rounds=args.rounds, batch_size=args.batch_size,
+                              backend=args.backend, progress=not args.quiet)
+    sel = select_plan(lm, plan, select, settings)
+    report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,
+              "plan": str(args.out)}
+    save_plan(sel.plan, args.out)
+    write_json(report, args.report or str(Path(args.out).with_suffix(".json")))
+    print(summary(report, args.out))
+    return 0

@@ -1,0 +1,97 @@
+"""``headcode select``'s work: choose the heads to replace on the select split and keep only them
+in the plan, so that the file itself says which heads a served or benchmarked model replaces.
+
+Heads are chosen by what replacing them does to the loss (``runtime.selection``), or as whole
+KV groups (``runtime.selection_groups``) so that the KV cache shrinks; the report gives the
+select-split loss with all chosen heads in place and the KV-cache bytes per token saved.
+Only compiled heads are candidates: a served plan runs kernels over tables, never Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from headcode.compiler.head import SurrogatePlan
+from headcode.errors import HeadcodeError
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.selection import rank_heads
+from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups, select_loss
+from headcode.runtime.surrogate import build_surrogates, check_plan
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    fraction: float = 0.25          # of all heads
+    whole_groups: bool = False      # replace only whole KV groups (the KV cache shrinks)
+    measure_factor: float = 1.5     # heads (groups) measured alone: this x the budget
+    measure_texts: int = 8
+    measure_tokens: int = 128
+    rounds: int = 4
+    batch_size: int = 8
+    backend: str = "numba"
+    progress: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    plan: SurrogatePlan             # the chosen heads only
+    heads: tuple[HeadRef, ...]      # best first
+    report: dict[str, Any]
+
+
+def subset_plan(plan: SurrogatePlan, heads: Sequence[HeadRef | str]) -> SurrogatePlan:
+    """``plan`` with only ``heads`` (in that order); ``HeadcodeError`` for a head it lacks."""
+    keys = [str(h) for h in heads]
+    missing = [k for k in keys if k not in plan.heads]
+    if missing:
+        raise HeadcodeError(f"the plan has no program for {', '.join(missing)}: choose among its heads")
+    return SurrogatePlan(model_id=plan.model_id, fingerprint=plan.fingerprint, heads={k: plan.heads[k] for k in keys})
+
+
+def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndarray],
+                s: SelectSettings = SelectSettings()) -> Selection:
+    """Choose ``s.fraction`` of the model's heads among the plan's compiled ones."""
+    if not 0.0 < s.fraction <= 1.0:
+        raise HeadcodeError(f"fraction {s.fraction} is not in (0, 1]: give the share of all heads to replace")
+    check_plan(plan, loaded)
+    compiled = plan.compiled_heads()
+    if not compiled:
+        raise HeadcodeError("the plan has no compiled heads to choose from: run `headcode compile` first")
+    layers = build_surrogates(compiled, loaded, s.backend)
+    fns = {HeadRef(l, h): fn for l, per in layers.items() for h, fn in per.items()}
+    total = loaded.n_layers * loaded.n_heads
+    k = int(round(s.fraction * total))
+    group = loaded.n_heads // loaded.n_kv_heads
+    kw = dict(measure_texts=s.measure_texts, measure_tokens=s.measure_tokens, batch_size=s.batch_size,
+              progress=s.progress, rounds=s.rounds)
+    if s.whole_groups:
+        n_groups = max(1, int(round(k / group)))
+        ranking = rank_groups(loaded, fns, select_texts, n_groups, int(np.ceil(s.measure_factor * n_groups)), **kw)
+        chosen = ranking.heads
+        detail = {"groups": [{"group": str(g), "heads": [str(h) for h in g.heads],
+                              "select_loss_increase": ranking.measured.get(g)} for g in ranking.groups]}
+    else:
+        k = max(1, min(k, len(fns)))
+        ranking = rank_heads(loaded, fns, select_texts, n_measure=int(np.ceil(s.measure_factor * k)), budget=k, **kw)
+        chosen = ranking.take(k)
+        detail = {"groups": [str(g) for g in kv_groups(chosen, loaded.n_heads, loaded.n_kv_heads)]}
+    sub = [t[: s.measure_tokens] for t in select_texts if len(t) > 1][: s.measure_texts]
+    together = select_loss(loaded, {h: fns[h] for h in chosen}, sub, s.batch_size)
+    saving = cache_saving(loaded, chosen)
+    report = {
+        "model": loaded.name, "total_heads": total, "candidates": len(fns),
+        "uncompiled_skipped": len(plan.heads) - len(compiled), "fraction": s.fraction,
+        "whole_groups": s.whole_groups, "group_size": group,
+        "heads": [{"head": str(h), "select_loss_increase": ranking.measured.get(h) if not s.whole_groups else None,
+                   "program": compiled[str(h)].source} for h in chosen],
+        **detail,
+        "select_loss": {"base": ranking.base_loss, "chosen": together, "increase": together - ranking.base_loss,
+                        "texts": len(sub), "note": "on the select split, where the heads were chosen: not held out"},
+        "kv_cache": saving.to_json(),
+        "selection": {"split": "select", "method": ranking.method},
+    }
+    return Selection(subset_plan(plan, chosen), tuple(chosen), report)

@@ -1,0 +1,145 @@
+"""Choosing whole KV groups to replace, and what that saves in the KV cache.
+
+A KV group is one key/value head and the query heads that share it (grouped-query attention;
+in a model without GQA every head is its own group). When every query head of a group is
+replaced by a program, the group needs no keys or values at all: its share of the KV cache
+goes (DESIGN.md, semantics 8). Groups are ranked like heads (``runtime.selection``): the
+first-order loss change of a group is the sum of its heads' estimates (one backward pass for
+all of them), then the best candidates' loss increase is measured exactly, in rounds on top of
+the groups already chosen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from headcode.errors import HeadcodeError
+from headcode.runtime.evaluate import token_loss
+from headcode.runtime.heads import HeadRef
+from headcode.runtime.selection import estimate_effects
+from headcode.runtime.surrogate import apply_plan
+from headcode.runtime.surrogate_heads import HeadFn
+
+
+@dataclass(frozen=True, order=True)
+class KVGroup:
+    layer: int
+    kv: int
+    heads: tuple[HeadRef, ...]
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.KV{self.kv}"
+
+
+def kv_groups(heads: Iterable[HeadRef], n_heads: int, n_kv_heads: int) -> list[KVGroup]:
+    """The KV groups all of whose query heads are in ``heads``."""
+    have = set(heads)
+    size = n_heads // n_kv_heads
+    out = []
+    for layer in sorted({h.layer for h in have}):
+        for kv in range(n_kv_heads):
+            members = tuple(HeadRef(layer, kv * size + i) for i in range(size))
+            if all(m in have for m in members):
+                out.append(KVGroup(layer, kv, members))
+    return out
+
+
+@dataclass(frozen=True)
+class CacheSaving:
+    """KV-cache bytes per token of the base model, and those no longer kept with ``groups`` replaced."""
+
+    base_bytes_per_token: int
+    saved_bytes_per_token: int
+    groups: int
+
+    @property
+    def share(self) -> float:
+        return self.saved_bytes_per_token / max(self.base_bytes_per_token, 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base_bytes_per_token": self.base_bytes_per_token, "saved_bytes_per_token": self.saved_bytes_per_token,
+                "saved_share": self.share, "whole_groups_replaced": self.groups}
+
+
+def cache_saving(loaded: Any, heads: Iterable[HeadRef]) -> CacheSaving:
+    """Per token, every layer caches a key and a value vector per KV group; a group whose query
+    heads are all in ``heads`` caches neither."""
+    param = next(loaded.model.parameters())
+    per_group = 2 * loaded.head_dim * param.element_size()
+    groups = kv_groups(heads, loaded.n_heads, loaded.n_kv_heads)
+    return CacheSaving(loaded.n_layers * loaded.n_kv_heads * per_group, len(groups) * per_group, len(groups))
+
+
+def select_loss(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], batch_size: int) -> float:
+    """Mean token loss on ``texts`` with ``fns`` in place (the base model for none)."""
+    layers: dict[int, dict[int, HeadFn]] = {}
+    for h, fn in fns.items():
+        layers.setdefault(h.layer, {})[h.head] = fn
+    with apply_plan(loaded.model, layers):
+        return token_loss(loaded.model, texts, loaded.tokenizer, batch_size).mean
+
+
+@dataclass(frozen=True)
+class GroupRanking:
+    """The groups chosen, best first; ``measured[g]``: loss increase (nats/token) when ``g`` was
+    added to the groups chosen before its round."""
+
+    groups: tuple[KVGroup, ...]
+    measured: dict[KVGroup, float]
+    estimate: dict[KVGroup, float]
+    base_loss: float
+    method: str
+
+    @property
+    def heads(self) -> tuple[HeadRef, ...]:
+        return tuple(h for g in self.groups for h in g.heads)
+
+
+def rank_groups(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], budget: int,
+                n_measure: int, measure_texts: int = 8, measure_tokens: int = 128, batch_size: int = 8,
+                progress: bool = False, rounds: int = 1) -> GroupRanking:
+    """Choose ``budget`` whole KV groups among those ``heads`` complete, by their effect on the loss
+    over ``texts`` (the select split); ``n_measure`` groups are measured exactly over all rounds."""
+    groups = kv_groups(heads, loaded.n_heads, loaded.n_kv_heads)
+    if not groups:
+        raise HeadcodeError("no KV group has programs for all its query heads in this plan: compile every "
+                            "head of a group, or choose heads without --whole-groups")
+    texts = [t for t in texts if len(t) > 1]
+    if not texts:
+        raise HeadcodeError("the select split has no text to rank heads on: use a larger corpus")
+    sub = [t[:measure_tokens] for t in texts[:measure_texts]]
+    budget = max(0, min(budget, len(groups)))
+    rounds = max(1, min(rounds, budget or 1))
+    n_measure = max(n_measure, budget)
+    chosen: list[KVGroup] = []
+    measured: dict[KVGroup, float] = {}
+    est: dict[KVGroup, float] = {}
+    base_loss = None
+    for r in range(rounds):
+        left = [g for g in groups if g not in chosen]
+        fixed = {h: heads[h] for g in chosen for h in g.heads}
+        n_meas = int(np.ceil(n_measure / rounds)) if r < rounds - 1 else max(0, n_measure - len(measured))
+        n_pick = int(np.ceil(budget / rounds)) if r < rounds - 1 else budget - len(chosen)
+        if n_meas >= len(left):
+            cands = left
+        else:
+            per_head = estimate_effects(loaded, {h: heads[h] for g in left for h in g.heads}, texts,
+                                        batch_size, progress, fixed)
+            est = {g: sum(per_head[h] for h in g.heads) for g in left}
+            cands = sorted(left, key=lambda g: est[g])[:n_meas]
+        base = select_loss(loaded, fixed, sub, batch_size)
+        base_loss = base if base_loss is None else base_loss
+        meas = {}
+        for g in tqdm(cands, desc="measure groups", unit="group", disable=not progress, leave=False):
+            meas[g] = select_loss(loaded, {**fixed, **{h: heads[h] for h in g.heads}}, sub, batch_size) - base
+        measured.update(meas)
+        chosen += sorted(meas, key=lambda g: meas[g])[:n_pick]
+    method = (f"whole KV groups, {rounds} round(s), each: first-order loss change of every remaining group "
+              "(the sum of its heads') on top of the groups already chosen (select split), then the loss "
+              f"increase measured for the best candidates ({len(measured)} groups measured in all)")
+    return GroupRanking(tuple(chosen), measured, est, float(base_loss), method)

@@ -1,0 +1,118 @@
+"""A program that is harmless in the sandbox but harmful anywhere else leaves no trace after
+explain -> compile -> load -> generate (issue 10), with every layer on, and with the Python
+layers off (then the program really runs in the sandbox, is chosen or compiled, and its write
+fails there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from headcode.cli import main
+from headcode.synth import sandbox as S
+from headcode.synth.ranking import program_name
+
+
+def harmful(marker: str) -> str:
+    return ("def attend(t):\n    try:\n        f = open(" + repr(marker) + ", 'a')\n        f.write('ran')\n"
+            "        f.close()\n    except Exception:\n        pass\n"
+            "    return 0.6 * previous(t, 1) + 0.4 * first(t)\n")
+
+
+class Canned(BaseHTTPRequestHandler):
+    reply = ""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                          "choices": [{"index": 0, "finish_reason": "stop",
+                                       "message": {"role": "assistant", "content": Canned.reply}}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_the_program_is_harmful_elsewhere(tmp_path):
+    """The same source run by a plain interpreter writes its marker: the containment below is real."""
+    marker = tmp_path / "elsewhere"
+    code = (f"import numpy\nfrom headcode.compiler.program import namespace\nns = namespace()\n"
+            f"exec({harmful(str(marker))!r}, ns)\n"
+            "from headcode.runtime.tokens import Tokens\nns['attend'](Tokens.synthetic(['a', 'b']))\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("layers", ["all", "os_only"])
+def test_no_trace_after_explain_compile_load_generate(tmp_path, tiny_gpt2_dir, tiny_tokenizer, endpoint,
+                                                      capsys, layers):
+    import torch
+
+    import headcode
+
+    if layers == "os_only":
+        w = S.Worker(1024, python_layers=False)
+        w.kill()
+        if "chroot" not in w.layers:  # then nothing but the Python layers stops a file write
+            pytest.skip(f"this system does not allow the chroot layer (layers: {', '.join(w.layers)})")
+    marker = tmp_path / "marker"
+    src = harmful(str(marker))
+    Canned.reply = f"Here:\n```python\n{src}```\n"
+    out = tmp_path / "explain"
+    ctx = S.python_layers_off() if layers == "os_only" else _nothing()
+    with ctx:
+        assert main(["explain", tiny_gpt2_dir, "--corpus", "stories", "--out", str(out), "--heads", "L0.H1",
+                     "--backend", "openai", "--base-url", endpoint, "--model", "canned", "--rounds", "0",
+                     "--max-texts", "8", "--max-tokens", "24", "--no-progress"]) == 0
+        capsys.readouterr()
+        state = json.loads((out / "state" / "L0.H1.json").read_text())
+        ran = [a["program"] for a in state["alternatives"]]
+        if layers == "os_only":  # it ran in the sandbox (scored), where its write failed
+            assert program_name(src) in ran
+        else:  # refused by the check before it ran: never a candidate; the reason is kept
+            assert program_name(src) not in ran and len(ran) == 2  # the two fallbacks
+            (why,) = [r["reason"] for r in state["refused"] if r["program"] == program_name(src)]
+            assert "name `open` is not allowed" in why
+        (out / "programs" / "L1.H2.py").write_text(src)  # as a program file, too
+        assert main(["compile", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    status = {r["head"]: r for r in rep["heads"]}
+    if layers == "os_only":
+        assert status["L1.H2"]["status"] == "compiled"  # traced in the sandbox
+    else:
+        assert status["L1.H2"]["status"] == "refused" and "name `open`" in status["L1.H2"]["reasons"][0]
+    model = headcode.from_pretrained(tiny_gpt2_dir, surrogates=str(out / "surrogates.safetensors"))
+    assert set(map(str, model.headcode_handle.heads)) >= ({"L0.H1", "L1.H2"} if layers == "os_only" else {"L0.H1"})
+    ids = torch.tensor([tiny_tokenizer("Once upon a time, Tom").input_ids])
+    gen = model.generate(ids, max_new_tokens=4, do_sample=False,
+                         pad_token_id=tiny_tokenizer.pad_token_id)
+    assert gen.shape[1] == ids.shape[1] + 4
+    assert not marker.exists() and not os.path.exists(str(marker))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
