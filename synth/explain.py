@@ -19,9 +19,9 @@ from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
-from headcode.synth.occam import FrontPoint, within_budget
+from headcode.synth.occam import FrontPoint, pareto, within_budget
 from headcode.synth.occam import choose as occam_choose
-from headcode.synth.ranking import finalize, head_front, program_name, score_source
+from headcode.synth.ranking import finalize, head_points, program_name, score_source
 
 STATE_VERSION = 2
 
@@ -79,8 +79,12 @@ def explain_heads(
     failed: dict[str, str] = {}
     for h in tqdm(todo, desc=f"explain ({backend.name})", unit="head", disable=not progress):
         try:
-            fronts[str(h)] = head_front(backend, patterns, h)
+            points = head_points(backend, patterns, h)
+            fronts[str(h)] = pareto(points)
+            if not fronts[str(h)]:
+                raise Rejected(f"{h}: no candidate program within the size limit")
         except Rejected as e:
+            fronts.pop(str(h), None)
             failed[str(h)] = str(e)
             continue
         if state:
@@ -88,6 +92,8 @@ def explain_heads(
             _save_json(state / f"{h}.json", {
                 "version": STATE_VERSION, "backend": backend.name,
                 "front": [p.to_json() for p in fronts[str(h)]],
+                "alternatives": [{"program": program_name(p.source), "iou": p.iou,
+                                  "output_error": p.output_error, "size": p.size} for p in points],
                 "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
     if failed:
         print(f"headcode: {len(failed)} heads got no program: " +

@@ -36,11 +36,11 @@ def score_source(backend: Backend, patterns: HeadPatterns, head: HeadRef, source
     return Candidate(program_name(source), source, str(head), sc.iou, sc.output_error, sc.jsd)
 
 
-def head_front(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> list[FrontPoint]:
-    """The (size, select fidelity) front of ``head``'s candidates, smallest first. A backend with a
-    ``front`` method scores its own candidates; otherwise each proposal is scored on select."""
+def head_points(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> list[FrontPoint]:
+    """Every candidate of ``head`` scored on the select split (size, IoU, output error). A backend
+    with a ``front`` method scores its own candidates; otherwise each proposal is scored here."""
     if hasattr(backend, "front"):
-        return pareto(backend.front(patterns, head))
+        return list(backend.front(patterns, head))
     points, reasons = [], []
     for src in dict.fromkeys(backend.propose(patterns, head)):
         try:
@@ -51,9 +51,16 @@ def head_front(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> list[
             continue
         points.append(FrontPoint(src, size.nodes, size.terms, sc.iou.get("select", 0.0),
                                  sc.output_error.get("select")))
-    front = pareto(points)
-    if not front:
+    if not points:
         raise Rejected(f"{head}: no proposed program could be run ({'; '.join(reasons[:3]) or 'none proposed'})")
+    return points
+
+
+def head_front(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> list[FrontPoint]:
+    """The (size, select fidelity) front of ``head``'s candidates, smallest first."""
+    front = pareto(head_points(backend, patterns, head))
+    if not front:
+        raise Rejected(f"{head}: no candidate program within the size limit")
     return front
 
 
