@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 
-from headcode.compiler.size import program_size
+from headcode.compiler.size import READABLE_WORDS, program_size
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
@@ -44,8 +44,10 @@ def head_points(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> list
     points, reasons = [], []
     for src in dict.fromkeys(backend.propose(patterns, head)):
         try:
-            sc = score_source(backend, patterns, head, src, ("select",))
             size = program_size(src)
+            if size.longest_list > READABLE_WORDS:
+                raise Rejected(f"a literal list of {size.longest_list} words (at most {READABLE_WORDS})")
+            sc = score_source(backend, patterns, head, src, ("select",))
         except (Rejected, ValueError) as e:
             reasons.append(str(e))
             continue

@@ -96,3 +96,33 @@ def test_output_error_fit_beats_iou_fit_on_a_large_norm_value():
     assert err["output"] < 0.5 * err["iou"], err
     assert abs(two["output"].output_error - score_source(b, p, p.heads[0], two["output"].source,
                                                          ("select",)).output_error["select"]) < 1e-6
+
+
+class _Canned:
+    """A backend without its own front: proposals are scored by the ranking."""
+
+    name = "canned"
+
+    def __init__(self, sources):
+        self.sources = sources
+
+    def propose(self, patterns, head):
+        return self.sources
+
+    def attention(self, source, texts):
+        from headcode.compiler.program import Program
+
+        prog = Program.from_source(source)
+        return [prog.attention(self.patterns.tokens[i]) for i in texts]
+
+
+def test_long_word_lists_never_enter_the_front(planted):
+    from headcode.synth.ranking import head_points
+
+    words = ", ".join(repr(w) for w in "a b c d e f g h i".split())
+    long_list = f"def attend(t):\n    return 0.5 * uniform(t, token_in({words})) + 0.5 * first(t)\n"
+    short = "def attend(t):\n    return 0.7 * previous(t, 1) + 0.3 * first(t)\n"
+    b = _Canned([long_list, short])
+    b.patterns = planted
+    points = head_points(b, planted, planted.heads[0])
+    assert [p.source for p in points] == [short] and points[0].iou > 0.99
