@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler.ir import SELECTOR_KINDS, describe_selector
+from headcode.compiler.ir import AUX_KINDS, SELECTOR_KINDS, describe_selector
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -30,9 +30,12 @@ class Term:
     query: str | None = None
     key_table: int = -1
     query_table: int = -1
+    aux: str | None = None   # segment_start / anchor: the predicate that places the key
+    aux_table: int = -1
 
     def describe(self) -> str:
-        return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key, self.query)
+        return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key,
+                                                       self.query, self.aux)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +45,8 @@ class Term:
         return cls(kind=str(d["kind"]), weight=float(d["weight"]), k=int(d.get("k", 0)),
                    rate=float(d.get("rate", 0.0)), strict=bool(d.get("strict", False)),
                    key=d.get("key"), query=d.get("query"), key_table=int(d.get("key_table", -1)),
-                   query_table=int(d.get("query_table", -1)))
+                   query_table=int(d.get("query_table", -1)), aux=d.get("aux"),
+                   aux_table=int(d.get("aux_table", -1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +84,7 @@ class CompiledHead:
     def spec(self) -> HeadSpec:
         """The kernel-level arrays (built once per head)."""
         terms = [dict(kind=t.kind, k=t.k, rate=t.rate, strict=int(t.strict), key_tab=t.key_table,
-                      query_tab=t.query_table, weight=t.weight) for t in self.terms]
+                      query_tab=t.query_table, weight=t.weight, aux_tab=t.aux_table) for t in self.terms]
         return HeadSpec.build(terms, self.tables, self.boundary_table, self.new_word_table)
 
     def meta_json(self) -> dict[str, Any]:
@@ -152,13 +156,16 @@ def check_head_data(d: Any, tables: Any, vocab_size: int | None = None) -> list[
             out.append(f"term {i} has unknown kind {term.kind!r}")
         if not (math.isfinite(term.weight) and term.weight >= 0):
             out.append(f"term {i} has weight {term.weight}, not finite and non-negative")
-        if term.k < 0 or not (0.0 <= term.rate < 1.0):
+        bad_k = not (-8 <= term.k <= 8 and term.k != 0) if term.kind == "anchor" else term.k < 0
+        if bad_k or not (0.0 <= term.rate < 1.0):
             out.append(f"term {i} has offset {term.k} or rate {term.rate} out of range")
-        for tab in (term.key_table, term.query_table):
+        for tab in (term.key_table, term.query_table, term.aux_table):
             if not -1 <= tab < n:
                 out.append(f"term {i} names table row {tab}, outside 0..{n - 1}")
         if term.kind == "most_recent" and term.key_table < 0:
             out.append(f"term {i} (most_recent) has no key table")
+        if term.kind in AUX_KINDS and term.aux_table < 0:
+            out.append(f"term {i} ({term.kind}) has no aux table")
         if term.kind in ("sentence", "sentence_start") and d.get("boundary_table") == -1:
             out.append(f"term {i} ({term.kind}) needs a boundary table")
         if term.kind == "word_start" and d.get("new_word_table") == -1:

@@ -26,13 +26,22 @@ SELECTOR_KINDS: dict[str, str] = {
     "word_start": "the first token of the query's word",
     "induction": "the token right after the latest earlier occurrence of the query's token",
     "decay": "weights rate**(q-k) over keys so far",
+    "segment_start": "the first token of the query's segment: the latest key that is the text start "
+                     "or follows a token where the aux predicate holds (clause_boundary: the clause start)",
+    "anchor": "the key k positions after (k < 0: before) the latest key so far (strict: before the "
+              "query) where the aux predicate holds",
 }
+# kinds that read a per-term auxiliary predicate (not a key restriction: it places the key)
+AUX_KINDS = frozenset({"segment_start", "anchor"})
 
 
-def describe_selector(kind: str, k: int, rate: float, strict: bool, key: str | None, query: str | None) -> str:
+def describe_selector(kind: str, k: int, rate: float, strict: bool, key: str | None, query: str | None,
+                      aux: str | None = None) -> str:
     """``(offset k=1 key=punct)``: one selector term in a line (shared by IR and compiled terms)."""
     parts = [kind]
-    if kind == "offset":
+    if aux:
+        parts.append(f"aux={aux}")
+    if kind in ("offset", "anchor"):
         parts.append(f"k={k}")
     if kind == "decay":
         parts.append(f"rate={rate:g}")
@@ -55,10 +64,12 @@ class Sel:
     strict: bool = False
     key: Pred | None = None
     query: Pred | None = None
+    aux: Pred | None = None  # AUX_KINDS: the predicate that places the key (never a key restriction)
 
     def describe(self) -> str:
         return describe_selector(self.kind, self.k, self.rate, self.strict,
-                                 self.key and self.key.name, self.query and self.query.name)
+                                 self.key and self.key.name, self.query and self.query.name,
+                                 self.aux and self.aux.name)
 
     def restrict_keys(self, pred: Pred) -> Sel:
         return replace(self, key=pred if self.key is None else self.key & pred)

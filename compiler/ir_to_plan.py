@@ -56,7 +56,8 @@ def ir_to_plan(terms: list[tuple[float, ir.Sel]], pieces: Sequence[str], fingerp
     for w, s in merge_terms(terms):
         out.append(Term(kind=s.kind, weight=w, k=s.k, rate=s.rate, strict=s.strict,
                         key=s.key.name if s.key else None, query=s.query.name if s.query else None,
-                        key_table=stack.row(s.key), query_table=stack.row(s.query)))
+                        key_table=stack.row(s.key), query_table=stack.row(s.query),
+                        aux=s.aux.name if s.aux else None, aux_table=stack.row(s.aux)))
     kinds = {t.kind for t in out}
     bnd = stack.row(boundary) if kinds & SENTENCE_KINDS else -1
     nwd = stack.row(new_word) if kinds & WORD_KINDS else -1

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import ir, predicates, vocab
+from headcode.compiler import classes, ir, predicates, vocab
 
 
 class ProgramError(ValueError):
@@ -38,6 +38,7 @@ def namespace() -> dict[str, Any]:
                           "token_in": predicates.token_in, "Pred": predicates.Pred}
     ns.update(vocab.SELECTORS)
     ns.update(predicates.BUILTIN_PREDS)
+    ns.update(classes.CLASS_PREDS)  # the named token classes (pronoun, name, verb_like, ...)
     # `word_start` names both a predicate and a selector: one object serves as both
     ns["word_start"] = _WordStart(predicates.word_start.name, predicates.word_start.fn)
     return ns

@@ -52,6 +52,10 @@ def _sel_problems(s: ir.Sel) -> list[str]:
         out.append(f"decay rate must be in (0, 1), got {s.rate}")
     if s.kind == "most_recent" and s.key is None:
         out.append("most_recent needs a key predicate")
+    if s.kind in ir.AUX_KINDS and s.aux is None:
+        out.append(f"{s.kind} needs an aux predicate")
+    if s.kind == "anchor" and not (-8 <= s.k <= 8 and s.k != 0):
+        out.append(f"anchor shift k must be in [-8, 8] and not 0, got {s.k}")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import ir
+from headcode.compiler import classes, ir
 from headcode.compiler.predicates import Pred
 
 
@@ -147,6 +147,33 @@ def decay(t: Any, rate: float, pred: Pred | None = None) -> Pattern:
     return Pattern(ir.Sel("decay", rate=rate, key=pred), t)
 
 
+def clause_start(t: Any) -> Pattern:
+    """The first token of the query's clause: the text start or the token after the latest
+    clause boundary (``, ; : . ! ?`` or a newline) before the query."""
+    return Pattern(ir.Sel("segment_start", aux=classes.clause_boundary), t)
+
+
+def after_last(t: Any, pred: Pred) -> Pattern:
+    """The token right after the latest earlier token where ``pred`` holds (e.g. the word after
+    the latest determiner)."""
+    if not isinstance(pred, Pred):
+        raise TypeError("after_last(t, pred) needs a predicate such as determiner")
+    return Pattern(ir.Sel("anchor", k=1, strict=True, aux=pred), t)
+
+
+def before_last(t: Any, pred: Pred) -> Pattern:
+    """The token right before the latest token so far where ``pred`` holds (e.g. the word before
+    the latest verb-like word: often its subject)."""
+    if not isinstance(pred, Pred):
+        raise TypeError("before_last(t, pred) needs a predicate such as verb_like")
+    return Pattern(ir.Sel("anchor", k=-1, aux=pred), t)
+
+
+def nearest_name(t: Any) -> Pattern:
+    """The nearest earlier name (``most_recent(t, name, strict=True)``)."""
+    return most_recent(t, classes.name, strict=True)
+
+
 def when(pred: Pred, pattern: Pattern) -> Pattern:
     """``pattern`` for queries where ``pred`` holds; nothing for the others."""
     if not isinstance(pred, Pred) or not isinstance(pattern, Pattern):
@@ -157,7 +184,8 @@ def when(pred: Pred, pattern: Pattern) -> Pattern:
 SELECTORS = {
     f.__name__: f
     for f in (previous, current, first, uniform, in_same_sentence, same_token, most_recent,
-              sentence_start, word_start, induction, decay)
+              sentence_start, word_start, induction, decay, clause_start, after_last, before_last,
+              nearest_name)
 }
 
 
@@ -183,6 +211,21 @@ def _latest(flags: np.ndarray, strict: bool) -> np.ndarray:
     if strict:
         last = np.concatenate([[-1], last[:-1]]) if T else last
     return last
+
+
+def _anchor_index(s: ir.Sel, t: Any) -> np.ndarray:
+    """``[T]``: the key of a ``segment_start`` or ``anchor`` term at each query, or -1."""
+    T = len(t)
+    aux = t.has(s.aux)
+    if s.kind == "segment_start":
+        begin = np.zeros(T, dtype=bool)
+        if T:
+            begin[0] = True
+            begin[1:] = aux[:-1]
+        return _latest(begin, False)
+    last = _latest(aux, s.strict)
+    idx = np.where(last >= 0, last + s.k, -1)
+    return np.where((idx >= 0) & (idx <= np.arange(T)), idx, -1)
 
 
 def _selector(s: ir.Sel, t: Any) -> np.ndarray:
@@ -215,6 +258,8 @@ def _selector(s: ir.Sel, t: Any) -> np.ndarray:
             idx[q] = j + 1 if j >= 0 else -1
             last[int(t.ids[q])] = q
         m = _gather(T, idx)
+    elif s.kind in ("segment_start", "anchor"):
+        m = _gather(T, _anchor_index(s, t))
     elif s.kind == "decay":
         d = (ar[:, None] - ar[None, :]).astype(float)
         m = np.where(causal, s.rate ** np.maximum(d, 0), 0.0)

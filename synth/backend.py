@@ -32,6 +32,10 @@ class Candidate:
     iou: dict[str, float] = field(default_factory=dict)
     output_error: dict[str, float] = field(default_factory=dict)
     jsd: dict[str, float] = field(default_factory=dict)
+    size: int = 0          # AST nodes of attend's body (``compiler.size``)
+    terms: int = 0         # selector terms
+    description: str = ""  # one line of English from the program's IR ("" if the backend has none)
+    front: list = field(default_factory=list)  # the (size, select fidelity) front the program was chosen from
 
 
 class Backend(Protocol):

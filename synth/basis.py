@@ -1,7 +1,8 @@
 """The offline search's dictionary: selector terms written in the program vocabulary, and
 their patterns on each text, computed once per text and shared by every head of a model.
 
-A term is a source expression (``"most_recent(t, punct)"``) that ``Program`` can run. On one
+A term is a source expression (``"most_recent(t, noun_like)"``) that ``Program`` can run; the
+dictionary (``readable_terms``) is written over the named classes of ``compiler.classes``. On one
 text each term is a row-stochastic ``[T, T]`` pattern (a row may be empty); it is stored as a
 column of a sparse matrix over the packed lower triangle (``runtime.patterns.pack``: row
 ``q`` holds keys ``0..q``, rows contiguous), which is the layout captured attention comes in.
@@ -9,7 +10,8 @@ Most terms are one key per row, so the dictionary of ~90 terms on 150 paragraphs
 tokens takes a few hundred MB.
 
 Query classes partition the queries by a predicate of the query token; the search fits one
-mixture per class and writes it as ``when(pred, ...)``.
+mixture per class and writes it as ``when(pred, ...)``. The readable partitions split on one
+named class: ``split:noun_like`` is ``when(noun_like, ...) + when(~noun_like, ...)``.
 """
 
 from __future__ import annotations
@@ -27,26 +29,35 @@ from headcode.runtime.tokens import Tokens
 
 TINY = 1e-6  # pattern entries below this (far tails of fast decays) are stored as zero
 
-_KEY_PREDS = ("punct", "sentence_end", "comma", "newline", "capitalised", "function_word",
-              "content_word", "alpha", "word_start", "~punct")
-_RECENT_PREDS = ("punct", "sentence_end", "comma", "newline", "capitalised", "function_word",
-                 "content_word", "word_start", "quote", "digit")
+# readable dictionary: named classes from ``compiler.classes`` (see ``readable_terms``)
+_R_UNIFORM = ("noun_like", "verb_like", "adjective_like", "name", "pronoun", "determiner", "preposition",
+              "content_word", "function_word", "punct", "~punct", "sentence_end", "newline")
+_R_SENTENCE = ("noun_like", "verb_like", "name", "content_word", "function_word", "punct")
+_R_RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_boundary", "name", "pronoun",
+             "noun_like", "verb_like", "adjective_like", "determiner", "preposition", "conjunction",
+             "content_word", "function_word", "capitalised")
+_R_AFTER = ("determiner", "preposition", "verb_like", "conjunction", "pronoun", "punct")
+_R_BEFORE = ("verb_like", "auxiliary", "punct", "noun_like")
+THE = "token_in('the')"
+# query classes a head may split on: ``when(c, ...) + when(~c, ...)``
+SPLIT_CLASSES = ("punct", "function_word", "noun_like", "verb_like", "determiner", "pronoun", "clause_boundary")
 
 
-def default_terms() -> tuple[str, ...]:
-    """The dictionary: ~90 selector expressions over ``t`` (deterministic order)."""
-    terms = ["current(t)"] + [f"previous(t, {k})" for k in range(1, 9)]
+def readable_terms() -> tuple[str, ...]:
+    """The readable dictionary: ~100 selector expressions over named classes (deterministic order)."""
+    terms = ["current(t)"] + [f"previous(t, {k})" for k in range(1, 6)]
     terms += ["first(t)", "uniform(t)", "in_same_sentence(t)", "same_token(t)", "induction(t)",
-              "sentence_start(t)", "word_start(t)"]
-    terms += [f"uniform(t, {p})" for p in _KEY_PREDS]
-    terms += [f"in_same_sentence(t, {p})" for p in ("content_word", "function_word", "punct",
-                                                      "word_start", "capitalised")]
-    terms += [f"most_recent(t, {p})" for p in _RECENT_PREDS]
-    terms += [f"most_recent(t, {p}, strict=True)" for p in _RECENT_PREDS]
-    terms += [f"decay(t, {r})" for r in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)]
-    terms += [f"decay(t, {r}, {p})" for p in ("content_word", "function_word", "punct",
-                                              "word_start", "capitalised", "alpha")
-              for r in (0.5, 0.8, 0.95)]
+              "sentence_start(t)", "clause_start(t)", "word_start(t)"]
+    terms += [f"uniform(t, {p})" for p in _R_UNIFORM]
+    terms += [f"in_same_sentence(t, {p})" for p in _R_SENTENCE]
+    terms += [f"most_recent(t, {p})" for p in _R_RECENT]
+    terms += [f"most_recent(t, {p}, strict=True)" for p in _R_RECENT]
+    terms += [f"after_last(t, {p})" for p in _R_AFTER] + [f"before_last(t, {p})" for p in _R_BEFORE]
+    terms += [f"decay(t, {r})" for r in (0.5, 0.8, 0.95)]
+    terms += [f"decay(t, {r}, {p})" for p in ("noun_like", "content_word", "name", "punct", "~punct")
+              for r in (0.8, 0.95)]
+    # 'the' on its own: many middle-layer heads of SmolLM2 use its occurrences as secondary sinks
+    terms += [f"uniform(t, {THE})", f"decay(t, 0.95, {THE})", f"most_recent(t, {THE})"]
     return tuple(terms)
 
 
@@ -70,6 +81,11 @@ PARTITIONS: dict[str, tuple[QueryClass, ...]] = {
              QueryClass("piece", "content_word & ~word_start"),
              QueryClass("other", OTHER_COARSE)),
 }
+
+
+PARTITIONS.update({
+    f"split:{c}": (QueryClass(c, c), QueryClass(f"not {c}", f"~{c}")) for c in SPLIT_CLASSES
+})
 
 
 def _namespace() -> dict:
@@ -128,22 +144,3 @@ def text_basis(t: Tokens, terms: Sequence[str]) -> TextBasis:
 
 def class_key(qc: QueryClass) -> str:
     return qc.name if qc.pred is None else qc.pred
-
-
-def lexical_partition(tokens: Sequence[Tokens], n_words: int = 12, min_count: int = 20
-                      ) -> tuple[QueryClass, ...]:
-    """Query classes for the ``n_words`` most frequent words of ``tokens`` (fit), one class each
-    (``token_in('the')``), and the coarse classes of every other query."""
-    counts: dict[str, int] = {}
-    for t in tokens:
-        for p in t.pieces:
-            w = p.strip().lower()
-            if w:
-                counts[w] = counts.get(w, 0) + 1
-    top = sorted((w for w in counts if counts[w] >= min_count), key=lambda w: (-counts[w], w))[:n_words]
-    if not top:
-        return ()
-    words = sorted(top)
-    lex = "token_in(" + ", ".join(repr(w) for w in words) + ")"
-    return (tuple(QueryClass(f"word {w}", f"token_in({w!r})") for w in words)
-            + tuple(QueryClass(qc.name, f"{qc.pred} & ~{lex}") for qc in PARTITIONS["coarse"]))

@@ -1,7 +1,7 @@
 """Explain heads: propose (backend), rank on held-out text, build the library; resumable.
 
-``explain_heads`` saves each head's result to ``state_dir/L3.H7.json`` as soon as it is
-ranked, and skips heads whose state is already there, so an interrupted run restarted with
+``explain_heads`` saves each head's front to ``state_dir/L3.H7.json`` as soon as it is
+built, and skips heads whose state is already there, so an interrupted run restarted with
 the same state directory continues where it stopped.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -20,9 +19,11 @@ from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
-from headcode.synth.ranking import program_name, rank_head, score_source
+from headcode.synth.occam import FrontPoint, pareto, within_budget
+from headcode.synth.occam import choose as occam_choose
+from headcode.synth.ranking import finalize, head_points, program_name, score_source
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def _save_json(path: Path, obj: dict) -> None:
@@ -32,8 +33,8 @@ def _save_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path, backend: str) -> Candidate | None:
-    """The saved result of one head, or ``None`` (no file); an incompatible file is an error."""
+def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
+    """The saved front of one head, or ``None`` (no file); an incompatible file is an error."""
     if not path.exists():
         return None
     try:
@@ -43,7 +44,7 @@ def load_state(path: Path, backend: str) -> Candidate | None:
     if d.get("version") != STATE_VERSION or d.get("backend") != backend:
         raise HeadcodeError(f"{path} was written by backend {d.get('backend')!r} (state version "
                             f"{d.get('version')}); use another --out or delete {path.parent}")
-    return Candidate(**d["chosen"])
+    return [FrontPoint(**{k: v for k, v in p.items() if k != "fidelity"}) for p in d["front"]]
 
 
 def explain_heads(
@@ -53,41 +54,63 @@ def explain_heads(
     state_dir: str | Path | None = None,
     max_programs: int = 1000,
     progress: bool = True,
+    budget: bool = True,
 ) -> dict[str, Candidate]:
-    """``{"L3.H7": Candidate}`` with fit/select/test scores for every head that could be explained."""
+    """``{"L3.H7": Candidate}`` with fit/select/test scores for every head that could be explained.
+
+    Per head: the front of (size, select fidelity) and Occam's choice (saved as soon as it is
+    made); then, over all heads, the readability budget (``occam.within_budget``; ``budget``);
+    then the chosen programs are scored on every split, test last.
+    """
     heads = tuple(heads) if heads is not None else patterns.heads
     missing = [h for h in heads if h not in patterns.index]
     if missing:
         raise HeadcodeError(f"no captured attention for heads {', '.join(map(str, missing[:5]))}")
     state = Path(state_dir) if state_dir is not None else None
-    results: dict[str, Candidate] = {}
+    fronts: dict[str, list[FrontPoint]] = {}
     todo = []
     for h in heads:
-        c = load_state(state / f"{h}.json", backend.name) if state else None
-        if c is None:
+        f = load_state(state / f"{h}.json", backend.name) if state else None
+        if f is None:
             todo.append(h)
         else:
-            results[str(h)] = c
+            fronts[str(h)] = f
     backend.prepare(patterns, heads)
     failed: dict[str, str] = {}
     for h in tqdm(todo, desc=f"explain ({backend.name})", unit="head", disable=not progress):
         try:
-            chosen, scored = rank_head(backend, patterns, h)
+            points = head_points(backend, patterns, h)
+            fronts[str(h)] = pareto(points)
+            if not fronts[str(h)]:
+                raise Rejected(f"{h}: no candidate program within the size limit")
         except Rejected as e:
+            fronts.pop(str(h), None)
             failed[str(h)] = str(e)
             continue
-        results[str(h)] = chosen
         if state:
             refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
             _save_json(state / f"{h}.json", {
-                "version": STATE_VERSION, "backend": backend.name, "chosen": asdict(chosen),
-                "alternatives": [{"program": c.program, "iou": c.iou} for c in scored],
+                "version": STATE_VERSION, "backend": backend.name,
+                "front": [p.to_json() for p in fronts[str(h)]],
+                "alternatives": [{"program": program_name(p.source), "iou": p.iou,
+                                  "output_error": p.output_error, "size": p.size} for p in points],
                 "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
     if failed:
         print(f"headcode: {len(failed)} heads got no program: " +
               "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
+    pick = {h: occam_choose(f) for h, f in fronts.items()}
+    if budget:
+        pick = within_budget(fronts, pick)
+    results: dict[str, Candidate] = {}
+    for h in tqdm(sorted(fronts), desc="score chosen", unit="head", disable=not progress):
+        try:
+            results[h] = finalize(backend, patterns, HeadRef.parse(h), fronts[h][pick[h]].source, fronts[h])
+        except Rejected as e:
+            failed[h] = str(e)
 
     def score(head: str, source: str, splits: Sequence[str]) -> Candidate:
         return score_source(backend, patterns, HeadRef.parse(head), source, splits)
 
-    return build_library(results, score, max_programs=max_programs)
+    final = build_library(results, score, max_programs=max_programs)
+    return {h: c if c.source == results[h].source else
+            finalize(backend, patterns, HeadRef.parse(h), c.source, fronts[h]) for h, c in final.items()}

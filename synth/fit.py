@@ -45,7 +45,7 @@ class RowStack:
         return np.concatenate([packed[i][h, ent] for i, ent in self.gather])
 
 
-def _nnls_gram(G: np.ndarray, b: np.ndarray) -> np.ndarray:
+def nnls_gram(G: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``argmin_{w>=0} 0.5 w'Gw - b'w`` for a small positive semi-definite ``G`` (may be singular)."""
     n = G.shape[0]
     lam, V = np.linalg.eigh(0.5 * (G + G.T))
@@ -70,7 +70,7 @@ def greedy_path(G: np.ndarray, b: np.ndarray, max_terms: int) -> list[np.ndarray
         if not np.isfinite(grad[j]) or grad[j] <= 1e-12 * max(1.0, float(np.abs(b).max())):
             break
         active.append(j)
-        wa = _nnls_gram(G[np.ix_(active, active)], b[active])
+        wa = nnls_gram(G[np.ix_(active, active)], b[active])
         w = np.zeros(K)
         w[active] = wa
         active = [a for a in active if w[a] > 0]
@@ -172,8 +172,3 @@ def refine_iou(stack: RowStack, a: np.ndarray, w0: np.ndarray, max_iter: int = 3
     w = np.zeros_like(w0)
     w[S] = x
     return w
-
-
-def normalised(w: np.ndarray) -> np.ndarray:
-    s = w.sum()
-    return w / s if s > 0 else w

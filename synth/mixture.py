@@ -34,8 +34,15 @@ class Mixture:
     def n_terms(self) -> int:
         return sum(len(terms) for _, terms in self.parts)
 
-    def source(self, name: str = "attend") -> str:
-        return render(self, name)
+    def source(self, name: str = "attend", doc: str | None = None) -> str:
+        return render(self, name, doc)
+
+    def expression(self) -> str:
+        """The expression ``attend`` returns, on one line."""
+        parts = [(p, terms) for p, terms in self.parts if terms]
+        if not parts:
+            return "first(t)"
+        return " + ".join(_sum(terms) if p is None else f"when({p}, {_sum(terms)})" for p, terms in parts)
 
 
 def clean_terms(weights: np.ndarray, terms: Sequence[str]) -> tuple[tuple[float, str], ...]:
@@ -55,12 +62,21 @@ def _sum(terms: tuple[tuple[float, str], ...]) -> str:
     return " + ".join(f"{w:g} * {src}" for w, src in terms)
 
 
-def render(m: Mixture, name: str = "attend") -> str:
+def render(m: Mixture, name: str = "attend", doc: str | None = None) -> str:
+    """The program's source; ``doc`` (a one-line description) becomes its docstring."""
+    head = f"def {name}(t):\n" + (f"    {_docstring(doc)}\n" if doc else "")
     parts = [(p, terms) for p, terms in m.parts if terms]
     if not parts:
-        return f"def {name}(t):\n    return first(t)\n"
+        return head + "    return first(t)\n"
     exprs = [_sum(terms) if p is None else f"when({p}, {_sum(terms)})" for p, terms in parts]
     if len(exprs) == 1:
-        return f"def {name}(t):\n    return {exprs[0]}\n"
+        return head + f"    return {exprs[0]}\n"
     body = "\n        + ".join(exprs)
-    return f"def {name}(t):\n    return (\n        {body}\n    )\n"
+    return head + f"    return (\n        {body}\n    )\n"
+
+
+def _docstring(doc: str) -> str:
+    text = " ".join(doc.split())
+    if '"' in text or "\\" in text:
+        return repr(text)
+    return f'"""{text}"""'

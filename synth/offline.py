@@ -1,17 +1,18 @@
-"""The offline backend: search over the program vocabulary, no network, deterministic.
+"""The offline backend: search for the simplest readable program that explains a head.
 
-For every query class of every partition (``basis.PARTITIONS``) it fits a mixture of
-dictionary terms on the fit split — forward selection by non-negative least squares whose
-Gram matrices are shared by all heads — chooses the number of terms on the select split,
-re-weights the chosen terms to maximise IoU on (a sample of) the fit split, and keeps the
-re-weighting only where the select split agrees. One program per partition is proposed.
+No network, deterministic. A program is a mixture of terms from a readable dictionary
+(``basis.readable_terms``: selectors over named token classes), either for all queries or split
+on one named query class (``when(c, ...) + when(~c, ...)``). For every partition and every
+number of terms (1 to ``max_terms`` for all queries, 1 to ``max_split_terms`` per cell) it fits
+weights two ways on the fit split:
 
-Two extensions, both learned on fit only (``OfflineOptions``):
+- **output**: the output error ``||(A_prog - A_true) V||^2 / ||A_true V||^2`` (``outfit``), with
+  weights on the simplex — what the next layer receives;
+- **iou**: least squares on the attention rows, then (all-query programs) ascent on IoU itself.
 
-- per-head key word terms (``keywords``): words the head attends to far above (or below) their
-  share give ``token_in(...)`` sets and a few terms on them; a second path over the shared
-  path's terms and these, fitted on a sample of fit rows, competes on select with the first;
-- a ``lexical`` partition: one query class per frequent word (``when(token_in('the'), ...)``).
+Each candidate is scored on the select split — IoU exactly (``fit.rows_iou``), output error by
+the select split's grams — and written with its size (``compiler.size``). The candidates form
+the front that ``synth.occam`` chooses from; the test split is never read here.
 
 Measured (SmolLM2-135M, stories): small matrix products here are much slower with a
 multi-threaded BLAS on a busy machine; run with ``OPENBLAS_NUM_THREADS=1`` there.
@@ -20,35 +21,33 @@ multi-threaded BLAS on a busy machine; run with ``OPENBLAS_NUM_THREADS=1`` there
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from headcode.compiler import english
+from headcode.compiler.program import Tracer
+from headcode.compiler.size import program_size
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns, unpack
 from headcode.synth import basis as B
-from headcode.synth import keywords as KW
 from headcode.synth.backend import Rejected
-from headcode.synth.fit import RowStack, greedy_path, refine_iou, rows_iou
+from headcode.synth.fit import RowStack, greedy_path, mixture_rows, refine_iou, rows_iou
 from headcode.synth.mixture import Mixture, clean_terms
+from headcode.synth.occam import FrontPoint, pareto
+from headcode.synth.outfit import OutputGrams, output_grams, simplex_path
 
 
 @dataclass
 class OfflineOptions:
-    max_terms: int = 8             # per query class
-    tolerance: float = 0.001       # fewer terms unless more gain this much mean IoU (per class)
-    refine_entries: int = 60_000  # packed entries of fit rows used to re-weight for IoU
-    length_weight: bool = False    # weight rows by length in least squares (measured: slightly worse)
-    partitions: tuple[str, ...] = ("all", "coarse", "fine")
-    terms: tuple[str, ...] = field(default_factory=B.default_terms)
-    # per-head key word terms (``keywords``); None: the shared dictionary only
-    keywords: KW.KeywordOptions | None = field(default_factory=KW.KeywordOptions)
-    keyword_entries: int = 250_000  # packed entries of fit rows the per-head terms are fitted on
-    refine_all: bool = True        # re-weight every partition for IoU (not only the best on select)
-    lexical_words: int = 12         # a partition of queries by their most frequent words (0: none)
-    lexical_min_count: int = 20     # occurrences on fit for a word to get its own query class
+    max_terms: int = 4             # terms of an all-query program
+    max_split_terms: int = 3       # terms per cell of a split program
+    refine_entries: int = 30_000   # packed entries of fit rows used to re-weight for IoU
+    shortlist: int = 6             # besides the approximate front, candidates re-scored exactly
+    partitions: tuple[str, ...] = ("all",) + tuple(f"split:{c}" for c in B.SPLIT_CLASSES)
+    terms: tuple[str, ...] = field(default_factory=B.readable_terms)
 
 
 def _stack(bases: dict[int, B.TextBasis], texts: Sequence[int], key: str, max_entries: int | None = None
@@ -80,26 +79,8 @@ def _stack(bases: dict[int, B.TextBasis], texts: Sequence[int], key: str, max_en
                     np.concatenate(omega), tuple(gather))
 
 
-class _HeadExtras:
-    """One head's extra terms and their columns per text (computed when first needed)."""
-
-    def __init__(self, extras: list[KW.Extra], patterns: HeadPatterns):
-        self.extras, self.patterns = extras, patterns
-        self.cols: dict[int, np.ndarray] = {}
-        self._on: dict[int, np.ndarray] = {}
-
-    def on(self, stack: RowStack) -> np.ndarray:
-        """``[n, E]``: the extra terms on a stack's entries."""
-        if id(stack) not in self._on:
-            for i, _ in stack.gather:
-                if i not in self.cols:
-                    self.cols[i] = KW.extra_columns(self.extras, self.patterns.tokens[i])
-            self._on[id(stack)] = KW.stack_columns(self.cols, stack.gather, len(self.extras))
-        return self._on[id(stack)]
-
-
 class OfflineBackend:
-    """Search over the program vocabulary (see the module docstring)."""
+    """Search over the readable program vocabulary (see the module docstring)."""
 
     name = "offline"
 
@@ -110,11 +91,10 @@ class OfflineBackend:
         self.bases: dict[int, B.TextBasis] = {}
         self.mixtures: dict[str, Mixture] = {}
         self._column = {s: i for i, s in enumerate(self.terms)}
-        self._extra: dict[str, KW.Extra] = {}  # per-head terms by source, for ``attention``
 
     # shared work ----------------------------------------------------------------------------
     def _keys(self) -> list[str]:
-        return [B.class_key(qc) for part in self.partitions.values() for qc in part]
+        return list(dict.fromkeys(B.class_key(qc) for part in self.partitions.values() for qc in part))
 
     def prepare(self, patterns: HeadPatterns, heads: Sequence[HeadRef]) -> None:
         self.patterns = patterns
@@ -124,23 +104,44 @@ class OfflineBackend:
         todo = [i for i in range(len(patterns.tokens)) if i not in self.bases]
         for i in tqdm(todo, desc="dictionary", unit="text", disable=not self.progress):
             self.bases[i] = B.text_basis(patterns.tokens[i], self.terms)
-        self._head_index = [patterns.index[h] for h in heads]
         self.partitions = {p: B.PARTITIONS[p] for p in self.options.partitions}
-        if self.options.lexical_words:
-            lex = B.lexical_partition([patterns.tokens[i] for i in fit], self.options.lexical_words,
-                                      self.options.lexical_min_count)
-            if lex:
-                self.partitions["lexical"] = lex
-                for i, tb in self.bases.items():
-                    for qc in lex:
-                        tb.classes.setdefault(qc.pred, B.eval_pred(qc.pred, patterns.tokens[i]))
-        self._gram(patterns, fit)
         keys = self._keys()
+        self._gram(patterns, fit)
         self.select_stacks = {k: _stack(self.bases, select, k) for k in keys}
         self.refine_stacks = {k: _stack(self.bases, fit, k, self.options.refine_entries) for k in keys}
-        if self.options.keywords is not None:
-            self.salience = KW.salience(patterns, fit)
-            self.kw_stacks = {k: _stack(self.bases, fit, k, self.options.keyword_entries) for k in keys}
+        self._select_values(patterns, select, keys)
+        self.out_fit: OutputGrams | None = None
+        self.out_select: OutputGrams | None = None
+        if patterns.values:
+            with tqdm(total=2, desc="output grams", disable=not self.progress) as bar:
+                idx = [patterns.index[h] for h in heads]
+                self.out_fit = output_grams(patterns, self.bases, fit, keys, idx)
+                bar.update()
+                self.out_select = output_grams(patterns, self.bases, select, keys, idx)
+                bar.update()
+
+    def _select_values(self, patterns: HeadPatterns, select: list[int], keys: list[str]) -> None:
+        """Values of the select texts stacked per KV head, and each select stack's entries as
+        rows of that stack (for exact output errors)."""
+        self._sel_true: dict[tuple[str, int], np.ndarray] = {}
+        self._sel_values: list[np.ndarray] = []
+        self._sel_index: dict[str, np.ndarray] = {}
+        if not patterns.values:
+            return
+        offset = {}
+        n = 0
+        for i in select:
+            offset[i] = n
+            n += len(patterns.tokens[i])
+        n_kv = max(patterns.kv_of_head) + 1
+        self._sel_values = [np.concatenate([patterns.values[i][kv] for i in select]).astype(np.float64)
+                            for kv in range(n_kv)]
+        for k in keys:
+            parts = []
+            for i, ent in self.select_stacks[k].gather:
+                tb = self.bases[i]
+                parts.append(offset[i] + ent - tb.row_start[tb.row_of_entry[ent]])
+            self._sel_index[k] = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def _gram(self, patterns: HeadPatterns, fit: list[int]) -> None:
         """Per query class: ``G = B'WB`` and ``b = B'WA`` for every head, over the fit split."""
@@ -150,11 +151,9 @@ class OfflineBackend:
         for i in tqdm(fit, desc="gram", unit="text", disable=not self.progress):
             tb = self.bases[i]
             D = tb.matrix.toarray()                                  # [n, K] float32
-            A = patterns.packed[i].T                                 # [n, H] float32
+            A = patterns.packed[i].T                                 # [n, H]
             rows = tb.row_of_entry
             e = np.full(rows.shape[0], 1.0 / (tb.T * len(fit)), dtype=np.float32)
-            if self.options.length_weight:
-                e *= (rows + 1).astype(np.float32)
             e[0] = 0.0  # the first query has one key: exact for every program, and it biases the fit
             for k in keys:
                 m = tb.classes[k][rows]
@@ -163,92 +162,127 @@ class OfflineBackend:
                 Dm = D[m]
                 De = Dm * e[m, None]
                 self.G[k] += (De.T @ Dm).astype(np.float64)
-                self.b[k] += (De.T @ A[m]).astype(np.float64)
+                self.b[k] += (De.T @ A[m].astype(np.float32)).astype(np.float64)
 
     # per head ---------------------------------------------------------------------------------
-    def _fit_class(self, key: str, h: int, ext: _HeadExtras | None) -> tuple[np.ndarray, float]:
-        """Weights ``[K (+ E)]`` for one query class (terms chosen on select) and their select score.
-
-        With per-head terms (``ext``): a second path, fitted on a sample of fit rows over the
-        shared path's terms and the head's own, competes on select with the shared path.
-        """
-        path = greedy_path(self.G[key], self.b[key][:, h], self.options.max_terms)
-        sel = self.select_stacks[key]
-        K, E = len(self.terms), (len(ext.extras) if ext else 0)
-        path = [np.pad(w, (0, E)) for w in path]
-        if not path:
-            return np.zeros(K + E), 0.0
-        if sel.n_rows == 0:
-            return path[0], 0.0
-        a_sel = sel.targets(self.patterns.packed, h)
-        x_sel = ext.on(sel) if ext else None
-        scores = [rows_iou(sel, a_sel, w, x_sel) for w in path]
-        if ext:
-            path2 = self._keyword_path(key, h, ext, np.flatnonzero(np.any(path, axis=0)))
-            path, scores = path + path2, scores + [rows_iou(sel, a_sel, w, x_sel) for w in path2]
-        best = max(scores)
-        tol = self.options.tolerance * float(sel.omega.sum())
-        m = min((j for j, s in enumerate(scores) if s >= best - tol),
-                key=lambda j: (np.count_nonzero(path[j]), j))
-        return path[m], scores[m]
-
-    def _keyword_path(self, key: str, h: int, ext: _HeadExtras, shared: np.ndarray) -> list[np.ndarray]:
-        st = self.kw_stacks[key]
-        if st.n_rows == 0:
-            return []
-        K, E = len(self.terms), len(ext.extras)
-        cand = np.concatenate([shared, K + np.arange(E)])
-        D = np.hstack([np.asarray(st.matrix[:, shared].toarray(), dtype=np.float64), ext.on(st)])
-        G, b = KW.gram(D, st.targets(self.patterns.packed, h), st.starts, st.omega)
-        out = []
-        for w in greedy_path(G, b, self.options.max_terms):
-            full = np.zeros(K + E)
-            full[cand] = w
-            out.append(full)
+    def _cell_paths(self, key: str, h: int, kv: int, n_max: int, refine: bool) -> dict[str, list[np.ndarray]]:
+        """Weight vectors ``[K]`` for 1..n_max terms on one query class, per fitting objective."""
+        out = {"iou": greedy_path(self.G[key], self.b[key][:, h], n_max)}
+        if refine and self.refine_stacks[key].n_rows:
+            ref = self.refine_stacks[key]
+            a = ref.targets(self.patterns.packed, h)
+            out["iou"] = [refine_iou(ref, a, w, max_iter=20) if np.count_nonzero(w) > 1 else w
+                          for w in out["iou"]]
+        if self.out_fit is not None:
+            g = self.out_fit
+            out["output"] = simplex_path(g.G[key][kv], g.b[key][h], float(g.c[key][h]), n_max)
         return out
 
-    def _refine(self, key: str, h: int, w: np.ndarray, score: float, ext: _HeadExtras | None) -> np.ndarray:
-        """Re-weight for IoU on fit rows; kept only if the select split agrees."""
-        ref, sel = self.refine_stacks[key], self.select_stacks[key]
-        if np.count_nonzero(w) < 2 or not ref.n_rows or not sel.n_rows:
-            return w
-        x_ref, x_sel = (ext.on(ref), ext.on(sel)) if ext else (None, None)
-        w2 = refine_iou(ref, ref.targets(self.patterns.packed, h), w, extra=x_ref)
-        gain = rows_iou(sel, sel.targets(self.patterns.packed, h), w2, x_sel) - score
-        return w2 if gain > 1e-4 * float(sel.omega.sum()) else w
+    def front(self, patterns: HeadPatterns, head: HeadRef) -> list[FrontPoint]:
+        """Every candidate program of ``head`` with its size and select-split scores."""
+        h = patterns.index[head]
+        kv = patterns.kv_of_head[h]
+        points: dict[str, FrontPoint] = {}
+        for pname, part in self.partitions.items():
+            split = len(part) > 1
+            n_max = self.options.max_split_terms if split else self.options.max_terms
+            paths = [(qc, self._cell_paths(B.class_key(qc), h, kv, n_max, refine=not split)) for qc in part]
+            for fit in ("output", "iou"):
+                for n in range(1, n_max + 1):
+                    cells = [(qc, p[fit][min(n, len(p[fit])) - 1]) for qc, p in paths if p.get(fit)]
+                    if not cells:
+                        continue
+                    pt = self._point(pname, cells, h, kv, fit)
+                    if pt.source not in points or pt.fidelity > points[pt.source].fidelity:
+                        points[pt.source] = pt
+        if not points:
+            raise Rejected(f"{head}: no candidate program")
+        return self._exact(list(points.values()), h, kv)
 
-    def _head_extras(self, h: int) -> _HeadExtras | None:
-        if self.options.keywords is None:
-            return None
-        extras = KW.extra_terms(self.salience, h, self.options.keywords)
-        if not extras:
-            return None
-        for x in extras:
-            self._extra[x.source] = x
-        return _HeadExtras(extras, self.patterns)
+    def _exact(self, points: list[FrontPoint], h: int, kv: int) -> list[FrontPoint]:
+        """The approximate front and the most faithful few, re-scored exactly on select (output
+        error of the program as written, rows normalised); only those are returned."""
+        if self.out_select is None:
+            return sorted(points, key=lambda p: (p.size, -p.fidelity, p.source))
+        short = {p.source: p for p in pareto(points)}
+        short.update({p.source: p for p in sorted(points, key=lambda p: -p.fidelity)[:self.options.shortlist]})
+        for p in list(short.values()):  # each shortlisted mixture re-weighted for IoU on fit rows, too
+            mix = self.mixtures[p.source]
+            cells = [(pred, self._weights(terms)) for pred, terms in mix.parts]
+            if all(np.count_nonzero(w) < 2 for _, w in cells):
+                continue
+            refined = []
+            for pred, w in cells:
+                ref = self.refine_stacks[pred if pred is not None else "all"]
+                if np.count_nonzero(w) > 1 and ref.n_rows:
+                    w = refine_iou(ref, ref.targets(self.patterns.packed, h), w, max_iter=20)
+                refined.append((B.QueryClass(pred or "all", pred), w))
+            q = self._point(mix.partition, refined, h, kv, p.fit + "+iou")
+            short.setdefault(q.source, q)
+        out = []
+        for p in short.values():
+            num, den = 0.0, 0.0
+            for pred, terms in self.mixtures[p.source].parts:
+                key = pred if pred is not None else "all"
+                n_, d_ = self._select_error(key, h, kv, self._weights(terms))
+                num, den = num + n_, den + d_
+            out.append(replace(p, output_error=num / den if den > 0 else None))
+        return sorted(out, key=lambda p: (p.size, -p.fidelity, p.source))
+
+    def _select_error(self, key: str, h: int, kv: int, w: np.ndarray) -> tuple[float, float]:
+        """``(||(A_prog - A_true) V||^2, ||A_true V||^2)`` on the select rows of class ``key``."""
+        sel = self.select_stacks[key]
+        if not sel.n_rows:
+            return 0.0, 0.0
+        idx, vals = self._sel_index[key], self._sel_values[kv]
+        indptr = np.append(sel.starts, idx.size)
+        R, N = sel.n_rows, vals.shape[0]
+        if (key, h) not in self._sel_true:
+            a = sel.targets(self.patterns.packed, h).astype(np.float64)
+            self._sel_true[(key, h)] = sp.csr_matrix((a, idx, indptr), shape=(R, N)) @ vals
+        z = self._sel_true[(key, h)]
+        out = sp.csr_matrix((mixture_rows(sel, w), idx, indptr), shape=(R, N)) @ vals
+        return float(np.square(out - z).sum()), float(np.square(z).sum())
+
+    def _weights(self, terms: Sequence[tuple[float, str]]) -> np.ndarray:
+        """``[K]``: written terms ``((weight, term source), ...)`` as dictionary weights."""
+        w = np.zeros(len(self.terms))
+        for x, src in terms:
+            w[self._column[src]] += x
+        return w
+
+    def _point(self, pname: str, cells: list, h: int, kv: int, fit: str) -> FrontPoint:
+        parts, iou, num, den = [], 0.0, 0.0, 0.0
+        for qc, w in cells:
+            key = B.class_key(qc)
+            S = np.flatnonzero(w)
+            terms = clean_terms(w[S], [self.terms[j] for j in S])
+            parts.append((qc.pred, terms))
+            wc = self._weights(terms)  # the weights as written (rounded), scored as written
+            sel = self.select_stacks[key]
+            if sel.n_rows:
+                iou += rows_iou(sel, sel.targets(self.patterns.packed, h), wc)
+            if self.out_select is not None:
+                n_, d_ = self.out_select.error(key, h, kv, wc)
+                num, den = num + n_, den + d_
+        mix = Mixture(pname, tuple(parts))
+        doc = self.describe_mixture(mix)
+        src = mix.source(doc=doc)
+        self.mixtures[src] = mix
+        err = num / den if den > 0 else None
+        size = program_size(src)
+        return FrontPoint(src, size.nodes, size.terms, iou, err, fit, doc)
+
+    def describe_mixture(self, mix: Mixture) -> str:
+        """The mixture's one-line English description, from its IR (our own dictionary's
+        expressions, traced; no generated code runs)."""
+        ns = B._namespace()
+        ns["t"] = Tracer()
+        return english.describe(eval(mix.expression(), ns).expr)  # noqa: S307 - our own expressions
 
     def propose(self, patterns: HeadPatterns, head: HeadRef) -> list[str]:
-        """One program per partition; the classes of the partition best on select are re-weighted for IoU."""
-        h = patterns.index[head]
-        ext = self._head_extras(h)
-        names = list(self.terms) + ([x.source for x in ext.extras] if ext else [])
-        fitted = {}
-        for pname, part in self.partitions.items():
-            fitted[pname] = [(qc, *self._fit_class(B.class_key(qc), h, ext)) for qc in part]
-        best = max(fitted, key=lambda p: sum(s for _, _, s in fitted[p]))
-        out = []
-        for pname in sorted(fitted, key=lambda p: p != best):
-            parts = []
-            for qc, w, s in fitted[pname]:
-                if pname == best or self.options.refine_all:
-                    w = self._refine(B.class_key(qc), h, w, s, ext)
-                S = np.flatnonzero(w)
-                parts.append((qc.pred, clean_terms(w[S], [names[j] for j in S])))
-            mix = Mixture(pname, tuple(parts))
-            src = mix.source()
-            self.mixtures[src] = mix
-            out.append(src)
-        return out
+        """The sources of the front (smallest first)."""
+        return [p.source for p in self.front(patterns, head)]
 
     # attention of a proposed program ------------------------------------------------------------
     def attention(self, source: str, texts: Sequence[int]) -> list[np.ndarray]:
@@ -271,17 +305,11 @@ class OfflineBackend:
             if not terms:
                 continue
             w = np.zeros(len(self.terms), dtype=np.float32)
-            extra = [(x, self._extra[s]) for x, s in terms if s not in self._column]
             for x, s in terms:
-                if s in self._column:
-                    w[self._column[s]] += x
+                w[self._column[s]] += x
             contrib = np.asarray(tb.matrix @ w, dtype=np.float64).ravel()
-            if extra:
-                cols = KW.extra_columns([e for _, e in extra], self.patterns.tokens[i])
-                contrib += cols.astype(np.float64) @ np.array([x for x, _ in extra])
             if pred is not None:
-                key = pred if pred in tb.classes else None
-                mask = tb.classes[key] if key else B.eval_pred(pred, self.patterns.tokens[i])
+                mask = tb.classes[pred] if pred in tb.classes else B.eval_pred(pred, self.patterns.tokens[i])
                 contrib *= mask[rows]
             p += contrib
         s = np.add.reduceat(p, tb.row_start)

@@ -27,11 +27,18 @@ Selectors (each a distribution over keys k <= q for every query q):
   word_start(t)               the first token of the query's word
   induction(t)                the token right after the latest earlier copy of the query's token
   decay(t, rate, pred=None)   weights rate**(q-k), 0 < rate < 1, over keys (where pred holds)
+  clause_start(t)             the first token of the query's clause (after the latest , ; : . ! ? or newline)
+  after_last(t, pred)         the token right after the latest earlier token where pred holds
+  before_last(t, pred)        the token right before the latest token where pred holds
+  nearest_name(t)             the nearest earlier name
 Combinators: a + b, 0.3 * a (weights >= 0), a & pred (keep keys where pred holds),
   when(pred, a) (a only for queries where pred holds; other queries get nothing from it).
-Predicates over one token's text, combined with & | ~:
-  punct, sentence_end, comma, newline, space, word_start, capitalised, digit, quote, alpha,
-  function_word, content_word, boundary, new_word, token_in("and", "but"), tok(lambda p: ..., "name")
+Token classes (each reads one token's text), combined with & | ~:
+  pronoun, determiner, preposition, conjunction, auxiliary, name, noun_like, verb_like,
+  adjective_like, adverb_like, number, clause_boundary, punct, sentence_end, comma, newline, space,
+  word_start, capitalised, digit, quote, alpha, function_word, content_word, boundary, new_word,
+  token_in("and", "but") (at most 8 words), tok(lambda p: ..., "name")
+Shorter is better: a program is scored on fidelity and on its size (AST nodes of attend's body).
 Example:
 ```python
 def attend(t):

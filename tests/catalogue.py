@@ -54,6 +54,11 @@ PROGRAMS: tuple[Case, ...] = (
     Case("key_sweep", "uniform(t, sentence_end) + uniform(t, capitalised) + decay(t, 0.9, new_word) + "
          "most_recent(t, word_start & capitalised) + 0.05 * first(t)"),
     Case("duplicate_terms", "0.5 * previous(t, 1) + 0.5 * previous(t, 1) + 0.25 * (current(t) + first(t))"),
+    Case("clause_start", "clause_start(t) + 0.2 * previous(t, 1)"),
+    Case("subject_guess", "before_last(t, verb_like) + 0.5 * after_last(t, determiner) + 0.1 * first(t)"),
+    Case("pronoun_to_name", "when(pronoun, nearest_name(t)) + when(~pronoun, most_recent(t, noun_like)) + 0.1 * first(t)"),
+    Case("word_classes", "uniform(t, adjective_like | number | preposition) + "
+         "when(conjunction | auxiliary | adverb_like, clause_start(t) & name) + 0.05 * first(t)"),
     Case("gated_restricted_mix", "when(~punct, (induction(t) + 0.5 * decay(t, 0.7)) & (alpha | space)) + 0.01 * first(t)"),
 )
 

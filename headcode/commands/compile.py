@@ -59,6 +59,16 @@ def _model_spec(d: Path, override: str | None) -> str:
     return str(spec)
 
 
+def _size(source: str) -> int | None:
+    """The program's size (``compiler.size``: AST nodes of attend's body; parsing runs nothing)."""
+    from headcode.compiler.size import program_size
+
+    try:
+        return program_size(source).nodes
+    except ValueError:
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     from headcode.compiler import SurrogatePlan, compile_source, save_plan
     from headcode.runtime.loading import load_tokenizer, resolve, tokenizer_fingerprint
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                               time_limit_s=args.time_limit)
         if head.compiled:
             heads[key] = head
-        rows.append({"head": key, "status": "compiled" if head.compiled else "refused",
+        rows.append({"head": key, "status": "compiled" if head.compiled else "refused", "size": _size(source),
                      "reasons": list(head.reasons), "terms": [t.describe() for t in head.terms]})
     out = Path(args.out) if args.out else d / "surrogates.safetensors"
     save_plan(SurrogatePlan(model_id=model_id, fingerprint=fingerprint, heads=heads), out)
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         for r in rows:
             if r["status"] == "compiled":  # one line a head; the full terms are in --json
                 terms = r.get("terms", [])
-                detail = f"{len(terms)} terms: " + " + ".join(terms)
+                detail = f"size {r['size']}, {len(terms)} terms: " + " + ".join(terms)
                 detail = detail if len(detail) <= 100 else detail[:97] + "..."
             else:
                 detail = "; ".join(r["reasons"])

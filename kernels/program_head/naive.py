@@ -64,6 +64,17 @@ def selector_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tens
         if spec.strict[i]:
             idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
         m = _one_hot(idx, T)
+    elif kind == S.SEGMENT_START:
+        after_aux = torch.zeros_like(valid)
+        after_aux[:, 1:] = tables[spec.aux_tab[i]][ids[:, :-1]]
+        m = _one_hot(_latest(valid & ((pos[None, :] == start[:, None]) | after_aux)), T)
+    elif kind == S.ANCHOR:
+        idx = _latest(valid & tables[spec.aux_tab[i]][ids])
+        if spec.strict[i]:
+            idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
+        j = idx + int(spec.ks[i])
+        ok = (idx >= 0) & (j >= start[:, None]) & (j <= pos[None, :])
+        m = _one_hot(torch.where(ok, j, -1), T)
     elif kind == S.INDUCTION:
         same = causal & (ids[:, :, None] == ids[:, None, :]) & (pos[None, :] < pos[:, None])[None]
         prev = torch.where(same, pos[None, None, :].expand(B, T, T), -1).max(dim=2).values

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from headcode.kernels.program_head.spec import (
+    ANCHOR,
     DECAY,
     FIRST,
     INDUCTION,
     MOST_RECENT,
     OFFSET,
     SAME_TOKEN,
+    SEGMENT_START,
     SENTENCE,
     SENTENCE_START,
     UNIFORM,
@@ -37,7 +39,7 @@ from headcode.kernels.program_head.spec import (
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, weights, tables, bnd, nwd, out):
+def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd, out):
     T = ids.shape[1]
     D = v.shape[2]
     n = kinds.shape[0]
@@ -147,7 +149,19 @@ def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, weights
                     last[i] = q
                 src = before if strict[i] != 0 else last[i]
             else:
-                if kind == OFFSET:
+                if kind == SEGMENT_START:
+                    if q == s or tables[aux_tab[i], ids[b, q - 1]] != 0:
+                        last[i] = q
+                    src = last[i]
+                elif kind == ANCHOR:
+                    before = last[i]
+                    if tables[aux_tab[i], tid] != 0:
+                        last[i] = q
+                    a = before if strict[i] != 0 else last[i]
+                    src = a + ks[i] if a >= 0 else -1
+                    if src < s or src > q:
+                        src = -1
+                elif kind == OFFSET:
                     src = q - ks[i]
                     if src < s:
                         src = -1
@@ -196,15 +210,19 @@ def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, weights
 
 
 @nb.njit(cache=True, nogil=True)
-def _serial(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, weights, tables, bnd, nwd, out):
+def _serial(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd,
+            out):
     for b in range(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, weights, tables, bnd, nwd, out)
+        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
+             bnd, nwd, out)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _parallel(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, weights, tables, bnd, nwd, out):
+def _parallel(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd,
+              nwd, out):
     for b in nb.prange(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, weights, tables, bnd, nwd, out)
+        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
+             bnd, nwd, out)
 
 
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
@@ -228,7 +246,7 @@ def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start:
     tables = spec.tables if spec.tables.shape[0] else _NO_TABLES
     fn = _parallel if (parallel if parallel is not None else B > 1) else _serial
     fn(ids, v, st, T - nq, spec.kinds, spec.ks, spec.rates, spec.strict, spec.key_tab, spec.query_tab,
-       spec.weights, tables, spec.boundary_tab, spec.new_word_tab, out)
+       spec.aux_tab, spec.weights, tables, spec.boundary_tab, spec.new_word_tab, out)
     return out
 
 

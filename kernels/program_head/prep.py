@@ -106,6 +106,15 @@ class Prep:
             idx = latest(self.valid & self.table(int(sp.key_tab[i])))
             if sp.strict[i]:
                 idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
+        elif kind == S.SEGMENT_START:
+            after = torch.zeros_like(self.valid)
+            after[:, 1:] = self.table(int(sp.aux_tab[i]))[:, :-1]
+            idx = latest(self.valid & ((self.pos == self.start[:, None]) | after))
+        elif kind == S.ANCHOR:
+            a = latest(self.valid & self.table(int(sp.aux_tab[i])))
+            if sp.strict[i]:
+                a = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], dim=1)
+            idx = torch.where((a >= 0) & (a + int(sp.ks[i]) <= self.pos), a + int(sp.ks[i]), -1)
         elif kind == S.INDUCTION:
             prev = self.occurrences()[2]
             idx = torch.where(prev >= 0, prev + 1, prev)

@@ -16,11 +16,17 @@ import numpy as np
 
 # kind codes (the compiler maps its selector kind names onto these)
 OFFSET, FIRST, UNIFORM, SENTENCE, SAME_TOKEN, MOST_RECENT, SENTENCE_START, WORD_START, INDUCTION, DECAY = range(10)
+# segment_start: latest key that is the start or follows an aux token; anchor: latest aux key (strict:
+# before the query) shifted by k, kept only inside [start, q]
+SEGMENT_START, ANCHOR = 10, 11
 KIND_CODES: dict[str, int] = {
     "offset": OFFSET, "first": FIRST, "uniform": UNIFORM, "sentence": SENTENCE,
     "same_token": SAME_TOKEN, "most_recent": MOST_RECENT, "sentence_start": SENTENCE_START,
     "word_start": WORD_START, "induction": INDUCTION, "decay": DECAY,
+    "segment_start": SEGMENT_START, "anchor": ANCHOR,
 }
+# kinds whose key is placed by a per-term aux table (``aux_tab``)
+AUX_KIND_CODES = frozenset({SEGMENT_START, ANCHOR})
 # kinds computed as a (segmented, decayed) running sum over keys; the others pick one key
 SCAN_KINDS = frozenset({UNIFORM, SENTENCE, DECAY, SAME_TOKEN})
 
@@ -29,8 +35,9 @@ SCAN_KINDS = frozenset({UNIFORM, SENTENCE, DECAY, SAME_TOKEN})
 class HeadSpec:
     """Arrays of one head program, ``n`` terms and ``n_tables`` vocabulary tables.
 
-    kinds [n] int64, ks [n] int64 (offset), rates [n] float64 (decay), strict [n] int64
-    (most_recent), key_tab / query_tab [n] int64 (row of ``tables`` or -1), weights [n] float64,
+    kinds [n] int64, ks [n] int64 (offset, anchor shift), rates [n] float64 (decay), strict [n] int64
+    (most_recent, anchor), key_tab / query_tab / aux_tab [n] int64 (row of ``tables`` or -1;
+    aux: segment_start and anchor), weights [n] float64,
     tables [n_tables, vocab] uint8, boundary_tab / new_word_tab: table rows that mark a
     sentence boundary (after the token) and a new word (at the token), or -1 when unused.
     """
@@ -45,6 +52,11 @@ class HeadSpec:
     tables: np.ndarray
     boundary_tab: int = -1
     new_word_tab: int = -1
+    aux_tab: np.ndarray | None = None  # [n] int64; None: no term reads an aux table
+
+    def __post_init__(self) -> None:
+        if self.aux_tab is None:
+            object.__setattr__(self, "aux_tab", np.full(self.kinds.shape[0], -1, dtype=np.int64))
 
     @property
     def n_terms(self) -> int:
@@ -57,7 +69,7 @@ class HeadSpec:
     @classmethod
     def build(cls, terms: list[dict], tables: np.ndarray, boundary_tab: int = -1,
               new_word_tab: int = -1) -> HeadSpec:
-        """From dicts ``{kind, k, rate, strict, key_tab, query_tab, weight}`` (kind: a name)."""
+        """From dicts ``{kind, k, rate, strict, key_tab, query_tab, aux_tab, weight}`` (kind: a name)."""
         def col(name: str, dtype: type, default: object) -> np.ndarray:
             return np.asarray([t.get(name, default) for t in terms], dtype=dtype).reshape(-1)
 
@@ -70,6 +82,7 @@ class HeadSpec:
             strict=col("strict", np.int64, 0), key_tab=col("key_tab", np.int64, -1),
             query_tab=col("query_tab", np.int64, -1), weights=col("weight", np.float64, 1.0),
             tables=tabs, boundary_tab=int(boundary_tab), new_word_tab=int(new_word_tab),
+            aux_tab=col("aux_tab", np.int64, -1),
         )
 
 
@@ -87,6 +100,9 @@ def check_inputs(spec: HeadSpec, ids_shape: tuple[int, ...], v_shape: tuple[int,
             raise ValueError(f"start must be [B] = [{ids_shape[0]}], got {tuple(start.shape)}")
         if T and (start.min() < 0 or start.max() >= T):
             raise ValueError(f"start must be in [0, T) = [0, {T}), got {start.tolist()}")
+    missing = [i for i in range(spec.n_terms) if int(spec.kinds[i]) in AUX_KIND_CODES and spec.aux_tab[i] < 0]
+    if missing:
+        raise ValueError(f"terms {missing} (segment_start / anchor) need an aux table row")
     nq = T if n_q is None else int(n_q)
     if not 0 <= nq <= T:
         raise ValueError(f"n_q must be in [0, T] = [0, {T}], got {n_q}")

@@ -36,10 +36,11 @@ def _batch(seed: int, B: int = 3, T: int = 70, D: int = 12):
 
 
 TERM_CASES = [
-    dict(kind=k, k=kk, rate=0.6, strict=st, key_tab=kt, query_tab=qt, weight=0.7)
+    dict(kind=k, k=kk, rate=0.6, strict=st, key_tab=kt, query_tab=qt, weight=0.7,
+         aux_tab=(2 if k == "segment_start" else 0) if k in ("segment_start", "anchor") else -1)
     for k in KIND_CODES
-    for kk in ((0, 3) if k == "offset" else (0,))
-    for st in ((0, 1) if k == "most_recent" else (0,))
+    for kk in ((0, 3) if k == "offset" else (-1, 1, 2) if k == "anchor" else (0,))
+    for st in ((0, 1) if k in ("most_recent", "anchor") else (0,))
     for kt in ((0,) if k == "most_recent" else (-1, 0))
     for qt in (-1, 1)
 ]
@@ -63,7 +64,8 @@ def test_one_kind_matches_reference(kernel, term):
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_mix_of_all_kinds_no_start(kernel):
-    terms = [dict(kind=k, k=2, rate=0.9, strict=1, key_tab=0 if k == "most_recent" else -1, weight=w)
+    terms = [dict(kind=k, k=2, rate=0.9, strict=1, key_tab=0 if k == "most_recent" else -1, weight=w,
+                  aux_tab=1 if k in ("segment_start", "anchor") else -1)
              for k, w in zip(KIND_CODES, np.linspace(0.1, 1.0, len(KIND_CODES)))]
     spec = _spec(terms, seed=4)
     ids, v, _ = _batch(5, B=2, T=100, D=20)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from headcode.cli import main
+from headcode.compiler.size import program_size
 from headcode.synth.explain import explain_heads
 from headcode.synth.offline import OfflineBackend
 from headcode.synth.report import write_report
@@ -16,9 +17,9 @@ class Counting(OfflineBackend):
         super().__init__(progress=False)
         self.proposed = []
 
-    def propose(self, patterns, head):
+    def front(self, patterns, head):
         self.proposed.append(str(head))
-        return super().propose(patterns, head)
+        return super().front(patterns, head)
 
 
 def test_explain_resumes_from_state(planted, tmp_path):
@@ -29,7 +30,9 @@ def test_explain_resumes_from_state(planted, tmp_path):
     b2 = Counting()
     again = explain_heads(planted, b2, planted.heads, state_dir=tmp_path, progress=False)
     assert b2.proposed == ["L1.H0"]  # the two finished heads were not redone
-    assert again["L0.H0"] == first["L0.H0"]
+    a, f = again["L0.H0"], first["L0.H0"]  # the same program, scored again (through the reference path)
+    assert (a.source, a.size, a.description, a.front) == (f.source, f.size, f.description, f.front)
+    assert a.iou == pytest.approx(f.iou, abs=1e-6) and a.output_error == pytest.approx(f.output_error, abs=1e-6)
 
 
 def test_report_schema_and_files(planted, tmp_path):
@@ -43,17 +46,26 @@ def test_report_schema_and_files(planted, tmp_path):
 
     write_report(tmp_path, "synthetic", "planted", "paragraph", res, example)
     rep = json.loads((tmp_path / "report.json").read_text())
-    assert set(rep) == {"model", "corpus", "unit", "heads", "summary"}
-    assert set(rep["summary"]) == {"mean_iou_test", "share_iou_test_over_0.75", "n_programs"}
+    assert set(rep) == {"model", "corpus", "unit", "heads", "summary", "plots"}
+    assert {"mean_iou_test", "share_iou_test_over_0.75", "n_programs", "median_size", "max_size",
+            "share_at_most_4_terms", "longest_word_list", "median_output_error_test"} <= set(rep["summary"])
     assert [h["head"] for h in rep["heads"]] == ["L0.H0", "L0.H1", "L1.H0"]
     for h in rep["heads"]:
-        assert set(h) == {"head", "program", "iou", "output_error", "jsd"}
-        assert set(h["iou"]) == {"fit", "select", "test"} and set(h["output_error"]) == {"test"}
+        assert set(h) == {"head", "program", "expression", "description", "size", "terms", "iou",
+                          "output_error", "jsd", "front"}
+        assert set(h["iou"]) == {"fit", "select", "test"} and set(h["output_error"]) == {"select", "test"}
         assert h["iou"]["test"] > 0.99
         src = (tmp_path / "programs" / f"{h['head']}.py").read_text()
         assert src.startswith(f"# head {h['head']}") and "def attend(t):" in src
+        assert f"size {h['size']} " in src and h["size"] == program_size(src).nodes
+        assert h["description"] and f'"""{h["description"]}"""' in src  # the description is the docstring
+        sizes = [p["size"] for p in h["front"]]
+        fid = [p["fidelity"] for p in h["front"]]
+        assert sizes == sorted(sizes) and fid == sorted(fid) and h["size"] in sizes  # a front, chosen from it
     assert rep["summary"]["n_programs"] == 3 and rep["summary"]["share_iou_test_over_0.75"] == 1.0
-    assert "| L0.H1 |" in (tmp_path / "report.md").read_text()
+    md = (tmp_path / "report.md").read_text()
+    assert "[L0.H1](programs/L0.H1.py)" in md and "70% the previous token, 30% the first token" in md
+    assert "![" in md  # heatmaps are shown
     plots = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert "iou_test_hist.png" in plots and any(p.startswith("worst_") for p in plots)
     assert not [p for p in tmp_path.rglob(".*tmp*")]  # temp files were moved into place

@@ -29,7 +29,8 @@ def test_source_is_deterministic_and_readable(planted):
         b.prepare(planted, planted.heads)
         srcs.append([rank_head(b, planted, h)[0].source for h in planted.heads])
     assert srcs[0] == srcs[1]
-    assert srcs[0][0] == "def attend(t):\n    return 0.7 * previous(t, 1) + 0.3 * first(t)\n"
+    assert srcs[0][0] == ('def attend(t):\n    """70% the previous token, 30% the first token"""\n'
+                          "    return 0.7 * previous(t, 1) + 0.3 * first(t)\n")
 
 
 def test_test_split_is_never_used_for_writing_or_choosing(planted):
