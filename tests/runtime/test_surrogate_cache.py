@@ -134,3 +134,30 @@ def test_concurrent_generations_on_one_model_each_get_their_own_tokens(tiny_llam
             together = list(pool.map(lambda p: _gen(lm.model, p, **kw).sequences, prompts))
     for a, b in zip(alone, together):
         assert torch.equal(a, b)
+
+
+def test_heads_with_kinds_that_have_no_decoding_state_are_recomputed(tiny_llama_dir):
+    """A compiled head using a kind with no decoding state (``streamable`` false) is recomputed
+    each step, that head only, and generation still equals the recompute path."""
+    from headcode.kernels.program_head.spec import KIND_CODES
+    from headcode.kernels.program_head.stream_cpu import STATE_OF_KIND
+
+    lm = load_model(tiny_llama_dir)
+    sources = {
+        HeadRef(0, 1): "def attend(t):\n    return 0.6 * clause_start(t) + 0.4 * previous(t, 1)\n",
+        HeadRef(1, 0): "def attend(t):\n    return 0.5 * after_last(t, punct) + 0.5 * before_last(t, punct)\n",
+        HeadRef(1, 2): "def attend(t):\n    return 0.8 * first(t) + 0.2 * previous(t, 1)\n",
+    }
+    plan = make_plan(lm, sources)
+    stateless = {c for c in KIND_CODES.values() if c not in STATE_OF_KIND}
+    ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
+    with surrogates_applied(lm, plan) as handle:
+        layers = handle.layers
+        if stateless:
+            assert layers[0].recompute == [1] and layers[1].recompute == [0]
+        assert layers[1].stateful == [2]
+        ours = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16)
+        recompute = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16, use_cache=False)
+    assert isinstance(_cache_of(ours), HeadcodeCache)
+    assert torch.equal(ours.sequences, recompute.sequences)
+    torch.testing.assert_close(torch.stack(ours.logits, 1), torch.stack(recompute.logits, 1), rtol=0, atol=1e-4)
