@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -25,32 +23,12 @@ def harmful(marker: str) -> str:
             "    return 0.6 * previous(t, 1) + 0.4 * first(t)\n")
 
 
-class Canned(BaseHTTPRequestHandler):
-    reply = ""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": Canned.reply}}],
-                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *a):
-        pass
+REPLY = {"text": ""}
 
 
 @pytest.fixture
-def endpoint():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Canned)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+def endpoint(canned_chat):
+    return canned_chat(lambda path, body: REPLY["text"])
 
 
 def test_the_program_is_harmful_elsewhere(tmp_path):
@@ -77,7 +55,7 @@ def test_no_trace_after_explain_compile_load_generate(tmp_path, tiny_gpt2_dir, t
             pytest.skip(f"this system does not allow the chroot layer (layers: {', '.join(w.layers)})")
     marker = tmp_path / "marker"
     src = harmful(str(marker))
-    Canned.reply = f"Here:\n```python\n{src}```\n"
+    REPLY["text"] = f"Here:\n```python\n{src}```\n"
     out = tmp_path / "explain"
     ctx = S.python_layers_off() if layers == "os_only" else _nothing()
     with ctx:

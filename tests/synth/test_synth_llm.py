@@ -1,9 +1,5 @@
 """The openai backend through the real openai client against a local canned server."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from headcode.errors import HeadcodeError
@@ -18,36 +14,18 @@ REPLIES = [
 ]
 
 
-class Handler(BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Handler.requests.append((self.path, body))
-        content = REPLIES[min(len(body["messages"]) // 2 - 1, len(REPLIES) - 1)]
-        out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": content}}],
-                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    def log_message(self, *a):
-        pass
+REQUESTS: list = []
 
 
 @pytest.fixture
-def server():
-    Handler.requests = []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    th = threading.Thread(target=srv.serve_forever, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
-    srv.shutdown()
-    srv.server_close()
+def server(canned_chat):
+    REQUESTS.clear()
+
+    def reply(path, body):
+        REQUESTS.append((path, body))
+        return REPLIES[min(len(body["messages"]) // 2 - 1, len(REPLIES) - 1)]
+
+    return canned_chat(reply)
 
 
 def test_openai_backend_writes_refines_and_ranks(server, planted):
@@ -57,9 +35,9 @@ def test_openai_backend_writes_refines_and_ranks(server, planted):
     best, scored = rank_head(b, planted, head)
     assert best.source == "def attend(t):\n    return 0.7 * previous(t, 1) + 0.3 * first(t)\n"
     assert best.iou["test"] > 0.99
-    paths = [p for p, _ in Handler.requests]
+    paths = [p for p, _ in REQUESTS]
     assert paths == ["/v1/chat/completions"] * 2  # first prompt + one feedback round
-    first, second = (body["messages"] for _, body in Handler.requests)
+    first, second = (body["messages"] for _, body in REQUESTS)
     assert "previous(t, k)" in first[-1]["content"] and "|" in first[-1]["content"]  # vocabulary + summary
     assert "furthest off" in second[-1]["content"] and second[-2]["role"] == "assistant"
     assert all("os.system" not in c.source for c in scored)  # refused in the sandbox, not ranked
