@@ -80,7 +80,9 @@ class LayerProgram:
                     counts[st] += 1
                 if kind == S.OFFSET:
                     ring_len = max(ring_len, int(sp.ks[i]) + 1)
-                for name, val in (("kinds", kind), ("ks", sp.ks[i]), ("rates", sp.rates[i]),
+                # segment_start has no shift: its ``ks`` carries its (shifted) aux table row
+                k = shift(sp.aux_tab[i]) if kind == S.SEGMENT_START else sp.ks[i]
+                for name, val in (("kinds", kind), ("ks", k), ("rates", sp.rates[i]),
                                   ("strict", sp.strict[i]), ("key_tab", shift(sp.key_tab[i])),
                                   ("query_tab", shift(sp.query_tab[i])), ("weights", sp.weights[i]),
                                   ("head", h), ("slot", slot)):

@@ -16,6 +16,7 @@ offset k           a ring buffer of the last ``k + 1`` values and key flags (``r
 most_recent        the last key value seen and whether there is one (``vec``, ``vok``)
 sentence_start     the value at the current sentence's first token and its key flag
 word_start         the value at the current word's first token and its key flag
+segment_start      the same at the current segment's first token (after an aux-table token)
 same_token         per-token map: token id -> (sum of its values, count) (``hkey``/``hval``)
 induction          per-token map: token id -> (value after its latest occurrence, key flag)
 =================  =====================================================================
@@ -40,6 +41,7 @@ from headcode.kernels.program_head.spec import (
     MOST_RECENT,
     OFFSET,
     SAME_TOKEN,
+    SEGMENT_START,
     SENTENCE,
     SENTENCE_START,
     UNIFORM,
@@ -49,7 +51,7 @@ from headcode.kernels.program_head.spec import (
 # state kinds: which state array a term's ``slot`` indexes
 ACC, VEC, RING, MAP, NONE = range(5)
 STATE_OF_KIND = {UNIFORM: ACC, DECAY: ACC, SENTENCE: ACC, MOST_RECENT: VEC, SENTENCE_START: VEC,
-                 WORD_START: VEC, OFFSET: RING, SAME_TOKEN: MAP, INDUCTION: MAP, FIRST: NONE}
+                 WORD_START: VEC, SEGMENT_START: VEC, OFFSET: RING, SAME_TOKEN: MAP, INDUCTION: MAP, FIRST: NONE}
 
 
 def streamable(kinds: np.ndarray) -> bool:
@@ -177,9 +179,11 @@ def _row(b, ids, v, q0, s, kinds, ks, rates, strict, key_tab, query_tab, weights
                         o[h, d] += w * vec[b, sl, d]
                     den[h] += w
                     work[b] += D
-            elif kind == SENTENCE_START or kind == WORD_START:
+            elif kind == SENTENCE_START or kind == WORD_START or kind == SEGMENT_START:
                 if kind == SENTENCE_START:
                     begin = q == s or (bnd[h] >= 0 and pid >= 0 and tables[bnd[h], pid] != 0)
+                elif kind == SEGMENT_START:  # ks[j]: the aux table row (the token that ends a segment)
+                    begin = q == s or (ks[j] >= 0 and pid >= 0 and tables[ks[j], pid] != 0)
                 else:
                     begin = q == s or (nwd[h] >= 0 and tables[nwd[h], tid] != 0)
                 if begin:

@@ -123,11 +123,14 @@ def _scalar_kernel(ids_ptr, q0, n, start_ptr, prev_ptr, first_ptr, kinds_ptr, ks
                     rd1 = base_vec + sl
                     c1 = zero + w
                     dw = zero + w
-            elif (kind == 6) | (kind == 7):  # SENTENCE_START, WORD_START
+            elif (kind == 6) | (kind == 7) | (kind == 10):  # SENTENCE_START, WORD_START, SEGMENT_START
                 begin = q == s
                 if kind == 6:
                     if (bnd >= 0) & (pid >= 0):
                         begin = begin | (tl.load(tables_ptr + bnd * V + tl.maximum(pid, 0)) != 0)
+                elif kind == 10:  # k: the aux table row
+                    if (k >= 0) & (pid >= 0):
+                        begin = begin | (tl.load(tables_ptr + tl.maximum(k, 0) * V + tl.maximum(pid, 0)) != 0)
                 else:
                     if nwd >= 0:
                         begin = begin | (tl.load(tables_ptr + nwd * V + tid) != 0)
@@ -384,5 +387,5 @@ def _rehash(old_k: torch.Tensor, old_e: torch.Tensor, new_k: torch.Tensor, new_e
 
 
 assert (S.OFFSET, S.FIRST, S.UNIFORM, S.SENTENCE, S.SAME_TOKEN, S.MOST_RECENT, S.SENTENCE_START,
-        S.WORD_START, S.INDUCTION, S.DECAY) == tuple(range(10)), "the kernels above spell the kind codes out"
+        S.WORD_START, S.INDUCTION, S.DECAY, S.SEGMENT_START) == tuple(range(11)), "the kernels above spell the kind codes out"
 assert (ACC, VEC, RING) == (0, 1, 2)

@@ -24,6 +24,7 @@ def _spec(terms: list[dict], seed: int = 0) -> HeadSpec:
     """Table rows: 0 key predicate, 1 query predicate, 2 boundary, 3 new word."""
     rng = np.random.default_rng(seed)
     tables = (rng.random((4, VOCAB_N)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
+    terms = [{**t, "aux_tab": 2} if t["kind"] in ("segment_start", "anchor") else t for t in terms]  # row 2 ends a segment
     return HeadSpec.build(terms, tables, boundary_tab=2, new_word_tab=3)
 
 

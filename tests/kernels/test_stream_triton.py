@@ -25,6 +25,7 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 def _spec(terms: list[dict], seed: int) -> HeadSpec:
     rng = np.random.default_rng(seed)
     tables = (rng.random((4, 23)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
+    terms = [{**t, "aux_tab": 2} if t["kind"] in ("segment_start", "anchor") else t for t in terms]  # row 2 ends a segment
     return HeadSpec.build(terms, tables, boundary_tab=2, new_word_tab=3)
 
 

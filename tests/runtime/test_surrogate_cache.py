@@ -139,6 +139,7 @@ def test_concurrent_generations_on_one_model_each_get_their_own_tokens(tiny_llam
 def test_heads_with_kinds_that_have_no_decoding_state_are_recomputed(tiny_llama_dir):
     """A compiled head using a kind with no decoding state (``streamable`` false) is recomputed
     each step, that head only, and generation still equals the recompute path."""
+    from headcode.kernels.program_head import spec as S
     from headcode.kernels.program_head.spec import KIND_CODES
     from headcode.kernels.program_head.stream_cpu import STATE_OF_KIND
 
@@ -153,9 +154,9 @@ def test_heads_with_kinds_that_have_no_decoding_state_are_recomputed(tiny_llama_
     ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
     with surrogates_applied(lm, plan) as handle:
         layers = handle.layers
-        if stateless:
-            assert layers[0].recompute == [1] and layers[1].recompute == [0]
-        assert layers[1].stateful == [2]
+        assert S.ANCHOR in stateless  # after_last / before_last: no decoding state yet
+        assert layers[1].recompute == [0] and layers[1].stateful == [2]
+        assert layers[0].stateful == ([] if S.SEGMENT_START in stateless else [1])
         ours = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16)
         recompute = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16, use_cache=False)
     assert isinstance(_cache_of(ours), HeadcodeCache)
