@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from headcode import benchmarking_decode as bd
 from headcode import benchmarking_model as bmm
+from headcode.runtime.surrogate_cache import cache_nbytes
 
 S = bd.DecodeSettings.quick() if os.environ.get("HEADCODE_BENCH_QUICK") else bd.DecodeSettings.full()
 FRACTIONS = [0.0, *S.fractions]
@@ -76,7 +77,7 @@ def test_decode(benchmark, lm, plan, C, B, fraction):
     def measure(new_cache):
         cache = new_cache()
         fn = bd.decode_fn(lm, cache, bd.prefill(lm, ids, cache), S.steps)
-        return fn, S.steps, lambda: dict(cache_bytes_per_token=bd.cache_bytes(cache) / (B * cache.get_seq_length()))
+        return fn, S.steps, lambda: dict(cache_bytes_per_token=cache_nbytes(cache) / (B * cache.get_seq_length()))
 
     info = _run(benchmark, lm, plan, ("decode", C, B), fraction, measure)
     info["tokens_per_s"] = 1e3 * B / info["median_ms"]

@@ -45,15 +45,12 @@ class DecodeSettings:
 def group_heads(loaded: Any, fraction: float, pool: Sequence[HeadRef] | None = None) -> list[HeadRef]:
     """``round(fraction * groups)`` whole KV groups, evenly spaced in layer-major order (only groups
     whose heads are all in ``pool`` when given): every query head of each."""
-    cfg = loaded.model.config
-    n_kv = getattr(cfg, "num_key_value_heads", None) or loaded.n_heads
-    size = loaded.n_heads // n_kv
-    have = None if pool is None else set(pool)
-    groups = [[HeadRef(layer, g * size + i) for i in range(size)] for layer in range(loaded.n_layers)
-              for g in range(n_kv)]
-    groups = [g for g in groups if have is None or all(h in have for h in g)]
-    n = min(len(groups), max(1, round(fraction * loaded.n_layers * n_kv)))
-    return [h for i in range(n) for h in groups[(i * len(groups)) // n]]
+    from headcode.runtime.selection_groups import kv_groups
+
+    every = [HeadRef(layer, h) for layer in range(loaded.n_layers) for h in range(loaded.n_heads)]
+    groups = kv_groups(every if pool is None else pool, loaded.n_heads, loaded.n_kv_heads)
+    n = min(len(groups), max(1, round(fraction * loaded.n_layers * loaded.n_kv_heads)))
+    return [h for i in range(n) for h in groups[(i * len(groups)) // n].heads]
 
 
 def batch_ids(loaded: Any, B: int, T: int) -> torch.Tensor:
@@ -115,13 +112,6 @@ def limit(share: float, a: float) -> float:
     return 1.0 / max(1e-9, 1.0 - share * a)
 
 
-def cache_bytes(cache: Any) -> int:
-    """Bytes of the cache's own tensors (K/V, selector states)."""
-    from headcode.runtime.surrogate_cache import cache_nbytes
-
-    return cache_nbytes(cache)
-
-
 def decode_cases(loaded: Any, settings: DecodeSettings, plan: Any = None,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Decode tokens/s at each context and batch, prefill at each length, cache bytes per token:
@@ -130,6 +120,7 @@ def decode_cases(loaded: Any, settings: DecodeSettings, plan: Any = None,
 
     from headcode.benchmarking_model import plan_pool
     from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate_cache import cache_nbytes
 
     source = "file" if plan is not None else "programs"
     plan = plan if plan is not None else programs_plan(loaded)
@@ -145,14 +136,14 @@ def decode_cases(loaded: Any, settings: DecodeSettings, plan: Any = None,
             run = decode_fn(loaded, cache, prefill(loaded, ids, cache), N)
             a = attention_share(loaded, run)
             base = median_ms(run, r, w) / N
-            base_bpt = cache_bytes(cache) / (B * cache.get_seq_length())
+            base_bpt = cache_nbytes(cache) / (B * cache.get_seq_length())
             for f, heads in chosen.items():
                 share = len(heads) / total
                 with surrogates_applied(loaded, plan, heads=heads) as handle:
                     cache = handle.new_cache()
                     run = decode_fn(loaded, cache, prefill(loaded, ids, cache), N)
                     ms = median_ms(run, r, w) / N
-                    bpt = cache_bytes(cache) / (B * cache.get_seq_length())
+                    bpt = cache_nbytes(cache) / (B * cache.get_seq_length())
                 cases.append(case(f"decode[{share:.0%}] C={C} B={B}", "decode", C, loaded.head_dim, ms, base,
                                   batch=B, replaced=len(heads), fraction=share, target_fraction=f, plan=source,
                                   tokens_per_s=1e3 * B / ms, base_tokens_per_s=1e3 * B / base, attention_share=a,

@@ -18,8 +18,8 @@ import numpy as np
 from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
 from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import rank_heads
-from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups, select_loss
+from headcode.runtime.selection import loss_with, rank_heads
+from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups
 from headcode.runtime.surrogate import build_surrogates, check_plan
 
 
@@ -80,7 +80,7 @@ def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndar
         chosen = ranking.take(k)
         detail = {"groups": [str(g) for g in kv_groups(chosen, loaded.n_heads, loaded.n_kv_heads)]}
     sub = [t[: s.measure_tokens] for t in select_texts if len(t) > 1][: s.measure_texts]
-    together = select_loss(loaded, {h: fns[h] for h in chosen}, sub, s.batch_size)
+    together = loss_with(loaded, {h: fns[h] for h in chosen}, sub, s.batch_size)
     saving = cache_saving(loaded, chosen)
     report = {
         "model": loaded.name, "total_heads": total, "candidates": len(fns),

@@ -122,26 +122,54 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
     return {h: float(g[slot[h]]) for h in order}
 
 
-def measure_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], which: Sequence[HeadRef],
-                    texts: Sequence[np.ndarray], batch_size: int = 8, progress: bool = False,
-                    fixed: Mapping[HeadRef, HeadFn] | None = None) -> tuple[float, dict[HeadRef, float]]:
-    """``(loss, {head: loss with that head also replaced - loss})`` on ``texts``, where ``loss`` is
-    with the ``fixed`` heads replaced (the base model when there are none)."""
-    model = loaded.model
-    fixed = dict(fixed or {})
+def loss_with(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], batch_size: int = 8) -> float:
+    """Mean token loss on ``texts`` with ``fns`` in place (the base model for none)."""
+    layers: dict[int, dict[int, HeadFn]] = {}
+    for h, fn in fns.items():
+        layers.setdefault(h.layer, {})[h.head] = fn
+    with apply_plan(loaded.model, layers):
+        return token_loss(loaded.model, texts, loaded.tokenizer, batch_size).mean
 
-    def loss_with(fns: Mapping[HeadRef, HeadFn]) -> float:
-        layers: dict[int, dict[int, HeadFn]] = {}
-        for h, fn in fns.items():
-            layers.setdefault(h.layer, {})[h.head] = fn
-        with apply_plan(model, layers):
-            return token_loss(model, texts, loaded.tokenizer, batch_size).mean
 
-    base = loss_with(fixed)
-    out = {}
-    for h in tqdm(which, desc="measure heads", unit="head", disable=not progress, leave=False):
-        out[h] = loss_with({**fixed, h: heads[h]}) - base
-    return base, out
+def choose_in_rounds(loaded: Any, heads: Mapping[HeadRef, HeadFn], units: Mapping[Any, tuple[HeadRef, ...]],
+                     texts: Sequence[np.ndarray], sub: Sequence[np.ndarray], budget: int, n_measure: int,
+                     rounds: int, batch_size: int, progress: bool) -> tuple[list, dict, dict, float]:
+    """Choose ``budget`` units (a head, or the heads of a KV group) in ``rounds``: each round
+    estimates every remaining unit (the sum of its heads' first-order estimates) on top of the
+    units already chosen, measures the best candidates exactly on ``sub``, and keeps the best
+    measured. Returns ``(chosen, measured, estimate, base loss)``."""
+    chosen: list = []
+    measured: dict = {}
+    est: dict = {}
+    base_loss = None
+    for r in range(rounds):
+        left = [u for u in units if u not in chosen]
+        fixed = {h: heads[h] for u in chosen for h in units[u]}
+        n_meas = int(np.ceil(n_measure / rounds)) if r < rounds - 1 else max(0, n_measure - len(measured))
+        n_pick = int(np.ceil(budget / rounds)) if r < rounds - 1 else budget - len(chosen)
+        if n_meas >= len(left):
+            cands = sorted(left)
+        else:
+            per_head = estimate_effects(loaded, {h: heads[h] for u in left for h in units[u]}, texts,
+                                        batch_size, progress, fixed)
+            est = {u: sum(per_head[h] for h in units[u]) for u in left}
+            cands = sorted(left, key=lambda u: est[u])[:n_meas]
+        base = loss_with(loaded, fixed, sub, batch_size)
+        base_loss = base if base_loss is None else base_loss
+        meas = {u: loss_with(loaded, {**fixed, **{h: heads[h] for h in units[u]}}, sub, batch_size) - base
+                for u in tqdm(cands, desc="measure", unit="unit", disable=not progress, leave=False)}
+        measured.update(meas)
+        chosen += sorted(meas, key=lambda u: meas[u])[:n_pick]
+    return chosen, measured, est, float(base_loss)
+
+
+def select_texts_for_ranking(texts: Sequence[np.ndarray], measure_texts: int,
+                             measure_tokens: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(texts to estimate on, the shorter texts measured exactly)``; refuses an empty split."""
+    texts = [t for t in texts if len(t) > 1]
+    if not texts:
+        raise HeadcodeError("the select split has no text to rank heads on: use a larger corpus")
+    return texts, [t[:measure_tokens] for t in texts[:measure_texts]]
 
 
 def rank_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray],
@@ -154,34 +182,15 @@ def rank_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.
     are harmless alone can hurt together); ``n_measure`` heads are measured over all rounds."""
     if not heads:
         raise HeadcodeError("no candidate heads to rank: the surrogate plan is empty")
-    texts = [t for t in texts if len(t) > 1]
-    if not texts:
-        raise HeadcodeError("the select split has no text to rank heads on: use a larger corpus")
-    sub = [t[:measure_tokens] for t in texts[:measure_texts]]
+    texts, sub = select_texts_for_ranking(texts, measure_texts, measure_tokens)
     budget = min(len(heads), n_measure if budget is None else budget)
     rounds = max(1, min(rounds, budget))
-    chosen: list[HeadRef] = []
-    measured: dict[HeadRef, float] = {}
-    est: dict[HeadRef, float] = {}
-    base_loss = None
-    for r in range(rounds):
-        left = [h for h in heads if h not in chosen]
-        fixed = {h: heads[h] for h in chosen}
-        n_meas = int(np.ceil(n_measure / rounds)) if r < rounds - 1 else max(0, n_measure - len(measured))
-        n_pick = int(np.ceil(budget / rounds)) if r < rounds - 1 else budget - len(chosen)
-        if n_meas >= len(left):
-            cands = sorted(left)
-        else:
-            est = estimate_effects(loaded, heads, texts, batch_size, progress, fixed)
-            cands = sorted(left, key=lambda h: est[h])[:n_meas]
-        loss, meas = measure_effects(loaded, heads, cands, sub, batch_size, progress, fixed)
-        base_loss = loss if base_loss is None else base_loss
-        measured.update(meas)
-        chosen += sorted(meas, key=lambda h: meas[h])[:n_pick]
+    chosen, measured, est, base_loss = choose_in_rounds(loaded, heads, {h: (h,) for h in heads}, texts, sub,
+                                                        budget, n_measure, rounds, batch_size, progress)
     if len(chosen) < len(heads) and not est:
         est = estimate_effects(loaded, heads, texts, batch_size, progress, {h: heads[h] for h in chosen})
     rest = sorted((h for h in heads if h not in chosen), key=lambda h: (h not in measured, measured.get(h, est.get(h, 0.0))))
     method = (f"{rounds} round(s), each: first-order loss change of every remaining head on top of the heads "
               "already chosen (select split), then the loss increase measured for the best candidates "
               f"({len(measured)} heads measured in all)")
-    return Ranking(tuple(chosen) + tuple(rest), measured, est, float(base_loss), method)
+    return Ranking(tuple(chosen) + tuple(rest), measured, est, base_loss, method)

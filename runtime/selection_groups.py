@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.evaluate import token_loss
 from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import estimate_effects
-from headcode.runtime.surrogate import apply_plan
+from headcode.runtime.selection import choose_in_rounds, select_texts_for_ranking
 from headcode.runtime.surrogate_heads import HeadFn
 
 
@@ -75,15 +72,6 @@ def cache_saving(loaded: Any, heads: Iterable[HeadRef]) -> CacheSaving:
     return CacheSaving(loaded.n_layers * loaded.n_kv_heads * per_group, len(groups) * per_group, len(groups))
 
 
-def select_loss(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], batch_size: int) -> float:
-    """Mean token loss on ``texts`` with ``fns`` in place (the base model for none)."""
-    layers: dict[int, dict[int, HeadFn]] = {}
-    for h, fn in fns.items():
-        layers.setdefault(h.layer, {})[h.head] = fn
-    with apply_plan(loaded.model, layers):
-        return token_loss(loaded.model, texts, loaded.tokenizer, batch_size).mean
-
-
 @dataclass(frozen=True)
 class GroupRanking:
     """The groups chosen, best first; ``measured[g]``: loss increase (nats/token) when ``g`` was
@@ -109,37 +97,13 @@ def rank_groups(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np
     if not groups:
         raise HeadcodeError("no KV group has programs for all its query heads in this plan: compile every "
                             "head of a group, or choose heads without --whole-groups")
-    texts = [t for t in texts if len(t) > 1]
-    if not texts:
-        raise HeadcodeError("the select split has no text to rank heads on: use a larger corpus")
-    sub = [t[:measure_tokens] for t in texts[:measure_texts]]
+    texts, sub = select_texts_for_ranking(texts, measure_texts, measure_tokens)
     budget = max(0, min(budget, len(groups)))
     rounds = max(1, min(rounds, budget or 1))
     n_measure = max(n_measure, budget)
-    chosen: list[KVGroup] = []
-    measured: dict[KVGroup, float] = {}
-    est: dict[KVGroup, float] = {}
-    base_loss = None
-    for r in range(rounds):
-        left = [g for g in groups if g not in chosen]
-        fixed = {h: heads[h] for g in chosen for h in g.heads}
-        n_meas = int(np.ceil(n_measure / rounds)) if r < rounds - 1 else max(0, n_measure - len(measured))
-        n_pick = int(np.ceil(budget / rounds)) if r < rounds - 1 else budget - len(chosen)
-        if n_meas >= len(left):
-            cands = left
-        else:
-            per_head = estimate_effects(loaded, {h: heads[h] for g in left for h in g.heads}, texts,
-                                        batch_size, progress, fixed)
-            est = {g: sum(per_head[h] for h in g.heads) for g in left}
-            cands = sorted(left, key=lambda g: est[g])[:n_meas]
-        base = select_loss(loaded, fixed, sub, batch_size)
-        base_loss = base if base_loss is None else base_loss
-        meas = {}
-        for g in tqdm(cands, desc="measure groups", unit="group", disable=not progress, leave=False):
-            meas[g] = select_loss(loaded, {**fixed, **{h: heads[h] for h in g.heads}}, sub, batch_size) - base
-        measured.update(meas)
-        chosen += sorted(meas, key=lambda g: meas[g])[:n_pick]
+    chosen, measured, est, base_loss = choose_in_rounds(loaded, heads, {g: g.heads for g in groups}, texts, sub,
+                                                        budget, n_measure, rounds, batch_size, progress)
     method = (f"whole KV groups, {rounds} round(s), each: first-order loss change of every remaining group "
               "(the sum of its heads') on top of the groups already chosen (select split), then the loss "
               f"increase measured for the best candidates ({len(measured)} groups measured in all)")
-    return GroupRanking(tuple(chosen), measured, est, float(base_loss), method)
+    return GroupRanking(tuple(chosen), measured, est, base_loss, method)
