@@ -100,9 +100,3 @@ def describe(expr: ir.Expr) -> str:
         prev = gate
     return "; ".join(out)
 
-
-def describe_source(source: str) -> str:
-    """``describe`` of a program's source, traced (trusted sources only: offline search, tests)."""
-    from headcode.compiler.program import Program
-
-    return describe(Program.from_source(source).trace())

@@ -227,8 +227,7 @@ class SurrogateHandle:
         def prepare_cache(generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
             res = prepare(generation_config, model_kwargs, *args, **kwargs)
             h = handle()
-            for name in ("cache", "past_key_values"):
-                c = model_kwargs.get(name)
+            for name, c in list(model_kwargs.items()):  # by type: the keyword's name moves between releases
                 if h is not None and h.active and type(c) is DynamicCache and not getattr(c, "_is_user_defined", False):
                     model_kwargs[name] = h.new_cache()
             return res
