@@ -1,6 +1,6 @@
-"""Dense torch reference of the program-head op: builds every selector as a ``[B, T, T]``
-matrix, exactly as the definitions read. O(T^2 * D) time, O(T^2) memory: for tests and
-for checking the kernels, never for serving.
+"""Dense torch reference of the program-head op: every term as a ``[B, T, T]`` matrix, exactly as
+the primitive definitions in ``spec`` read. O(T^2 * D) time, O(T^2) memory: for tests and for
+checking the kernels, never for serving.
 
 ``ids [B, T] int64, v [B, T, D] -> out [B, n_q, D]`` (the last ``n_q`` query rows).
 """
@@ -13,10 +13,26 @@ from headcode.kernels.program_head import spec as S
 from headcode.kernels.program_head.spec import HeadSpec
 
 
-def _latest(flags: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` bool -> index of the latest True at or before each position, else -1."""
+def events(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` bool: where term ``i`` has an event (``spec``'s definition)."""
+    B, T = ids.shape
+    pos = torch.arange(T, device=ids.device)[None, :].expand(B, T)
+    ev = (pos == start[:, None]) & bool(spec.ev_start[i])
+    tab, lag = int(spec.ev_tab[i]), int(spec.ev_lag[i])
+    if tab == S.EVERY:
+        ev = ev | (pos >= start[:, None])
+    elif tab >= 0:
+        hit = torch.zeros_like(ev)
+        hit[:, lag:] = tables[tab][ids[:, : T - lag]]
+        ev = ev | (hit & (pos - lag >= start[:, None]))
+    return ev
+
+
+def latest(flags: torch.Tensor, strict: bool) -> torch.Tensor:
+    """``[B, T]`` bool -> index of the latest True at or before (strict: before) each position, else -1."""
     pos = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
-    return torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    last = torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    return torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1) if strict else last
 
 
 def _one_hot(idx: torch.Tensor, T: int) -> torch.Tensor:
@@ -25,7 +41,7 @@ def _one_hot(idx: torch.Tensor, T: int) -> torch.Tensor:
     return (idx[:, :, None] == keys[None, None, :]).to(torch.float64)
 
 
-def selector_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+def term_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """Term ``i`` as row-normalised scores ``[B, T, T]`` float64 (key restriction and query gate applied)."""
     B, T = ids.shape
     dev = ids.device
@@ -34,47 +50,18 @@ def selector_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tens
     valid = pos[None, :] >= start[:, None]  # [B, T]: a real token, not left padding
     causal = (pos[None, :] <= pos[:, None])[None] & valid[:, None, :] & valid[:, :, None]
     kind = int(spec.kinds[i])
-    if kind == S.OFFSET:
-        j = pos[None, :] - int(spec.ks[i])
-        m = _one_hot(torch.where(j >= start[:, None], j, -1), T)
-    elif kind == S.FIRST:
-        m = _one_hot(start[:, None].expand(B, T), T)
-    elif kind == S.UNIFORM:
-        m = causal.double()
-    elif kind == S.DECAY:
+    if kind == S.POINTER:
+        p = latest(events(spec, i, ids, start, tables), bool(spec.strict[i]))
+        j = p + int(spec.shift[i])
+        m = _one_hot(torch.where((p >= 0) & (j >= start[:, None]) & (j <= pos[None, :]), j, -1), T)
+    elif kind == S.SCAN:
+        seg = latest(events(spec, i, ids, start, tables), False)
+        seg = torch.where(seg >= 0, seg, start[:, None])
         d = (pos[:, None] - pos[None, :]).clamp(min=0).double()
-        m = torch.where(causal, float(spec.rates[i]) ** d, torch.zeros((), dtype=torch.float64, device=dev))
+        w = float(spec.rates[i]) ** d
+        m = torch.where(causal & (pos[None, None, :] >= seg[:, :, None]), w, torch.zeros((), dtype=torch.float64))
     elif kind == S.SAME_TOKEN:
         m = (causal & (ids[:, :, None] == ids[:, None, :])).double()
-    elif kind in (S.SENTENCE, S.SENTENCE_START):
-        after_boundary = torch.zeros_like(valid)
-        after_boundary[:, 1:] = tables[spec.boundary_tab][ids[:, :-1]]
-        begin = valid & ((pos[None, :] == start[:, None]) | after_boundary)
-        if kind == S.SENTENCE_START:
-            m = _one_hot(_latest(begin), T)
-        else:
-            sent = torch.cumsum(begin.long(), dim=1)
-            m = (causal & (sent[:, :, None] == sent[:, None, :])).double()
-    elif kind == S.WORD_START:
-        begin = valid & ((pos[None, :] == start[:, None]) | tables[spec.new_word_tab][ids])
-        m = _one_hot(_latest(begin), T)
-    elif kind == S.MOST_RECENT:
-        flags = valid & tables[spec.key_tab[i]][ids]
-        idx = _latest(flags)
-        if spec.strict[i]:
-            idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
-        m = _one_hot(idx, T)
-    elif kind == S.SEGMENT_START:
-        after_aux = torch.zeros_like(valid)
-        after_aux[:, 1:] = tables[spec.aux_tab[i]][ids[:, :-1]]
-        m = _one_hot(_latest(valid & ((pos[None, :] == start[:, None]) | after_aux)), T)
-    elif kind == S.ANCHOR:
-        idx = _latest(valid & tables[spec.aux_tab[i]][ids])
-        if spec.strict[i]:
-            idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
-        j = idx + int(spec.ks[i])
-        ok = (idx >= 0) & (j >= start[:, None]) & (j <= pos[None, :])
-        m = _one_hot(torch.where(ok, j, -1), T)
     elif kind == S.INDUCTION:
         same = causal & (ids[:, :, None] == ids[:, None, :]) & (pos[None, :] < pos[:, None])[None]
         prev = torch.where(same, pos[None, None, :].expand(B, T, T), -1).max(dim=2).values
@@ -103,7 +90,7 @@ def program_head_naive(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start
                         int(ids.max()) if ids.numel() else 0, start_t.cpu().numpy(), n_q)
     scores = torch.zeros(B, T, T, dtype=torch.float64, device=ids.device)
     for i in range(spec.n_terms):
-        scores += float(spec.weights[i]) * selector_matrix(spec, i, ids, start_t)
+        scores += float(spec.weights[i]) * term_matrix(spec, i, ids, start_t)
     tot = scores.sum(-1, keepdim=True)
     attn = torch.where(tot > 0, scores / tot.clamp(min=1e-300), torch.zeros_like(scores))
     empty = tot[..., 0] <= 0

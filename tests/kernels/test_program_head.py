@@ -1,6 +1,7 @@
 """The program-head op: Numba and Triton kernels against the dense torch reference, one
-selector kind at a time (with and without key restriction and query gate), on batches with
-left padding, query windows and several Triton chunks."""
+primitive at a time over its parameter grid (events from a table at lag 0 or 1, from the start,
+at every position; strict; shifts either side; rates; with and without key restriction and
+query gate), on batches with left padding, query windows and several Triton chunks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from headcode.kernels.program_head.naive import program_head_naive
 from headcode.kernels.program_head.numba_cpu import program_head_numba
-from headcode.kernels.program_head.spec import KIND_CODES, HeadSpec
+from headcode.kernels.program_head.spec import EVERY, NO_TABLE, HeadSpec
 from headcode.kernels.program_head.triton_gpu import program_head_triton
 
 VOCAB_N = 23
@@ -18,13 +19,13 @@ KERNELS = {"numba": program_head_numba, "triton": program_head_triton}
 
 
 def _tables(seed: int = 0) -> np.ndarray:
-    """Rows: 0 key predicate, 1 query predicate, 2 boundary, 3 new word."""
+    """Rows: 0 key predicate, 1 query predicate, 2 sparse (a boundary), 3 dense (a new word)."""
     rng = np.random.default_rng(seed)
     return (rng.random((4, VOCAB_N)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
 
 
 def _spec(terms: list[dict], seed: int = 0) -> HeadSpec:
-    return HeadSpec.build(terms, _tables(seed), boundary_tab=2, new_word_tab=3)
+    return HeadSpec.build(terms, _tables(seed))
 
 
 def _batch(seed: int, B: int = 3, T: int = 70, D: int = 12):
@@ -35,24 +36,24 @@ def _batch(seed: int, B: int = 3, T: int = 70, D: int = 12):
     return ids, v, start
 
 
-TERM_CASES = [
-    dict(kind=k, k=kk, rate=0.6, strict=st, key_tab=kt, query_tab=qt, weight=0.7,
-         aux_tab=(2 if k == "segment_start" else 0) if k in ("segment_start", "anchor") else -1)
-    for k in KIND_CODES
-    for kk in ((0, 3) if k == "offset" else (-1, 1, 2) if k == "anchor" else (0,))
-    for st in ((0, 1) if k in ("most_recent", "anchor") else (0,))
-    for kt in ((0,) if k == "most_recent" else (-1, 0))
-    for qt in (-1, 1)
-]
+EVENTS = [dict(ev_tab=NO_TABLE, ev_start=1), dict(ev_tab=EVERY), dict(ev_tab=2, ev_lag=1, ev_start=1),
+          dict(ev_tab=3, ev_lag=0), dict(ev_tab=0, ev_lag=0)]
+POINTERS = [dict(kind="pointer", strict=st, shift=sh, **ev) for ev in EVENTS for st in (0, 1)
+            for sh in ((0,) if ev["ev_tab"] == NO_TABLE else (-2, 0, 1))]
+SCANS = [dict(kind="scan", rate=r, **ev) for ev in (dict(ev_tab=NO_TABLE), dict(ev_tab=2, ev_lag=1, ev_start=1),
+                                                   dict(ev_tab=3)) for r in (1.0, 0.6)]
+OTHERS = [dict(kind="same_token"), dict(kind="induction")]
+TERM_CASES = [dict(t, key_tab=kt, query_tab=qt, weight=0.7) for t in POINTERS + SCANS + OTHERS
+              for kt, qt in ((-1, -1), (0, 1))]
 
 
 def _id(t: dict) -> str:
-    return f"{t['kind']}-k{t['k']}-s{t['strict']}-key{t['key_tab']}-q{t['query_tab']}"
+    return "-".join(f"{k}{v}" for k, v in t.items() if k != "weight")
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("term", TERM_CASES, ids=[_id(t) for t in TERM_CASES])
-def test_one_kind_matches_reference(kernel, term):
+def test_one_primitive_matches_reference(kernel, term):
     spec = _spec([term])
     ids, v, start = _batch(3)
     ref = program_head_naive(spec, ids, v, start)
@@ -63,10 +64,9 @@ def test_one_kind_matches_reference(kernel, term):
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
-def test_mix_of_all_kinds_no_start(kernel):
-    terms = [dict(kind=k, k=2, rate=0.9, strict=1, key_tab=0 if k == "most_recent" else -1, weight=w,
-                  aux_tab=1 if k in ("segment_start", "anchor") else -1)
-             for k, w in zip(KIND_CODES, np.linspace(0.1, 1.0, len(KIND_CODES)))]
+def test_mix_of_all_primitives_no_start(kernel):
+    picks = POINTERS[::3] + SCANS + OTHERS
+    terms = [dict(t, key_tab=i % 2 - 1, weight=w) for i, (t, w) in enumerate(zip(picks, np.linspace(0.1, 1, len(picks))))]
     spec = _spec(terms, seed=4)
     ids, v, _ = _batch(5, B=2, T=100, D=20)
     torch.testing.assert_close(KERNELS[kernel](spec, ids, v), program_head_naive(spec, ids, v), atol=1e-5, rtol=0)
@@ -75,7 +75,7 @@ def test_mix_of_all_kinds_no_start(kernel):
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_empty_rows_go_to_the_first_real_token(kernel):
     # the only term is gated on a query predicate: rows whose token fails it are empty -> V[start]
-    spec = _spec([dict(kind="offset", k=1, query_tab=1, key_tab=0)])
+    spec = _spec([dict(kind="pointer", ev_tab=EVERY, shift=-1, query_tab=1, key_tab=0)])
     ids, v, start = _batch(9)
     out = KERNELS[kernel](spec, ids, v, start)
     gate = torch.from_numpy(_tables()[1].astype(bool))[ids]
@@ -98,7 +98,7 @@ def test_no_terms_means_first_token_everywhere():
 
 
 def test_numba_dtypes_and_parallel_rows_agree():
-    spec = _spec([dict(kind="decay", rate=0.8, key_tab=0), dict(kind="same_token", weight=0.3),
+    spec = _spec([dict(kind="scan", rate=0.8, key_tab=0), dict(kind="same_token", weight=0.3),
                   dict(kind="induction", weight=0.5)])
     ids, v, start = _batch(11, B=3)
     ref = program_head_naive(spec, ids, v.double(), start)
@@ -113,7 +113,7 @@ def test_numba_dtypes_and_parallel_rows_agree():
 @pytest.mark.parametrize("kernel", ["naive", *KERNELS])
 def test_bad_inputs_are_refused(kernel):
     fn = program_head_naive if kernel == "naive" else KERNELS[kernel]
-    spec = _spec([dict(kind="uniform", key_tab=0)])
+    spec = _spec([dict(kind="scan", key_tab=0)])
     ids, v, start = _batch(1)
     with pytest.raises(ValueError, match="token ids"):
         fn(spec, ids + VOCAB_N, v, start)
