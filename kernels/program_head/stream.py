@@ -1,5 +1,5 @@
-"""Selector states for decoding: all replaced heads of one layer as one program, and the state
-that program carries from token to token (see ``stream_cpu`` for what each selector keeps).
+"""Decoding states: all replaced heads of one layer as one program of primitive terms, and the
+state that program carries from token to token (see ``stream_cpu`` for what each term keeps).
 
     prog = LayerProgram.build([spec_a, spec_b], groups=[1, 1])   # once per plan and layer
     state = LayerState(prog, batch=B, dim=D)                       # once per sequence batch
@@ -13,13 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from headcode.kernels.program_head import spec as S
 from headcode.kernels.program_head.spec import HeadSpec
-from headcode.kernels.program_head.stream_cpu import ACC, MAP, RING, STATE_OF_KIND, VEC, rehash, run_stream
+from headcode.kernels.program_head.stream_cpu import (
+    MAP,
+    N_FCOLS,
+    N_ICOLS,
+    RING,
+    STATE_OF_KIND,
+    rehash,
+    run_stream,
+)
 
 
 def _ready(t: torch.Tensor) -> bool:
@@ -31,25 +40,31 @@ def _i64(x: list) -> np.ndarray:
     return np.asarray(x, dtype=np.int64).reshape(-1)
 
 
+_SHIFTED = ("ev_tab", "key_tab", "query_tab")  # table rows, renumbered into the layer's tables
+
+
 @dataclass(frozen=True, eq=False)
 class LayerProgram:
     """The terms of ``H`` heads flattened: ``head[j]`` owns term ``j``, ``slot[j]`` is its row in
-    the state array of its kind; tables concatenated (term table rows shifted); ``group[h]`` is
-    the KV group whose values head ``h`` reads; ``bnd``/``nwd [H]`` boundary/new-word rows."""
+    the state arrays of its kind, ``rslot[j]`` its ring (a pointer with shift < 0; else -1);
+    tables concatenated (term table rows shifted); ``group[h]`` is the KV group whose values head
+    ``h`` reads. ``pc``/``pf``: the term columns packed for the kernels (``stream_cpu``)."""
 
     kinds: np.ndarray
-    ks: np.ndarray
-    rates: np.ndarray
+    ev_tab: np.ndarray
+    ev_lag: np.ndarray
+    ev_start: np.ndarray
     strict: np.ndarray
+    shift: np.ndarray
+    rates: np.ndarray
     key_tab: np.ndarray
     query_tab: np.ndarray
     weights: np.ndarray
     head: np.ndarray
     slot: np.ndarray
+    rslot: np.ndarray
     group: np.ndarray
     tables: np.ndarray
-    bnd: np.ndarray
-    nwd: np.ndarray
     counts: tuple[int, int, int, int]   # terms with ACC, VEC, RING, MAP state
     ring_len: int
 
@@ -57,47 +72,50 @@ class LayerProgram:
     def n_heads(self) -> int:
         return int(self.group.shape[0])
 
+    @cached_property
+    def pc(self) -> np.ndarray:
+        """``[J, N_ICOLS]`` int64: the integer columns in ``stream_cpu``'s order."""
+        cols = (self.kinds, self.ev_tab, self.ev_lag, self.ev_start, self.strict, self.shift, self.key_tab,
+                self.query_tab, self.head, self.slot, self.rslot)
+        return np.ascontiguousarray(np.stack(cols, axis=1).reshape(-1, N_ICOLS), dtype=np.int64)
+
+    @cached_property
+    def pf(self) -> np.ndarray:
+        """``[J, N_FCOLS]`` float64: rates and weights."""
+        return np.ascontiguousarray(np.stack([self.rates, self.weights], axis=1).reshape(-1, N_FCOLS))
+
     @classmethod
     def build(cls, specs: Sequence[HeadSpec], groups: Sequence[int], vocab: int = 0) -> LayerProgram:
         """``vocab``: the model's vocabulary size; tables are zero-padded to it (a token id a head was
         not compiled for satisfies none of its predicates)."""
-        cols: dict[str, list] = {k: [] for k in ("kinds", "ks", "rates", "strict", "key_tab", "query_tab",
-                                                  "weights", "head", "slot")}
+        names = ("kinds", "ev_tab", "ev_lag", "ev_start", "strict", "shift", "rates", "key_tab", "query_tab",
+                 "weights")
+        cols: dict[str, list] = {k: [] for k in (*names, "head", "slot", "rslot")}
         counts = [0, 0, 0, 0]
-        tabs, bnd, nwd, off = [], [], [], 0
+        tabs, off, ring_len = [], 0, 1
         vocab = max([vocab, 1] + [sp.vocab_size for sp in specs])
-        ring_len = 1
         for h, sp in enumerate(specs):
-            def shift(r: int, o: int = off) -> int:
-                return int(r) + o if r >= 0 else -1
-
             for i in range(sp.n_terms):
-                kind = int(sp.kinds[i])
-                st = STATE_OF_KIND[kind]
-                slot = -1
-                if st in (ACC, VEC, RING, MAP):
-                    slot = counts[st]
-                    counts[st] += 1
-                if kind == S.OFFSET:
-                    ring_len = max(ring_len, int(sp.ks[i]) + 1)
-                # segment_start has no shift: its ``ks`` carries its (shifted) aux table row
-                k = shift(sp.aux_tab[i]) if kind == S.SEGMENT_START else sp.ks[i]
-                for name, val in (("kinds", kind), ("ks", k), ("rates", sp.rates[i]),
-                                  ("strict", sp.strict[i]), ("key_tab", shift(sp.key_tab[i])),
-                                  ("query_tab", shift(sp.query_tab[i])), ("weights", sp.weights[i]),
-                                  ("head", h), ("slot", slot)):
-                    cols[name].append(val)
-            bnd.append(shift(sp.boundary_tab))
-            nwd.append(shift(sp.new_word_tab))
+                st = STATE_OF_KIND[int(sp.kinds[i])]
+                cols["slot"].append(counts[st])
+                counts[st] += 1
+                rslot = -1
+                if sp.kinds[i] == S.POINTER and sp.shift[i] < 0:
+                    rslot, counts[RING] = counts[RING], counts[RING] + 1
+                    ring_len = max(ring_len, 1 - int(sp.shift[i]))
+                cols["rslot"].append(rslot)
+                cols["head"].append(h)
+                for name in names:
+                    val = getattr(sp, name)[i]
+                    cols[name].append(val + off if name in _SHIFTED and val >= 0 else val)
             t = np.zeros((sp.tables.shape[0], vocab), np.uint8)
             t[:, : sp.vocab_size] = sp.tables
             tabs.append(t)
             off += sp.tables.shape[0]
         tables = np.concatenate(tabs) if off else np.zeros((1, vocab), np.uint8)
-        return cls(kinds=_i64(cols["kinds"]), ks=_i64(cols["ks"]), rates=np.asarray(cols["rates"], np.float64),
-                   strict=_i64(cols["strict"]), key_tab=_i64(cols["key_tab"]), query_tab=_i64(cols["query_tab"]),
-                   weights=np.asarray(cols["weights"], np.float64), head=_i64(cols["head"]), slot=_i64(cols["slot"]),
-                   group=_i64(groups), tables=np.ascontiguousarray(tables), bnd=_i64(bnd), nwd=_i64(nwd),
+        arrs = {k: np.asarray(v, np.float64 if k in ("rates", "weights") else np.int64).reshape(-1)
+                for k, v in cols.items()}
+        return cls(**arrs, group=_i64(groups), tables=np.ascontiguousarray(tables),
                    counts=(counts[0], counts[1], counts[2], counts[3]), ring_len=ring_len)
 
 
@@ -106,18 +124,18 @@ class LayerState:
     tensors, batch first; float64 accumulators, float32 per-token map rows -- the size of a
     cached value row). ``work [B]`` counts state elements touched."""
 
-    BATCH_FIRST = ("prev_id", "first_id", "first_v", "acc", "cnt", "vec", "vok", "ring", "rok",
-                   "hkey", "hent", "hval", "hcnt", "hused", "work")
+    BATCH_FIRST = ("prev_id", "first_v", "acc", "cnt", "vec", "vok", "pend", "ring", "rok", "hkey", "hent",
+                   "hval", "hcnt", "hused", "work")
 
     def __init__(self, prog: LayerProgram, batch: int, dim: int):
         self.prog, self.length = prog, 0
         n_acc, n_vec, n_ring, n_map = prog.counts
         H, B, D, f64 = prog.n_heads, batch, dim, torch.float64
         self.prev_id = torch.full((B,), -1, dtype=torch.long)
-        self.first_id = torch.full((B,), -1, dtype=torch.long)
         self.first_v = torch.zeros(B, H, D, dtype=f64)
         self.acc, self.cnt = torch.zeros(B, n_acc, D, dtype=f64), torch.zeros(B, n_acc, dtype=f64)
         self.vec, self.vok = torch.zeros(B, n_vec, D, dtype=f64), torch.zeros(B, n_vec, dtype=torch.int8)
+        self.pend = torch.full((B, n_vec), -1, dtype=torch.long)  # a pointer's pending key (shift > 0)
         self.ring = torch.zeros(B, n_ring, prog.ring_len, D, dtype=f64)
         self.rok = torch.zeros(B, n_ring, prog.ring_len, dtype=torch.int8)
         self.hkey = torch.full((B, n_map, 1), -1, dtype=torch.long)
@@ -146,8 +164,7 @@ class LayerState:
         if self._np is None:
             p = self.prog
             st = [t.numpy() for t in self.tensors().values()]
-            self._np = ((p.kinds, p.ks, p.rates, p.strict, p.key_tab, p.query_tab, p.weights, p.head, p.slot,
-                         p.group, p.tables, p.bnd, p.nwd, *st[:-1]), st[-1])
+            self._np = ((p.pc, p.pf, p.group, p.tables, *st[:-1]), st[-1])
         return self._np
 
     def _reserve(self, n: int) -> None:

@@ -1,32 +1,33 @@
-"""Streaming Numba kernel of the program-head op: the selector states that make a decoding step
-cost O(terms * D) per replaced head, whatever the context length (DESIGN.md, semantics 8).
+"""Streaming Numba kernel of the program-head op: the decoding states that make a step cost
+O(terms * D) per replaced head, whatever the context length (DESIGN.md, semantics 8).
 
 One call runs every replaced head of one layer over ``n`` new tokens (prefill: the prompt;
-decoding: one token), reading each token once and carrying each selector's state between calls.
-This is the one place where a selector's decoding state is defined; per kind:
+decoding: one token), reading each token once and carrying each term's state between calls.
+This is the one place where a primitive's decoding state is defined (``spec`` defines the
+primitives); per term:
 
-=================  =====================================================================
-kind               state (per batch row, per term)
-=================  =====================================================================
-uniform            running sum of key values and their count (``acc``, ``cnt``)
-decay              the same, both multiplied by ``rate`` each step
-sentence           the same, reset at a sentence start (needs the previous token id)
-first              the head's value at the first real token (``first_v``; shared per head)
-offset k           a ring buffer of the last ``k + 1`` values and key flags (``ring``)
-most_recent        the last key value seen and whether there is one (``vec``, ``vok``)
-sentence_start     the value at the current sentence's first token and its key flag
-word_start         the value at the current word's first token and its key flag
-segment_start      the same at the current segment's first token (after an aux-table token)
-same_token         per-token map: token id -> (sum of its values, count) (``hkey``/``hval``)
-induction          per-token map: token id -> (value after its latest occurrence, key flag)
-=================  =====================================================================
+==================  ====================================================================
+primitive           state (per batch row, per term)
+==================  ====================================================================
+scan                running sum of key values and their count (``acc``, ``cnt``), both
+                    multiplied by ``rate`` each step; an event restarts them at its token
+pointer, shift 0    the value at the latest event and its key flag (``vec``, ``vok``)
+pointer, shift < 0  the same, captured at an event from a ring of the last ``|shift| + 1``
+                    values and key flags (``ring``, ``rok``; no key before ``start``)
+pointer, shift > 0  the same, captured when the stream reaches the pending position
+                    ``latest event + shift`` (``pend``); an event drops the held value
+same_token          per-token map: token id -> (sum of its values, count) (``hkey``/``hval``)
+induction           per-token map: token id -> (value after its latest occurrence, key flag)
+==================  ====================================================================
 
+A strict pointer reads its state before this token's event updates it, a non-strict one after.
 Every state but the per-token maps is O(D); a map holds one D-vector per distinct token seen
 (looked up in O(1): open addressing). ``work[b]`` counts the state elements each call reads or
 writes (for the test that a step costs the same at any context length).
 
 ``ids [B, n] int64, v [B, G, n, D] (values of every KV group), q0`` (absolute position of the
-first new token) and ``start [B]`` (first real position) -> ``out [B, H, n, D]``.
+first new token) and ``start [B]`` (first real position) -> ``out [B, H, n, D]``. The program
+comes packed: ``pc [J, N_ICOLS]`` int64 and ``pf [J, N_FCOLS]`` float64 (columns below).
 """
 
 from __future__ import annotations
@@ -34,24 +35,16 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from headcode.kernels.program_head.spec import (
-    DECAY,
-    FIRST,
-    INDUCTION,
-    MOST_RECENT,
-    OFFSET,
-    SAME_TOKEN,
-    SEGMENT_START,
-    SENTENCE,
-    SENTENCE_START,
-    UNIFORM,
-    WORD_START,
-)
+from headcode.kernels.program_head.spec import EVERY, INDUCTION, POINTER, SAME_TOKEN, SCAN
 
-# state kinds: which state array a term's ``slot`` indexes
-ACC, VEC, RING, MAP, NONE = range(5)
-STATE_OF_KIND = {UNIFORM: ACC, DECAY: ACC, SENTENCE: ACC, MOST_RECENT: VEC, SENTENCE_START: VEC,
-                 WORD_START: VEC, SEGMENT_START: VEC, OFFSET: RING, SAME_TOKEN: MAP, INDUCTION: MAP, FIRST: NONE}
+# state kinds: which state array a term's ``slot`` indexes (a pointer with shift < 0 also owns a ring)
+ACC, VEC, RING, MAP = range(4)
+STATE_OF_KIND = {SCAN: ACC, POINTER: VEC, SAME_TOKEN: MAP, INDUCTION: MAP}
+# columns of the packed program: ``pc`` (int64) and ``pf`` (float64)
+KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB, HEAD, SLOT, RSLOT = range(11)
+N_ICOLS = 11
+RATE, WEIGHT = range(2)
+N_FCOLS = 2
 
 
 def streamable(kinds: np.ndarray) -> bool:
@@ -78,181 +71,191 @@ def _entry(hkey, hent, hval, hcnt, hused, b, m, tid, mask):
         hent[b, m, h] = e
         hused[b, m] = e + 1
         hcnt[b, m, e] = 0.0
-        for d in range(hval.shape[3]):
-            hval[b, m, e, d] = 0.0
+        hval[b, m, e, :] = 0.0
         return e
     return hent[b, m, h]
 
 
-@nb.njit(cache=True, nogil=True, boundscheck=False)
-def _row(b, ids, v, q0, s, kinds, ks, rates, strict, key_tab, query_tab, weights, head, slot, group,
-         tables, bnd, nwd, prev_id, first_id, first_v, acc, cnt, vec, vok, ring, rok,
-         hkey, hent, hval, hcnt, hused, out, work):
-    n = ids.shape[1]
-    D = v.shape[3]
-    H = out.shape[1]
-    J = kinds.shape[0]
-    R = ring.shape[2]
+@nb.njit(cache=True, nogil=True, inline="always")
+def _event(pc, j, tables, tid, pid, q, s):
+    """Is there an event of term ``j`` at position ``q`` (``pid``: the previous token, -1 at the start)?"""
+    et = pc[j, EV_TAB]
+    if et == EVERY or (pc[j, EV_START] != 0 and q == s):
+        return True
+    if et < 0:
+        return False
+    if pc[j, EV_LAG] == 0:
+        return tables[et, tid] != 0
+    return pid >= 0 and tables[et, pid] != 0
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _copy(dst, src):
+    for d in range(src.shape[0]):
+        dst[d] = src[d]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _read(o, den, h, c, w, row):
+    """The term's row ``c * row`` into head ``h``'s numerator, its weight ``w`` into the denominator."""
+    for d in range(row.shape[0]):
+        o[h, d] += c * row[d]
+    den[h] += w
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _scan(b, sl, rate, ev, kok, qok, w, h, x, acc, cnt, o, den):
+    r = 0.0 if ev else rate  # an event starts a new segment at this token
+    cnt[b, sl] = r * cnt[b, sl] + (1.0 if kok else 0.0)
+    if kok:
+        for d in range(x.shape[0]):
+            acc[b, sl, d] = r * acc[b, sl, d] + x[d]
+    elif r != 1.0:
+        for d in range(x.shape[0]):
+            acc[b, sl, d] *= r
+    if qok and cnt[b, sl] > 0.0:
+        _read(o, den, h, w / cnt[b, sl], w, acc[b, sl])
+        return 2 * x.shape[0]
+    return x.shape[0]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _pointer_event(b, sl, rs, m, q, s, kok, x, vec, vok, pend, ring, rok):
+    """Term state after an event at ``q``: hold the key ``q + m`` now (m <= 0) or wait for it."""
+    if m == 0:
+        vok[b, sl] = 1 if kok else 0
+        _copy(vec[b, sl], x)
+    elif m < 0:
+        src = q + m
+        if src >= s:
+            r1 = src % ring.shape[2]
+            vok[b, sl] = rok[b, rs, r1]
+            _copy(vec[b, sl], ring[b, rs, r1])
+        else:
+            vok[b, sl] = 0
+    else:
+        vok[b, sl] = 0
+        pend[b, sl] = q + m
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _pointer(b, sl, rs, m, strict, q, s, ev, kok, qok, w, h, x, vec, vok, pend, ring, rok, o, den):
+    D = x.shape[0]
+    work = 0
+    if m < 0:  # the ring keeps the last |m| + 1 tokens (the key of a later event is among them)
+        r0 = q % ring.shape[2]
+        _copy(ring[b, rs, r0], x)
+        rok[b, rs, r0] = 1 if kok else 0
+        work += D
+    if m > 0 and pend[b, sl] == q:  # the pending key arrives (a same-step event drops it again)
+        vok[b, sl] = 1 if kok else 0
+        _copy(vec[b, sl], x)
+        work += D
+    if strict and qok and vok[b, sl] != 0:
+        _read(o, den, h, w, w, vec[b, sl])
+        work += D
+    if ev:
+        _pointer_event(b, sl, rs, m, q, s, kok, x, vec, vok, pend, ring, rok)
+        work += D
+    if not strict and qok and vok[b, sl] != 0:
+        _read(o, den, h, w, w, vec[b, sl])
+        work += D
+    return work
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _same_token(b, sl, tid, kok, qok, w, h, x, hkey, hent, hval, hcnt, hused, o, den):
+    if not kok:  # all occurrences share the token, so all are keys or none
+        return 0
+    e = _entry(hkey, hent, hval, hcnt, hused, b, sl, tid, hkey.shape[2] - 1)
+    hcnt[b, sl, e] += 1.0
+    for d in range(x.shape[0]):
+        hval[b, sl, e, d] += x[d]
+    if qok:
+        _read(o, den, h, w / hcnt[b, sl, e], w, hval[b, sl, e])
+        return 2 * x.shape[0]
+    return x.shape[0]
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _induction(b, sl, tid, pid, kok, qok, w, h, x, hkey, hent, hval, hcnt, hused, o, den):
     mask = hkey.shape[2] - 1
+    work = 0
+    if pid >= 0:  # the previous token's latest occurrence is now followed by this one
+        e = _entry(hkey, hent, hval, hcnt, hused, b, sl, pid, mask)
+        hcnt[b, sl, e] = 1.0 if kok else 0.0
+        for d in range(x.shape[0]):
+            hval[b, sl, e, d] = x[d]
+        work += x.shape[0]
+    if qok:
+        hs = _slot(hkey, b, sl, tid, mask)
+        if hkey[b, sl, hs] == tid:
+            e = hent[b, sl, hs]
+            if hcnt[b, sl, e] > 0.0:
+                _read(o, den, h, w, w, hval[b, sl, e])
+                work += x.shape[0]
+    return work
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _row(b, ids, v, q0, s, pc, pf, group, tables, prev_id, first_v, acc, cnt, vec, vok, pend, ring, rok,
+         hkey, hent, hval, hcnt, hused, out, work):
+    H, D = out.shape[1], v.shape[3]
     o = np.zeros((H, D))
     den = np.zeros(H)
-    for i in range(n):
+    for i in range(ids.shape[1]):
         q = q0 + i
         if q < s:  # left padding: not a key, zero output
-            for h in range(H):
-                for d in range(D):
-                    out[b, h, i, d] = 0.0
+            out[b, :, i, :] = 0.0
             continue
         tid = ids[b, i]
         pid = prev_id[b] if q > s else -1
         if q == s:
-            first_id[b] = tid
             for h in range(H):
-                for d in range(D):
-                    first_v[b, h, d] = v[b, group[h], i, d]
+                _copy(first_v[b, h], v[b, group[h], i])
             work[b] += H * D
-        for h in range(H):
-            den[h] = 0.0
-            for d in range(D):
-                o[h, d] = 0.0
-        for j in range(J):
-            kind = kinds[j]
-            h = head[j]
-            g = group[h]
-            kt = key_tab[j]
+        o[:, :] = 0.0
+        den[:] = 0.0
+        for j in range(pc.shape[0]):
+            kind, h, sl, kt, qt = pc[j, KIND], pc[j, HEAD], pc[j, SLOT], pc[j, KEY_TAB], pc[j, QUERY_TAB]
+            x = v[b, group[h], i]
             kok = kt < 0 or tables[kt, tid] != 0
-            qok = query_tab[j] < 0 or tables[query_tab[j], tid] != 0
-            w = weights[j]
-            sl = slot[j]
-            if kind == UNIFORM or kind == DECAY or kind == SENTENCE:
-                if kind == SENTENCE and (q == s or (bnd[h] >= 0 and pid >= 0 and tables[bnd[h], pid] != 0)):
-                    cnt[b, sl] = 0.0
-                    for d in range(D):
-                        acc[b, sl, d] = 0.0
-                r = rates[j] if kind == DECAY else 1.0
-                cnt[b, sl] = r * cnt[b, sl] + (1.0 if kok else 0.0)
-                if kok:
-                    for d in range(D):
-                        acc[b, sl, d] = r * acc[b, sl, d] + v[b, g, i, d]
-                elif kind == DECAY:
-                    for d in range(D):
-                        acc[b, sl, d] *= r
-                work[b] += D
-                if qok and cnt[b, sl] > 0.0:
-                    c = w / cnt[b, sl]
-                    for d in range(D):
-                        o[h, d] += c * acc[b, sl, d]
-                    den[h] += w
-            elif kind == OFFSET:
-                r0 = q % R
-                for d in range(D):
-                    ring[b, sl, r0, d] = v[b, g, i, d]
-                rok[b, sl, r0] = 1 if kok else 0
-                work[b] += D
-                src = q - ks[j]
-                if qok and src >= s:
-                    r1 = src % R
-                    if rok[b, sl, r1] != 0:
-                        for d in range(D):
-                            o[h, d] += w * ring[b, sl, r1, d]
-                        den[h] += w
-                        work[b] += D
-            elif kind == FIRST:
-                if qok and (kt < 0 or tables[kt, first_id[b]] != 0):
-                    for d in range(D):
-                        o[h, d] += w * first_v[b, h, d]
-                    den[h] += w
-                    work[b] += D
-            elif kind == MOST_RECENT:
-                if strict[j] != 0 and qok and vok[b, sl] != 0:
-                    for d in range(D):
-                        o[h, d] += w * vec[b, sl, d]
-                    den[h] += w
-                    work[b] += D
-                if kok:
-                    vok[b, sl] = 1
-                    for d in range(D):
-                        vec[b, sl, d] = v[b, g, i, d]
-                    work[b] += D
-                if strict[j] == 0 and qok and vok[b, sl] != 0:
-                    for d in range(D):
-                        o[h, d] += w * vec[b, sl, d]
-                    den[h] += w
-                    work[b] += D
-            elif kind == SENTENCE_START or kind == WORD_START or kind == SEGMENT_START:
-                if kind == SENTENCE_START:
-                    begin = q == s or (bnd[h] >= 0 and pid >= 0 and tables[bnd[h], pid] != 0)
-                elif kind == SEGMENT_START:  # ks[j]: the aux table row (the token that ends a segment)
-                    begin = q == s or (ks[j] >= 0 and pid >= 0 and tables[ks[j], pid] != 0)
-                else:
-                    begin = q == s or (nwd[h] >= 0 and tables[nwd[h], tid] != 0)
-                if begin:
-                    vok[b, sl] = 1 if kok else 0
-                    for d in range(D):
-                        vec[b, sl, d] = v[b, g, i, d]
-                    work[b] += D
-                if qok and vok[b, sl] != 0:
-                    for d in range(D):
-                        o[h, d] += w * vec[b, sl, d]
-                    den[h] += w
-                    work[b] += D
+            qok = qt < 0 or tables[qt, tid] != 0
+            w = pf[j, WEIGHT]
+            if kind == SCAN:
+                work[b] += _scan(b, sl, pf[j, RATE], _event(pc, j, tables, tid, pid, q, s), kok, qok, w, h, x,
+                                 acc, cnt, o, den)
+            elif kind == POINTER:
+                work[b] += _pointer(b, sl, pc[j, RSLOT], pc[j, SHIFT], pc[j, STRICT] != 0, q, s,
+                                    _event(pc, j, tables, tid, pid, q, s), kok, qok, w, h, x,
+                                    vec, vok, pend, ring, rok, o, den)
             elif kind == SAME_TOKEN:
-                if kok:  # all occurrences share the token, so all are keys or none
-                    e = _entry(hkey, hent, hval, hcnt, hused, b, sl, tid, mask)
-                    hcnt[b, sl, e] += 1.0
-                    for d in range(D):
-                        hval[b, sl, e, d] += v[b, g, i, d]
-                    work[b] += D
-                    if qok:
-                        c = w / hcnt[b, sl, e]
-                        for d in range(D):
-                            o[h, d] += c * hval[b, sl, e, d]
-                        den[h] += w
-                        work[b] += D
+                work[b] += _same_token(b, sl, tid, kok, qok, w, h, x, hkey, hent, hval, hcnt, hused, o, den)
             elif kind == INDUCTION:
-                if pid >= 0:  # the previous token's latest occurrence is now followed by this one
-                    e = _entry(hkey, hent, hval, hcnt, hused, b, sl, pid, mask)
-                    hcnt[b, sl, e] = 1.0 if kok else 0.0
-                    for d in range(D):
-                        hval[b, sl, e, d] = v[b, g, i, d]
-                    work[b] += D
-                if qok:
-                    hs = _slot(hkey, b, sl, tid, mask)
-                    if hkey[b, sl, hs] == tid:
-                        e = hent[b, sl, hs]
-                        if hcnt[b, sl, e] > 0.0:
-                            for d in range(D):
-                                o[h, d] += w * hval[b, sl, e, d]
-                            den[h] += w
-                            work[b] += D
+                work[b] += _induction(b, sl, tid, pid, kok, qok, w, h, x, hkey, hent, hval, hcnt, hused, o, den)
         for h in range(H):
             if den[h] > 0.0:
                 inv = 1.0 / den[h]
                 for d in range(D):
                     out[b, h, i, d] = o[h, d] * inv
-            else:
-                for d in range(D):
-                    out[b, h, i, d] = first_v[b, h, d]
+            else:  # an empty row reads the first real token
+                _copy(out[b, h, i], first_v[b, h])
         prev_id[b] = tid
 
 
 @nb.njit(cache=True, nogil=True)
-def _serial(ids, v, q0, start, kinds, ks, rates, strict, key_tab, query_tab, weights, head, slot, group,
-            tables, bnd, nwd, prev_id, first_id, first_v, acc, cnt, vec, vok, ring, rok,
+def _serial(ids, v, q0, start, pc, pf, group, tables, prev_id, first_v, acc, cnt, vec, vok, pend, ring, rok,
             hkey, hent, hval, hcnt, hused, out, work):
     for b in range(ids.shape[0]):
-        _row(b, ids, v, q0, start[b], kinds, ks, rates, strict, key_tab, query_tab, weights, head, slot, group,
-             tables, bnd, nwd, prev_id, first_id, first_v, acc, cnt, vec, vok, ring, rok,
+        _row(b, ids, v, q0, start[b], pc, pf, group, tables, prev_id, first_v, acc, cnt, vec, vok, pend, ring, rok,
              hkey, hent, hval, hcnt, hused, out, work)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _parallel(ids, v, q0, start, kinds, ks, rates, strict, key_tab, query_tab, weights, head, slot, group,
-              tables, bnd, nwd, prev_id, first_id, first_v, acc, cnt, vec, vok, ring, rok,
+def _parallel(ids, v, q0, start, pc, pf, group, tables, prev_id, first_v, acc, cnt, vec, vok, pend, ring, rok,
               hkey, hent, hval, hcnt, hused, out, work):
     for b in nb.prange(ids.shape[0]):
-        _row(b, ids, v, q0, start[b], kinds, ks, rates, strict, key_tab, query_tab, weights, head, slot, group,
-             tables, bnd, nwd, prev_id, first_id, first_v, acc, cnt, vec, vok, ring, rok,
+        _row(b, ids, v, q0, start[b], pc, pf, group, tables, prev_id, first_v, acc, cnt, vec, vok, pend, ring, rok,
              hkey, hent, hval, hcnt, hused, out, work)
 
 
