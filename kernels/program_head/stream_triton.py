@@ -1,20 +1,19 @@
-"""Triton kernels of the selector states (the GPU counterpart of ``stream_cpu``; same semantics,
+"""Triton kernels of the decoding states (the GPU counterpart of ``stream_cpu``; same semantics,
 checked against it and the dense reference under ``TRITON_INTERPRET=1`` where no GPU is lent).
 
 A step over ``n`` new tokens is two launches, no host synchronisation:
 - ``_scalar_kernel``, grid ``(B, J)``: each program owns one term of one row and sweeps the new
-  tokens, updating that term's scalar state (counts, flags, ring flags, per-token map slots) and
-  writing, per token, what the vector side must do: one pool row to update as
-  ``row = mul * row + add * v`` and up to two pool rows to read with their coefficients (before
-  and after the update), plus the weight the term adds to its head's denominator;
+  tokens, updating that term's scalar state (counts, key flags, pending positions, ring flags,
+  per-token map slots) and writing, per token, what the vector side must do (``_put``): one pool
+  row to update as ``row = mul * row + add * v``, one pool row to copy into another (a pointer
+  capturing its key from its ring), and up to two pool rows to read with their coefficients
+  (before and after the updates), plus the weight the term adds to its head's denominator;
 - ``_vector_kernel``, grid ``(B, H, D / BLOCK_D)``: each program owns one head's ``BLOCK_D``
-  columns of one row and sweeps the new tokens, applying its terms' updates and reads and
-  writing the output rows. Decoding computes only the new rows.
+  columns of one row and sweeps the new tokens, applying its terms' updates and reads.
 
-Vector state lives in one pool per row, ``[B, P, D]`` float32: the heads' first-token values, then
-the running sums, the last-seen vectors, the ring buffers and the per-token map entries. Without
-a host sync the maps cannot know how many distinct tokens they hold, so they are sized by the
-tokens seen (amortised doubling). Tables go to the device once per program.
+Vector state lives in one pool per row, ``[B, P, D]`` float32: the heads' first-token values, the
+scan sums, pointer values, rings and per-token map entries (the maps, without a host sync, sized
+by the tokens seen). The program (``LayerProgram.pc``/``pf``) and tables go to the device once.
 """
 
 from __future__ import annotations
@@ -27,184 +26,204 @@ import triton
 import triton.language as tl
 
 from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head import stream_cpu as C
 from headcode.kernels.program_head.stream import LayerProgram
-from headcode.kernels.program_head.stream_cpu import ACC, MAP, RING, VEC
+from headcode.kernels.program_head.stream_cpu import MAP
+
+# the constants the kernels read (Triton sees module globals only as constexpr)
+SCAN, POINTER, SAME_TOKEN, INDUCTION, EVERY = map(tl.constexpr, (S.SCAN, S.POINTER, S.SAME_TOKEN, S.INDUCTION,
+                                                           S.EVERY))
+NI, NF, KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB, SLOT, RSLOT, RATE, WEIGHT = map(
+    tl.constexpr, (C.N_ICOLS, C.N_FCOLS, C.KIND, C.EV_TAB, C.EV_LAG, C.EV_START, C.STRICT, C.SHIFT, C.KEY_TAB,
+                   C.QUERY_TAB, C.SLOT, C.RSLOT, C.RATE, C.WEIGHT))
+ND = tl.constexpr(5)  # descriptor fields: int (wr, cpd, cps, rd0, rd1), float (mul, add, c0, c1, dw)
 
 
 @triton.jit
-def _scalar_kernel(ids_ptr, q0, n, start_ptr, prev_ptr, first_ptr, kinds_ptr, ks_ptr, rates_ptr, strict_ptr,
-                   kt_ptr, qt_ptr, w_ptr, head_ptr, slot_ptr, tables_ptr, V, bnd_ptr, nwd_ptr,
-                   cnt_ptr, vok_ptr, rok_ptr, hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr,
-                   wr_ptr, mul_ptr, add_ptr, rd0_ptr, c0_ptr, rd1_ptr, c1_ptr, dw_ptr,
+def _in(tables_ptr, V, row, tok):
+    """Is token ``tok`` in table ``row``? (False for row < 0 or tok < 0.)"""
+    hit = tl.load(tables_ptr + tl.maximum(row, 0) * V + tl.maximum(tok, 0)) != 0
+    return hit & (row >= 0) & (tok >= 0)
+
+
+@triton.jit
+def _event(pc_ptr, j, tables_ptr, V, tid, pid, q, s):
+    """Is there an event of term ``j`` at ``q``? (``pid``: the previous token, -1 at the start.)"""
+    et = tl.load(pc_ptr + j * NI + EV_TAB)
+    tok = tl.where(tl.load(pc_ptr + j * NI + EV_LAG) == 0, tid, pid)
+    at_start = (tl.load(pc_ptr + j * NI + EV_START) != 0) & (q == s)
+    return (et == EVERY) | at_start | _in(tables_ptr, V, et, tok)
+
+
+@triton.jit
+def _scan(cnt_ptr, ci, row, rate, ev, kok, qok, w):
+    """Scan: count in ``cnt``, sum in pool ``row`` -> (wr, mul, add, rd1, c1, dw)."""
+    r = tl.where(ev, 0.0 * rate, rate)  # an event starts a new segment at this token
+    add = kok.to(tl.float32)
+    cnt = r * tl.load(cnt_ptr + ci) + add
+    tl.store(cnt_ptr + ci, cnt)
+    has = qok & (cnt > 0.0)
+    return row, r, add, tl.where(has, row, -1), tl.where(has, w / tl.where(has, cnt, 1.0), 0.0), tl.where(has, w, 0.0)
+
+
+@triton.jit
+def _pointer(vok_ptr, pend_ptr, rok_ptr, vi, rb, m, strict, q, s, ev, kok, qok, vrow, ring0, R, none):
+    """Pointer: key flag in ``vok``, pending key in ``pend``, ring flags at ``rok + rb``, value in pool
+    ``vrow``, ring rows from ``ring0`` -> (wr, cpd, cps, rd0, rd1) (every write copies: mul 0, add 1)."""
+    wr, cpd, cps, rd0, rd1 = none, none, none, none, none
+    ok = tl.load(vok_ptr + vi) != 0
+    r0 = q % R
+    if m < 0:  # the ring keeps the last |m| + 1 tokens
+        tl.store(rok_ptr + rb + r0, kok.to(tl.int8))
+        wr = ring0 + r0
+    if m > 0:
+        if tl.load(pend_ptr + vi) == q:  # the pending key arrives
+            ok = kok
+            wr = vrow
+    if strict != 0:  # read before this token's event (after a capture: an event of m > 0 moves no value)
+        if qok & ok:
+            if m > 0:
+                rd1 = vrow
+            else:
+                rd0 = vrow
+    if ev:
+        if m == 0:
+            ok = kok
+            wr = vrow
+        elif m < 0:
+            src = q + m
+            ok = (src >= s) & (tl.load(rok_ptr + rb + tl.maximum(src, 0) % R) != 0)
+            if ok:
+                cpd = vrow
+                cps = ring0 + src % R
+        else:
+            ok = ok & (m <= 0)  # false here: the key is ahead
+            tl.store(pend_ptr + vi, q + m)
+    tl.store(vok_ptr + vi, ok.to(tl.int8))
+    if (strict == 0) & qok & ok:
+        rd1 = vrow
+    return wr, cpd, cps, rd0, rd1
+
+
+@triton.jit
+def _probe(hkey_ptr, hb, key, mask):
+    """Slot of ``key`` in the hash row at ``hb`` (or the empty slot where it would go), and its key."""
+    hs = (key * 2654435761) & mask
+    cur = tl.load(hkey_ptr + hb + hs)
+    while (cur != -1) & (cur != key):
+        hs = (hs + 1) & mask
+        cur = tl.load(hkey_ptr + hb + hs)
+    return hs, cur
+
+
+@triton.jit
+def _entry(hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, hb, eb, ui, key, mask):
+    """Entry of ``key`` (inserted with count 0 if new) and whether it is new."""
+    hs, cur = _probe(hkey_ptr, hb, key, mask)
+    new = cur == -1
+    e = tl.load(hent_ptr + hb + hs).to(tl.int64)
+    if new:
+        e = tl.load(hused_ptr + ui)
+        tl.store(hkey_ptr + hb + hs, key)
+        tl.store(hent_ptr + hb + hs, e.to(tl.int32))
+        tl.store(hused_ptr + ui, e + 1)
+        tl.store(hcnt_ptr + eb + e, 0.0)
+    return e, new
+
+
+@triton.jit
+def _maps(hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, hb, eb, ui, mask, kind, tid, pid, kok, qok, w, row0,
+          none, zero):
+    """Same token / induction: a per-token map (entries from pool ``row0``) -> (wr, mul, rd1, c1, dw)."""
+    wr, mul, rd1, c1, dw = none, zero + 1.0, none, zero, zero
+    induction = kind == INDUCTION
+    key = tl.where(induction, pid, tid)
+    if (induction & (pid >= 0)) | ((kind == SAME_TOKEN) & kok):
+        e, new = _entry(hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, hb, eb, ui, key, mask)
+        wr = row0 + e
+        if induction:  # the previous token's latest occurrence is now followed by this one
+            mul = zero
+            tl.store(hcnt_ptr + eb + e, kok.to(tl.float32))
+        else:
+            mul = tl.where(new, zero, zero + 1.0)  # a new entry starts from zero
+            c = tl.load(hcnt_ptr + eb + e) + 1.0
+            tl.store(hcnt_ptr + eb + e, c)
+            if qok:
+                rd1, c1, dw = wr, w / c, zero + w
+    if induction & qok:
+        hs, cur = _probe(hkey_ptr, hb, tid, mask)
+        if cur == tid:
+            e2 = tl.load(hent_ptr + hb + hs).to(tl.int64)
+            if tl.load(hcnt_ptr + eb + e2) > 0.0:
+                rd1, c1, dw = row0 + e2, zero + w, zero + w
+    return wr, mul, rd1, c1, dw
+
+
+@triton.jit
+def _put(di_ptr, df_ptr, o, wr, cpd, cps, rd0, rd1, mul, add, c0, c1, dw):
+    tl.store(di_ptr + o * ND, wr)
+    tl.store(di_ptr + o * ND + 1, cpd)
+    tl.store(di_ptr + o * ND + 2, cps)
+    tl.store(di_ptr + o * ND + 3, rd0)
+    tl.store(di_ptr + o * ND + 4, rd1)
+    tl.store(df_ptr + o * ND, mul)
+    tl.store(df_ptr + o * ND + 1, add)
+    tl.store(df_ptr + o * ND + 2, c0)
+    tl.store(df_ptr + o * ND + 3, c1)
+    tl.store(df_ptr + o * ND + 4, dw)
+
+
+@triton.jit
+def _scalar_kernel(ids_ptr, prev_ptr, start_ptr, q0, n, pc_ptr, pf_ptr, tables_ptr, V,
+                   cnt_ptr, vok_ptr, pend_ptr, rok_ptr, hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, di_ptr, df_ptr,
                    J, n_acc, n_vec, n_ring, n_map, R, CAP, E, base_acc, base_vec, base_ring, base_map):
-    b = tl.program_id(0)
-    j = tl.program_id(1)
-    kind = tl.load(kinds_ptr + j)
-    h = tl.load(head_ptr + j)
-    sl = tl.load(slot_ptr + j)
-    kt = tl.load(kt_ptr + j)
-    qt = tl.load(qt_ptr + j)
-    w = tl.load(w_ptr + j)
-    rate = tl.load(rates_ptr + j)
-    k = tl.load(ks_ptr + j)
-    strict = tl.load(strict_ptr + j)
-    bnd = tl.load(bnd_ptr + h)
-    nwd = tl.load(nwd_ptr + h)
+    b = tl.program_id(0).to(tl.int64)  # int64 index arithmetic throughout
+    j = tl.program_id(1).to(tl.int64)
+    kind = tl.load(pc_ptr + j * NI + KIND)
+    sl = tl.load(pc_ptr + j * NI + SLOT)
+    rs = tl.maximum(tl.load(pc_ptr + j * NI + RSLOT), 0)
+    m = tl.load(pc_ptr + j * NI + SHIFT)
+    strict = tl.load(pc_ptr + j * NI + STRICT)
+    kt = tl.load(pc_ptr + j * NI + KEY_TAB)
+    qt = tl.load(pc_ptr + j * NI + QUERY_TAB)
+    rate = tl.load(pf_ptr + j * NF + RATE)
+    w = tl.load(pf_ptr + j * NF + WEIGHT)
     s = tl.load(start_ptr + b)
-    fid = tl.load(first_ptr + b)
     zero = w * 0.0          # typed scalars: every branch below assigns tensors of these types
     none = sl * 0 - 1
     for i in range(0, n):
         q = q0 + i
-        o = (b * n + i) * J + j
-        wr = none
-        mul = zero + 1.0
-        add = zero
-        rd0 = none
-        c0 = zero
-        rd1 = none
-        c1 = zero
-        dw = zero
+        wr, cpd, cps, rd0, rd1 = none, none, none, none, none
+        mul, add, c0, c1, dw = zero + 1.0, zero, zero, zero, zero
         if q >= s:
             tid = tl.load(ids_ptr + b * n + i)
             pid = tl.load(prev_ptr + b * n + i)
-            kok = (kt < 0) | (tl.load(tables_ptr + tl.maximum(kt, 0) * V + tid) != 0)
-            qok = (qt < 0) | (tl.load(tables_ptr + tl.maximum(qt, 0) * V + tid) != 0)
-            if (kind == 2) | (kind == 9) | (kind == 3):  # UNIFORM, DECAY, SENTENCE
-                r = zero + 1.0
-                if kind == 9:
-                    r = zero + rate
-                if kind == 3:
-                    begin = q == s
-                    if (bnd >= 0) & (pid >= 0):
-                        begin = begin | (tl.load(tables_ptr + bnd * V + tl.maximum(pid, 0)) != 0)
-                    if begin:
-                        r = zero
-                cnt = r * tl.load(cnt_ptr + b * n_acc + sl) + kok.to(tl.float32)
-                tl.store(cnt_ptr + b * n_acc + sl, cnt)
-                wr = base_acc + sl
-                mul = r
-                add = kok.to(tl.float32)
-                if qok & (cnt > 0.0):
-                    rd1 = wr
-                    c1 = w / cnt
-                    dw = zero + w
-            elif kind == 0:  # OFFSET
-                r0 = q % R
-                tl.store(rok_ptr + (b * n_ring + sl) * R + r0, kok.to(tl.int8))
-                wr = base_ring + sl * R + r0
-                mul = zero
+            kok = (kt < 0) | _in(tables_ptr, V, kt, tid)
+            qok = (qt < 0) | _in(tables_ptr, V, qt, tid)
+            ev = _event(pc_ptr, j, tables_ptr, V, tid, pid, q, s)
+            if kind == SCAN:
+                wr, mul, add, rd1, c1, dw = _scan(cnt_ptr, b * n_acc + sl, base_acc + sl, rate, ev, kok, qok, w)
+            elif kind == POINTER:
+                wr, cpd, cps, rd0, rd1 = _pointer(vok_ptr, pend_ptr, rok_ptr, b * n_vec + sl, (b * n_ring + rs) * R,
+                                                  m, strict, q, s, ev, kok, qok, base_vec + sl,
+                                                  base_ring + rs * R, R, none)
+                mul, add = zero, zero + 1.0
+                c0 = tl.where(rd0 >= 0, w, zero)
+                c1 = tl.where(rd1 >= 0, w, zero)
+                dw = c0 + c1
+            else:
+                wr, mul, rd1, c1, dw = _maps(hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, (b * n_map + sl) * CAP,
+                                             (b * n_map + sl) * E, b * n_map + sl, CAP - 1, kind,
+                                             tid, pid, kok, qok, w, base_map + sl * E, none, zero)
                 add = zero + 1.0
-                src = q - k
-                if qok & (src >= s):
-                    r1 = src % R
-                    if tl.load(rok_ptr + (b * n_ring + sl) * R + r1) != 0:
-                        rd1 = base_ring + sl * R + r1
-                        c1 = zero + w
-                        dw = zero + w
-            elif kind == 1:  # FIRST
-                fok = (kt < 0) | (tl.load(tables_ptr + tl.maximum(kt, 0) * V + fid) != 0)
-                if qok & fok:
-                    rd1 = h
-                    c1 = zero + w
-                    dw = zero + w
-            elif kind == 5:  # MOST_RECENT
-                had = tl.load(vok_ptr + b * n_vec + sl) != 0
-                if (strict != 0) & qok & had:
-                    rd0 = base_vec + sl
-                    c0 = zero + w
-                    dw = zero + w
-                if kok:
-                    tl.store(vok_ptr + b * n_vec + sl, tl.full([], 1, tl.int8))
-                    wr = base_vec + sl
-                    mul = zero
-                    add = zero + 1.0
-                if (strict == 0) & qok & (had | kok):
-                    rd1 = base_vec + sl
-                    c1 = zero + w
-                    dw = zero + w
-            elif (kind == 6) | (kind == 7) | (kind == 10):  # SENTENCE_START, WORD_START, SEGMENT_START
-                begin = q == s
-                if kind == 6:
-                    if (bnd >= 0) & (pid >= 0):
-                        begin = begin | (tl.load(tables_ptr + bnd * V + tl.maximum(pid, 0)) != 0)
-                elif kind == 10:  # k: the aux table row
-                    if (k >= 0) & (pid >= 0):
-                        begin = begin | (tl.load(tables_ptr + tl.maximum(k, 0) * V + tl.maximum(pid, 0)) != 0)
-                else:
-                    if nwd >= 0:
-                        begin = begin | (tl.load(tables_ptr + nwd * V + tid) != 0)
-                if begin:
-                    tl.store(vok_ptr + b * n_vec + sl, kok.to(tl.int8))
-                    wr = base_vec + sl
-                    mul = zero
-                    add = zero + 1.0
-                if qok & (tl.load(vok_ptr + b * n_vec + sl) != 0):
-                    rd1 = base_vec + sl
-                    c1 = zero + w
-                    dw = zero + w
-            elif (kind == 4) | (kind == 8):  # SAME_TOKEN, INDUCTION: a per-token map
-                mask = CAP - 1
-                hb = (b * n_map + sl) * CAP
-                eb = (b * n_map + sl) * E
-                key = tid
-                if kind == 8:
-                    key = pid
-                if ((kind == 4) & kok) | ((kind == 8) & (pid >= 0)):
-                    hs = (key * 2654435761) & mask
-                    cur = tl.load(hkey_ptr + hb + hs)
-                    while (cur != -1) & (cur != key):
-                        hs = (hs + 1) & mask
-                        cur = tl.load(hkey_ptr + hb + hs)
-                    if cur == -1:
-                        e = tl.load(hused_ptr + b * n_map + sl)
-                        tl.store(hkey_ptr + hb + hs, key)
-                        tl.store(hent_ptr + hb + hs, e.to(tl.int32))
-                        tl.store(hused_ptr + b * n_map + sl, e + 1)
-                        tl.store(hcnt_ptr + eb + e, 0.0)
-                        mul = zero  # a new entry starts from zero
-                    else:
-                        e = tl.load(hent_ptr + hb + hs).to(tl.int64)
-                    wr = base_map + sl * E + e
-                    add = zero + 1.0
-                    if kind == 4:
-                        c = tl.load(hcnt_ptr + eb + e) + 1.0
-                        tl.store(hcnt_ptr + eb + e, c)
-                        if qok:
-                            rd1 = wr
-                            c1 = w / c
-                            dw = zero + w
-                    else:
-                        mul = zero
-                        tl.store(hcnt_ptr + eb + e, kok.to(tl.float32))
-                if (kind == 8) & qok:
-                    hs = (tid * 2654435761) & mask
-                    cur = tl.load(hkey_ptr + hb + hs)
-                    while (cur != -1) & (cur != tid):
-                        hs = (hs + 1) & mask
-                        cur = tl.load(hkey_ptr + hb + hs)
-                    if cur == tid:
-                        e2 = tl.load(hent_ptr + hb + hs).to(tl.int64)
-                        if tl.load(hcnt_ptr + eb + e2) > 0.0:
-                            rd1 = base_map + sl * E + e2
-                            c1 = zero + w
-                            dw = zero + w
-        tl.store(wr_ptr + o, wr)
-        tl.store(mul_ptr + o, mul)
-        tl.store(add_ptr + o, add)
-        tl.store(rd0_ptr + o, rd0)
-        tl.store(c0_ptr + o, c0)
-        tl.store(rd1_ptr + o, rd1)
-        tl.store(c1_ptr + o, c1)
-        tl.store(dw_ptr + o, dw)
+        _put(di_ptr, df_ptr, (b * n + i) * J + j, wr, cpd, cps, rd0, rd1, mul, add, c0, c1, dw)
 
 
 @triton.jit
 def _vector_kernel(v_ptr, s_vb, s_vg, s_vt, q0, n, start_ptr, group_ptr, lo_ptr, hi_ptr, pool_ptr, P, D,
-                   wr_ptr, mul_ptr, add_ptr, rd0_ptr, c0_ptr, rd1_ptr, c1_ptr, dw_ptr, J, out_ptr, H,
-                   BLOCK_D: tl.constexpr):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+                   di_ptr, df_ptr, J, out_ptr, H, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = d < D
     g = tl.load(group_ptr + h)
@@ -220,18 +239,22 @@ def _vector_kernel(v_ptr, s_vb, s_vg, s_vt, q0, n, start_ptr, group_ptr, lo_ptr,
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         den = tl.sum(tl.zeros([BLOCK_D], dtype=tl.float32), axis=0)
         for j in range(lo, hi):
-            o = (b * n + i) * J + j
-            rd0 = tl.load(rd0_ptr + o)
+            o = ((b * n + i) * J + j) * ND
+            rd0 = tl.load(di_ptr + o + 3)
             if rd0 >= 0:
-                acc += tl.load(c0_ptr + o) * tl.load(pb + rd0 * D + d, mask=dm, other=0.0)
-            wr = tl.load(wr_ptr + o)
+                acc += tl.load(df_ptr + o + 2) * tl.load(pb + rd0 * D + d, mask=dm, other=0.0)
+            wr = tl.load(di_ptr + o)
             if wr >= 0:
                 old = tl.load(pb + wr * D + d, mask=dm, other=0.0)
-                tl.store(pb + wr * D + d, tl.load(mul_ptr + o) * old + tl.load(add_ptr + o) * x, mask=dm)
-            rd1 = tl.load(rd1_ptr + o)
+                tl.store(pb + wr * D + d, tl.load(df_ptr + o) * old + tl.load(df_ptr + o + 1) * x, mask=dm)
+            cpd = tl.load(di_ptr + o + 1)
+            if cpd >= 0:
+                src = tl.load(di_ptr + o + 2)
+                tl.store(pb + cpd * D + d, tl.load(pb + src * D + d, mask=dm, other=0.0), mask=dm)
+            rd1 = tl.load(di_ptr + o + 4)
             if rd1 >= 0:
-                acc += tl.load(c1_ptr + o) * tl.load(pb + rd1 * D + d, mask=dm, other=0.0)
-            den += tl.load(dw_ptr + o)
+                acc += tl.load(df_ptr + o + 3) * tl.load(pb + rd1 * D + d, mask=dm, other=0.0)
+            den += tl.load(df_ptr + o + 4)
         first = tl.load(pb + h * D + d, mask=dm, other=0.0)
         res = tl.where(den > 0.0, acc / tl.where(den > 0.0, den, 1.0), first)
         res = tl.where(q >= s, res, 0.0)
@@ -246,14 +269,10 @@ def device_program(prog: LayerProgram, device: torch.device) -> dict[str, torch.
     per = _DEVICE.setdefault(prog, {})
     key = str(device)
     if key not in per:
-        order = prog.head.argsort(kind="stable")  # terms grouped by head for the vector kernel
-        assert (order == range(len(order))).all(), "LayerProgram.build keeps each head's terms together"
-        lo = [int((prog.head < h).sum()) for h in range(prog.n_heads)]
-        hi = [int((prog.head <= h).sum()) for h in range(prog.n_heads)]
-        arrs = dict(kinds=prog.kinds, ks=prog.ks, rates=prog.rates.astype("float32"), strict=prog.strict,
-                    key_tab=prog.key_tab, query_tab=prog.query_tab, weights=prog.weights.astype("float32"),
-                    head=prog.head, slot=prog.slot, group=prog.group, tables=prog.tables, bnd=prog.bnd,
-                    nwd=prog.nwd, lo=lo, hi=hi)
+        hd, heads = prog.head, range(prog.n_heads)  # the vector kernel reads head h's terms lo[h]:hi[h]
+        assert (hd[1:] >= hd[:-1]).all(), "LayerProgram.build keeps each head's terms together"
+        lo, hi = hd.searchsorted(heads).astype("int64"), hd.searchsorted(heads, side="right").astype("int64")
+        arrs = dict(pc=prog.pc, pf=prog.pf.astype("float32"), group=prog.group, tables=prog.tables, lo=lo, hi=hi)
         per[key] = {k: torch.as_tensor(v).to(device) for k, v in arrs.items()}
     return per[key]
 
@@ -261,7 +280,7 @@ def device_program(prog: LayerProgram, device: torch.device) -> dict[str, torch.
 class TritonLayerState:
     """``LayerState`` on the GPU (or the CPU under ``TRITON_INTERPRET=1``): same ``step``."""
 
-    BATCH_FIRST = ("prev_id", "first_id", "pool", "cnt", "vok", "rok", "hkey", "hent", "hcnt", "hused")
+    BATCH_FIRST = ("prev_id", "pool", "cnt", "vok", "pend", "rok", "hkey", "hent", "hcnt", "hused")
 
     def __init__(self, prog: LayerProgram, batch: int, dim: int, device: Any = "cuda"):
         self.prog, self.length, self.dim, self.device = prog, 0, dim, torch.device(device)
@@ -269,10 +288,10 @@ class TritonLayerState:
         B, dev = batch, self.device
         self.E, self.cap = 0, 1
         self.prev_id = torch.full((B,), -1, dtype=torch.long, device=dev)
-        self.first_id = torch.zeros(B, dtype=torch.long, device=dev)
         self.pool = torch.zeros(B, self._rows(0), dim, device=dev)
         self.cnt = torch.zeros(B, n_acc, device=dev)
         self.vok = torch.zeros(B, n_vec, dtype=torch.int8, device=dev)
+        self.pend = torch.full((B, n_vec), -1, dtype=torch.long, device=dev)
         self.rok = torch.zeros(B, n_ring, prog.ring_len, dtype=torch.int8, device=dev)
         self.hkey = torch.full((B, n_map, 1), -1, dtype=torch.long, device=dev)
         self.hent = torch.zeros(B, n_map, 1, dtype=torch.int32, device=dev)
@@ -337,28 +356,22 @@ class TritonLayerState:
         q = self.length + torch.arange(n, device=dev)
         prev = torch.cat([self.prev_id[:, None], ids[:, :-1]], dim=1)
         prev = torch.where(q[None, :] > start[:, None], prev, torch.full_like(prev, -1)).contiguous()
-        at_start = (q[None, :] == start[:, None])
-        self.first_id = torch.where(at_start.any(1), (ids * at_start).sum(1), self.first_id)
         J, H, D = int(self.prog.kinds.shape[0]), self.prog.n_heads, self.dim
-        desc_i = [torch.empty(B, n, J, dtype=torch.long, device=dev) for _ in range(3)]   # wr, rd0, rd1
-        desc_f = [torch.empty(B, n, J, device=dev) for _ in range(5)]                     # mul, add, c0, c1, dw
+        di = torch.empty(B, n, J, 5, dtype=torch.long, device=dev)   # wr, cpd, cps, rd0, rd1
+        df = torch.empty(B, n, J, 5, device=dev)                     # mul, add, c0, c1, dw
         n_acc, n_vec, n_ring, n_map = self.prog.counts
-        b_acc, b_vec, b_ring, b_map = self._bases()
         if J:
             _scalar_kernel[(B, J)](
-                ids, self.length, n, start, prev, self.first_id, p["kinds"], p["ks"], p["rates"], p["strict"],
-                p["key_tab"], p["query_tab"], p["weights"], p["head"], p["slot"], p["tables"], p["tables"].shape[1],
-                p["bnd"], p["nwd"], self.cnt, self.vok, self.rok, self.hkey, self.hent, self.hcnt, self.hused,
-                desc_i[0], desc_f[0], desc_f[1], desc_i[1], desc_f[2], desc_i[2], desc_f[3], desc_f[4],
+                ids, prev, start, self.length, n, p["pc"], p["pf"], p["tables"], p["tables"].shape[1],
+                self.cnt, self.vok, self.pend, self.rok, self.hkey, self.hent, self.hcnt, self.hused, di, df,
                 J, n_acc, n_vec, n_ring, n_map, self.prog.ring_len, self.hkey.shape[2], max(self.E, 1),
-                b_acc, b_vec, b_ring, b_map)
+                *self._bases())
         out = torch.empty(B, H, n, D, device=dev)
         vv = v if v.stride(-1) == 1 else v.contiguous()
         bd = max(16, min(128, triton.next_power_of_2(D)))
         _vector_kernel[(B, H, triton.cdiv(D, bd))](
             vv, vv.stride(0), vv.stride(1), vv.stride(2), self.length, n, start, p["group"], p["lo"], p["hi"],
-            self.pool, self.pool.shape[1], D, desc_i[0], desc_f[0], desc_f[1], desc_i[1], desc_f[2], desc_i[2],
-            desc_f[3], desc_f[4], J, out, H, BLOCK_D=bd)
+            self.pool, self.pool.shape[1], D, di, df, J, out, H, BLOCK_D=bd)
         self.prev_id = torch.where(q[-1] >= start, ids[:, -1], self.prev_id)
         self.length += n
         return out.to(v.dtype)
@@ -384,8 +397,3 @@ def _rehash(old_k: torch.Tensor, old_e: torch.Tensor, new_k: torch.Tensor, new_e
     B, M, OLD = old_k.shape
     if B * M:
         _rehash_kernel[(B * M,)](old_k.contiguous(), old_e.contiguous(), new_k, new_e, OLD, new_k.shape[2])
-
-
-assert (S.OFFSET, S.FIRST, S.UNIFORM, S.SENTENCE, S.SAME_TOKEN, S.MOST_RECENT, S.SENTENCE_START,
-        S.WORD_START, S.INDUCTION, S.DECAY, S.SEGMENT_START) == tuple(range(11)), "the kernels above spell the kind codes out"
-assert (ACC, VEC, RING) == (0, 1, 2)

@@ -1,43 +1,25 @@
-"""Selector states in Triton (``stream_triton``; under ``TRITON_INTERPRET=1`` where no GPU is lent):
+"""Decoding states in Triton (``stream_triton``; under ``TRITON_INTERPRET=1`` where no GPU is lent):
 prefill then token-by-token decoding equals the dense reference, several heads in one call, beam
 reordering, and a model decoding through the headcode cache with the ``triton`` backend equals
-recompute."""
+recompute; and the kernels compile for a GPU (the interpreter does not type-check the compiled path)."""
 
 from __future__ import annotations
 
-import numpy as np
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from test_stream import DEV, _layer
 
 from headcode.kernels.program_head.naive import program_head_naive
-from headcode.kernels.program_head.spec import KIND_CODES as ALL_KINDS
-from headcode.kernels.program_head.spec import HeadSpec
 from headcode.kernels.program_head.stream import LayerProgram
-from headcode.kernels.program_head.stream_cpu import STATE_OF_KIND
 from headcode.kernels.program_head.stream_triton import TritonLayerState
-
-# the kinds with a decoding state (the others are recomputed: tests/runtime/test_surrogate_cache.py)
-KIND_CODES = {k: c for k, c in ALL_KINDS.items() if c in STATE_OF_KIND}
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _spec(terms: list[dict], seed: int) -> HeadSpec:
-    rng = np.random.default_rng(seed)
-    tables = (rng.random((4, 23)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
-    terms = [{**t, "aux_tab": 2} if t["kind"] in ("segment_start", "anchor") else t for t in terms]  # row 2 ends a segment
-    return HeadSpec.build(terms, tables, boundary_tab=2, new_word_tab=3)
-
-
-def _mix(seed: int, strict: int) -> HeadSpec:
-    w = np.random.default_rng(seed).uniform(0.1, 1.0, len(KIND_CODES))
-    return _spec([dict(kind=k, k=seed % 3 + 1, rate=0.8, strict=strict, key_tab=0 if k in ("most_recent", "first",
-                       "induction") or i % 2 else -1, query_tab=1 if i % 3 == seed % 3 else -1, weight=float(x))
-                  for i, (k, x) in enumerate(zip(KIND_CODES, w))], seed)
 
 
 def test_heads_of_a_layer_prefill_decode_and_reorder_match_reference():
-    specs, groups = [_mix(0, 1), _mix(1, 0), _mix(2, 1)], [1, 0, 1]
+    specs, groups = _layer(3), [1, 0, 1]  # every primitive, rings of several lengths
     g = torch.Generator().manual_seed(3)
     B, T, D = 3, 26, 8
     ids = torch.randint(0, 6, (B, T), generator=g) * torch.randint(1, 4, (B, T), generator=g) % 23
@@ -59,6 +41,29 @@ def test_heads_of_a_layer_prefill_decode_and_reorder_match_reference():
     for h, sp in enumerate(specs):
         ref = program_head_naive(sp, ids, v[:, groups[h]], start)
         torch.testing.assert_close(tail[:, h], ref[:, 18:], atol=1e-5, rtol=0)
+
+
+_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from headcode.kernels.program_head import stream_triton as ST
+PTR = {"pf_ptr": "*fp32", "tables_ptr": "*u8", "cnt_ptr": "*fp32", "vok_ptr": "*i8", "rok_ptr": "*i8",
+       "hent_ptr": "*i32", "hcnt_ptr": "*fp32", "df_ptr": "*fp32", "v_ptr": "*fp32", "pool_ptr": "*fp32",
+       "out_ptr": "*fp32", "oe_ptr": "*i32", "ne_ptr": "*i32"}
+for k in (ST._scalar_kernel, ST._vector_kernel, ST._rehash_kernel):
+    sig = {a: PTR.get(a, "*i64" if a.endswith("_ptr") else "i32") for a in k.arg_names}
+    const = {"BLOCK_D": 32} if "BLOCK_D" in sig else {}
+    sig.update({c: "constexpr" for c in const})
+    assert "cubin" in triton.compile(ASTSource(k, sig, const), target=GPUTarget("cuda", 90, 32)).asm
+"""
+
+
+def test_the_kernels_compile_for_a_gpu_where_none_is_lent(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile, do not load an earlier result
+    r = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
 
 
 @pytest.mark.slow
