@@ -1,20 +1,25 @@
-"""Decoding through ``HeadcodeCache`` (selector states, a smaller cache) against the recompute path:
+"""Decoding through ``HeadcodeCache`` (decoding states, a smaller cache) against the recompute path:
 greedy and beam search token for token, logits at every decoded position, left padding, the
-cache's bytes, and its refusals."""
+cache's bytes, its refusals, and heads built from primitive ``HeadSpec``s directly (no compiler)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from test_surrogate import SOURCES, TEXTS, make_plan
 from transformers import DynamicCache
 
 from headcode.errors import HeadcodeError
+from headcode.kernels.program_head.naive import program_head_naive
+from headcode.kernels.program_head.spec import EVERY, HeadSpec
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.loading import load_model
 from headcode.runtime.surrogate import apply_plan, build_surrogates, surrogates_applied
 from headcode.runtime.surrogate_cache import HeadcodeCache, cache_nbytes
-from headcode.runtime.surrogate_heads import UniformHead
+from headcode.runtime.surrogate_heads import CompiledHeadFn, UniformHead
 
 STEPS = 64
 # half the heads of every layer, as whole KV groups (Llama: group 1 = heads 2, 3; GPT-2: one head per group)
@@ -136,29 +141,72 @@ def test_concurrent_generations_on_one_model_each_get_their_own_tokens(tiny_llam
         assert torch.equal(a, b)
 
 
-def test_heads_with_kinds_that_have_no_decoding_state_are_recomputed(tiny_llama_dir):
-    """A compiled head using a kind with no decoding state (``streamable`` false) is recomputed
-    each step, that head only, and generation still equals the recompute path."""
-    from headcode.kernels.program_head import spec as S
-    from headcode.kernels.program_head.spec import KIND_CODES
-    from headcode.kernels.program_head.stream_cpu import STATE_OF_KIND
-
+def test_every_compiled_head_keeps_a_decoding_state(tiny_llama_dir):
+    """Every primitive has a decoding state (``streamable``), so anchors (after_last / before_last:
+    pointers with a shift) and segment starts keep states too, and none is recomputed."""
     lm = load_model(tiny_llama_dir)
     sources = {
         HeadRef(0, 1): "def attend(t):\n    return 0.6 * clause_start(t) + 0.4 * previous(t, 1)\n",
         HeadRef(1, 0): "def attend(t):\n    return 0.5 * after_last(t, punct) + 0.5 * before_last(t, punct)\n",
         HeadRef(1, 2): "def attend(t):\n    return 0.8 * first(t) + 0.2 * previous(t, 1)\n",
     }
-    plan = make_plan(lm, sources)
-    stateless = {c for c in KIND_CODES.values() if c not in STATE_OF_KIND}
     ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
-    with surrogates_applied(lm, plan) as handle:
+    with surrogates_applied(lm, make_plan(lm, sources)) as handle:
         layers = handle.layers
-        assert S.ANCHOR in stateless  # after_last / before_last: no decoding state yet
-        assert layers[1].recompute == [0] and layers[1].stateful == [2]
-        assert layers[0].stateful == ([] if S.SEGMENT_START in stateless else [1])
+        assert layers[0].stateful == [1] and layers[1].stateful == [0, 2]
+        assert layers[0].recompute == [] and layers[1].recompute == []
         ours = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16)
         recompute = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16, use_cache=False)
+    assert isinstance(_cache_of(ours), HeadcodeCache)
+    assert torch.equal(ours.sequences, recompute.sequences)
+    torch.testing.assert_close(torch.stack(ours.logits, 1), torch.stack(recompute.logits, 1), rtol=0, atol=1e-4)
+
+
+class _ReferenceHead(CompiledHeadFn):
+    """A compiled head built from a ``HeadSpec`` directly (no compiler): its states run in the cache,
+    its recompute path is the dense reference (backend ``reference``: no one-call kernel path)."""
+
+    def __init__(self, spec: HeadSpec):
+        self.head, self.backend = SimpleNamespace(spec=spec, name="reference"), "reference"
+
+    def __call__(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor, n_q: int) -> torch.Tensor:
+        return program_head_naive(self.head.spec, ids, v, start, n_q)
+
+
+# tables: 0 key, 1 query, 2 sparse (a boundary), 3 dense (a new word); every primitive, shifts either side
+PRIMITIVE_HEADS = [
+    [dict(kind="pointer", ev_tab=EVERY, shift=-1), dict(kind="pointer", ev_start=1, key_tab=0),
+     dict(kind="pointer", ev_tab=2, ev_lag=1, ev_start=1, query_tab=1), dict(kind="scan", rate=0.7)],
+    [dict(kind="pointer", ev_tab=2, strict=1, shift=2), dict(kind="pointer", ev_tab=0, strict=1),
+     dict(kind="scan", ev_tab=2, ev_lag=1, ev_start=1, key_tab=0), dict(kind="same_token", query_tab=1)],
+    [dict(kind="pointer", ev_tab=3), dict(kind="pointer", ev_tab=2, shift=-3, key_tab=0),
+     dict(kind="induction"), dict(kind="scan", ev_tab=3, rate=0.8, query_tab=1)],
+]
+
+
+def _spec_of_primitives(vocab: int, terms: list[dict], seed: int) -> HeadSpec:
+    rng = np.random.default_rng(seed)
+    tables = (rng.random((4, vocab)) < np.array([[0.5], [0.6], [0.15], [0.4]])).astype(np.uint8)
+    weights = rng.uniform(0.2, 1.0, len(terms))
+    return HeadSpec.build([dict(t, weight=float(w)) for t, w in zip(terms, weights)], tables)
+
+
+def test_heads_built_from_primitives_decode_like_their_reference(tiny_dir):
+    """Every primitive (pointers, scans, same_token, induction) in a model's heads, built directly:
+    greedy decoding of a left-padded batch through the states equals recomputing every head with the
+    dense reference each step; a head that is not a compiled program is recomputed beside them."""
+    lm = load_model(tiny_dir)
+    specs = [_spec_of_primitives(lm.model.config.vocab_size, terms, h) for h, terms in enumerate(PRIMITIVE_HEADS)]
+    layers = {0: {0: _ReferenceHead(specs[0]), 2: _ReferenceHead(specs[1])},
+              1: {1: _ReferenceHead(specs[2]), 3: UniformHead()}}
+    lm.tokenizer.padding_side = "left"
+    enc = lm.tokenizer(TEXTS, return_tensors="pt", padding=True)
+    kw = dict(attention_mask=enc.attention_mask, max_new_tokens=16, min_new_tokens=16)
+    with apply_plan(lm.model, layers) as handle:
+        assert handle.layers[0].stateful == [0, 2] and handle.layers[1].stateful == [1]
+        assert handle.layers[1].recompute == [3]
+        ours = _gen(lm.model, enc.input_ids, **kw)
+        recompute = _gen(lm.model, enc.input_ids, use_cache=False, **kw)
     assert isinstance(_cache_of(ours), HeadcodeCache)
     assert torch.equal(ours.sequences, recompute.sequences)
     torch.testing.assert_close(torch.stack(ours.logits, 1), torch.stack(recompute.logits, 1), rtol=0, atol=1e-4)
