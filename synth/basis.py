@@ -23,8 +23,8 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from headcode.compiler import pattern
 from headcode.compiler import program as program_mod
-from headcode.compiler import vocab
 from headcode.runtime.tokens import Tokens
 
 TINY = 1e-6  # pattern entries below this (far tails of fast decays) are stored as zero
@@ -104,8 +104,8 @@ def term_pattern(src: str, t: Tokens) -> np.ndarray:
     """The dense ``[T, T]`` pattern of one dictionary term on one text (float64)."""
     ns = _namespace()
     ns["t"] = t
-    pattern = eval(src, ns)  # noqa: S307 - our own fixed expressions
-    return vocab.evaluate(pattern.expr, t)
+    pat = eval(src, ns)  # noqa: S307 - our own fixed expressions
+    return pattern.evaluate(pat.expr, t)
 
 
 @dataclass(frozen=True, eq=False)
