@@ -52,5 +52,9 @@ SELECTOR = register(Selector(
     params=("k", "strict"), phrase=_phrase,
     problems=lambda s: [] if -MAX_K <= s.k <= MAX_K and s.k != 0 else
     [f"anchor shift k must be in [-{MAX_K}, {MAX_K}] and not 0, got {s.k}"],
-    examples=("after_last(t, determiner)", "before_last(t, verb_like)", "when(noun_like, after_last(t, preposition))"),
+    search=tuple(f"after_last(t, {c})" for c in ("determiner", "preposition", "verb_like", "conjunction",
+                                                  "pronoun", "punct"))
+    + tuple(f"before_last(t, {c})" for c in ("verb_like", "auxiliary", "punct", "noun_like")),
+    examples=("after_last(t, determiner)", "before_last(t, verb_like)",
+              "when(noun_like, after_last(t, preposition))"),
 ))

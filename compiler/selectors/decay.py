@@ -9,7 +9,7 @@ import numpy as np
 from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, causal
 from headcode.compiler.predicates import Pred
-from headcode.compiler.selectors.registry import Selector, register
+from headcode.compiler.selectors.registry import THE, Selector, register
 
 
 def decay(t: Any, rate: float, pred: Pred | None = None) -> Pattern:
@@ -30,5 +30,8 @@ SELECTOR = register(Selector(
     lower=lambda s: dict(kind="scan", rate=s.rate), params=("rate",),
     problems=lambda s: [] if 0.0 < s.rate < 1.0 else [f"decay rate must be in (0, 1), got {s.rate}"],
     phrase=lambda s: f"recent tokens (decay {s.rate:g})", key_words="that are",
+    search=(*(f"decay(t, {r})" for r in (0.5, 0.8, 0.95)),
+            *(f"decay(t, {r}, {c})" for c in ("noun_like", "content_word", "name", "punct", "~punct")
+              for r in (0.8, 0.95)), f"decay(t, 0.95, {THE})"),
     examples=("decay(t, 0.5)", "decay(t, 0.8, noun_like)"),
 ))

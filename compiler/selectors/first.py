@@ -21,5 +21,6 @@ SELECTOR = register(Selector(
     reference=lambda s, t: gather(len(t), np.zeros(len(t), dtype=np.int64)),
     lower=lambda s: dict(kind="pointer", ev_start=1),  # the only event: the first real token
     phrase=lambda s: "the first token",
+    search=("first(t)",),
     examples=("first(t)", "0.6 * first(t) + 0.4 * current(t)"),
 ))

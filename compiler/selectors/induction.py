@@ -29,5 +29,6 @@ SELECTOR = register(Selector(
     kind="induction", meaning="the token right after the latest earlier occurrence of the query's token",
     functions=(induction,), reference=_reference, lower=lambda s: dict(kind="induction"),
     phrase=lambda s: "the token after the previous occurrence of the current token",
+    search=("induction(t)",),
     examples=("induction(t)", "0.7 * induction(t) + 0.3 * first(t)"),
 ))

@@ -7,7 +7,11 @@ from typing import Any
 from headcode.compiler import classes, ir
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.predicates import Pred
-from headcode.compiler.selectors.registry import Selector, register
+from headcode.compiler.selectors.registry import THE, Selector, register
+
+RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_boundary", "name", "pronoun",
+          "noun_like", "verb_like", "adjective_like", "determiner", "preposition", "conjunction", "content_word",
+          "function_word", "capitalised")
 
 
 def most_recent(t: Any, pred: Pred, strict: bool = False) -> Pattern:
@@ -35,6 +39,8 @@ SELECTOR = register(Selector(
     # its key class is its event: the latest token of that class, key restriction included
     lower=lambda s: dict(kind="pointer", ev_tab=s.key_table, strict=int(s.strict)),
     phrase=_phrase,
+    search=tuple(f"most_recent(t, {c}{s})" for s in ("", ", strict=True") for c in RECENT)
+    + (f"most_recent(t, {THE})",),
     examples=("most_recent(t, punct)", "most_recent(t, noun_like, strict=True)", "nearest_name(t)",
               "when(pronoun, nearest_name(t))"),
 ))

@@ -39,5 +39,6 @@ SELECTOR = register(Selector(
     lower=lambda s: dict(kind="pointer", ev_tab=EVERY, shift=-s.k),  # every token is an event
     phrase=_phrase, params=("k",),
     problems=lambda s: [] if 0 <= s.k <= MAX_SHIFT else [f"offset k must be in [0, {MAX_SHIFT}], got {s.k}"],
+    search=("current(t)", *(f"previous(t, {k})" for k in range(1, 6))),
     examples=("previous(t, 1)", "current(t)", "previous(t, 3) & noun_like", "when(punct, previous(t, 2))"),
 ))

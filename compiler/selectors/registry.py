@@ -13,6 +13,7 @@ A selector's definition is everything the rest of headcode derives from it:
 - ``params`` (which of ``k``, ``rate``, ``strict`` it reads), ``problems`` (every reason its
   parameters are out of range), ``phrase`` (English) and ``key_words`` (how a key restriction
   reads);
+- ``search``: the expressions the offline search tries for it (its entries in the dictionary);
 - ``examples``: program bodies that use it; the test matrices (reference vs compiled vs Numba
   vs Triton, causality, English) are generated from these, and a selector without examples
   fails a test.
@@ -30,6 +31,8 @@ import numpy as np
 from headcode.compiler.predicates import Pred
 
 PARAMS = ("k", "rate", "strict")
+# 'the' on its own: many middle-layer heads of SmolLM2 use its occurrences as secondary sinks
+THE = "token_in('the')"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Selector:
     needs_aux: bool = False      # the program gives that class (``after_last(t, determiner)``)
     needs_key: bool = False      # the key restriction is the selector's own argument (most_recent)
     key_words: str | None = "if it is"  # "<phrase> if it is a noun-like word"; None: not said
+    search: tuple[str, ...] = ()   # offline search dictionary entries (synth/basis.py)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.params if p not in PARAMS]

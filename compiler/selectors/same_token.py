@@ -20,5 +20,6 @@ SELECTOR = register(Selector(
     reference=lambda s, t: (causal(len(t)) & (t.ids[None, :] == t.ids[:, None])).astype(float),
     lower=lambda s: dict(kind="same_token"),
     phrase=lambda s: "earlier occurrences of the same token", key_words="that are",
+    search=("same_token(t)",),
     examples=("same_token(t)", "0.5 * same_token(t) + 0.5 * previous(t, 1)"),
 ))

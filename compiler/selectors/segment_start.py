@@ -38,5 +38,6 @@ SELECTOR = register(Selector(
     meaning="the first token of the query's segment: the latest key that is the text start or follows a "
             "token of the aux class (clause_boundary: the clause start)",
     lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, ev_lag=1, ev_start=1),
+    search=("clause_start(t)",),
     examples=("clause_start(t)", "when(verb_like, clause_start(t))"),
 ))

@@ -26,5 +26,7 @@ SELECTOR = register(Selector(
     # a sentence starts at the text start and after every boundary token: a new scan segment
     lower=lambda s: dict(kind="scan", ev_tab=s.aux_table, ev_lag=1, ev_start=1),
     phrase=lambda s: "the tokens of the sentence so far", key_words="that are",
+    search=("in_same_sentence(t)", *(f"in_same_sentence(t, {c})" for c in (
+        "noun_like", "verb_like", "name", "content_word", "function_word", "punct"))),
     examples=("in_same_sentence(t)", "in_same_sentence(t, content_word)"),
 ))

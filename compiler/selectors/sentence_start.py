@@ -21,5 +21,6 @@ SELECTOR = register(Selector(
     # events: the text start and every token after a boundary token
     lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, ev_lag=1, ev_start=1),
     phrase=lambda s: "the start of the sentence",
+    search=("sentence_start(t)",),
     examples=("sentence_start(t)", "when(punct, sentence_start(t))", "sentence_start(t) & capitalised"),
 ))

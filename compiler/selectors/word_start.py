@@ -18,7 +18,8 @@ def word_start(t: Any) -> Pattern:
 SELECTOR = register(Selector(
     kind="word_start", meaning="the first token of the query's word", functions=(word_start,),
     reference=lambda s, t: gather(len(t), latest(t.word_begin)), aux=new_word,
-    lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, ev_start=1),  # events: a token that starts a word
+    lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, ev_start=1),  # events: tokens that start a word
     phrase=lambda s: "the start of the word",
+    search=("word_start(t)",),
     examples=("word_start(t)", "0.5 * word_start(t) + 0.5 * previous(t, 1)"),
 ))
