@@ -24,15 +24,15 @@ class Term:
 
     kind: str
     weight: float
-    k: int = 0
-    rate: float = 0.0
-    strict: bool = False
     key: str | None = None
-    query: str | None = None
     key_table: int = -1
+    query: str | None = None
     query_table: int = -1
     aux: str | None = None   # the class that places the key or starts a segment (selectors/)
     aux_table: int = -1
+    k: int = 0               # the selector's parameters (its ``params``)
+    rate: float = 0.0
+    strict: bool = False
 
     def describe(self) -> str:
         return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key,
