@@ -4,14 +4,13 @@ all terms at once, no T x T matrix.
 ``ids [B, T] int64, v [B, T, D] float32|float64, start [B] int64 -> out [B, n_q, D]``.
 
 Cost per row: O(T * D * n_terms) flops, O(T * D) memory traffic (V is read about once per
-scan term plus once per gathered key), O(n_terms * D) state. Why it is fast: every selector
-is either a running sum (uniform, sentence = sum reset at sentence starts, decay = linear
-recurrence, same_token = sum along the chain of earlier occurrences of the query's token)
-or a pointer to one key (offset, first, most_recent, sentence/word start, induction), so a
-single left-to-right sweep keeps every term's state in a few D-vectors. Occurrences of a
+scan term plus once per gathered key), O(n_terms * D) state. Why it is fast: each of the four
+primitives (``spec``) keeps a few numbers per term in one left-to-right sweep: a POINTER the
+position of its latest event (its key is that plus ``shift``), a SCAN a running decayed sum
+that an event resets, SAME_TOKEN a sum along the chain of earlier occurrences of the query's
+token, INDUCTION the previous occurrence (its key is the position after it). Occurrences of a
 token are found with a small open-addressing hash table of size O(T), not a vocab-sized one.
-Accumulation is in float64. The history before the query window (``n_q``) is swept but not
-written.
+Term state is float64. The history before the query window (``n_q``) is swept but not written.
 """
 
 from __future__ import annotations
@@ -21,211 +20,228 @@ import numpy as np
 import torch
 
 from headcode.kernels.program_head.spec import (
-    ANCHOR,
-    DECAY,
-    FIRST,
+    EVERY,
     INDUCTION,
-    MOST_RECENT,
-    OFFSET,
+    POINTER,
     SAME_TOKEN,
-    SEGMENT_START,
-    SENTENCE,
-    SENTENCE_START,
-    UNIFORM,
-    WORD_START,
+    SCAN,
     HeadSpec,
     check_inputs,
 )
 
+# columns of the packed per-term arrays: ``ints [n, 8] int64`` and ``reals [n, 2] float64``
+KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB = range(8)
+RATE, WEIGHT = range(2)
+# where a contributing term's numerator row lives: a row of V, a scan state, a chain entry
+_NONE, _VIEW, _ACC, _CHAIN = -1, 0, 1, 2
+
+
+@nb.njit(inline="always")
+def _in_table(tables, row, tid):
+    """Token ``tid`` is in table ``row`` (every token is in row -1)."""
+    return row < 0 or tables[row, tid] != 0
+
+
+@nb.njit(inline="always")
+def _is_event(ints, i, q, s, idsb, tables):
+    """Term ``i`` has an event at ``q`` (``spec``'s definition)."""
+    tab = ints[i, EV_TAB]
+    if tab == EVERY or (ints[i, EV_START] != 0 and q == s):
+        return True
+    if tab < 0:
+        return False
+    p = q - ints[i, EV_LAG]
+    return p >= s and tables[tab, idsb[p]] != 0
+
+
+@nb.njit(inline="always")
+def _advance_latest(last, i, q, ev, strict):
+    """Record an event at ``q`` in ``last[i]``; returns ``latest(q)`` (strict: before ``q``), -1 for none."""
+    before = last[i]
+    if ev:
+        last[i] = q
+    return before if strict != 0 else last[i]
+
+
+@nb.njit(inline="always")
+def _pointer_key(lat, shift, s, q, idsb, kt, tables):
+    """``lat + shift`` when ``lat`` exists, the key lies in ``[s, q]`` and its token passes ``kt``; else -1."""
+    if lat < 0:
+        return -1
+    k = lat + shift
+    if k < s or k > q or not _in_table(tables, kt, idsb[k]):
+        return -1
+    return k
+
+
+@nb.njit(inline="always")
+def _scan_step(acc, cnt, i, vb, q, rate, reset, kok):
+    """SCAN state at ``q``: zeroed on an event, then ``acc[i] = rate * acc[i] + kok * V[q]`` and
+    ``cnt[i] = rate * cnt[i] + kok`` (``rate == 1``: plain running sum)."""
+    D = acc.shape[1]
+    if reset:
+        cnt[i] = 0.0
+        for d in range(D):
+            acc[i, d] = 0.0
+    cnt[i] *= rate
+    if kok:
+        cnt[i] += 1.0
+        for d in range(D):
+            acc[i, d] = rate * acc[i, d] + vb[q, d]
+    elif rate != 1.0:
+        for d in range(D):
+            acc[i, d] *= rate
+
+
+@nb.njit(inline="always")
+def _previous_occurrence(hkey, hpos, tid, q):
+    """The latest earlier position of token ``tid`` (or -1), then records ``q`` as the latest."""
+    mask = hkey.shape[0] - 1
+    h = (tid * 2654435761) & mask
+    while hkey[h] != -1 and hkey[h] != tid:
+        h = (h + 1) & mask
+    prev = hpos[h]
+    hkey[h] = tid
+    hpos[h] = q
+    return prev
+
+
+@nb.njit(inline="always")
+def _chain_push(chain, ccnt, j, p, vb, q):
+    """``chain[j] = V[q] + chain[p]`` (``p < 0``: no earlier occurrence) and the count likewise:
+    the sum over the occurrences of ``q``'s token up to ``q`` (``j = q - s``)."""
+    D = chain.shape[1]
+    if p >= 0:
+        for d in range(D):
+            chain[j, d] = chain[p, d] + vb[q, d]
+        ccnt[j] = ccnt[p] + 1.0
+    else:
+        for d in range(D):
+            chain[j, d] = vb[q, d]
+        ccnt[j] = 1.0
+
+
+@nb.njit(inline="always")
+def _term(ints, reals, tables, i, q, s, idsb, vb, prev, acc, cnt, last, ccnt):
+    """Advance term ``i``'s state to ``q``; returns its contribution to row ``q`` as (source,
+    row of the source, coefficient), source ``_NONE`` when the row is empty or gated off."""
+    kind, kt = ints[i, KIND], ints[i, KEY_TAB]
+    tid = idsb[q]
+    w = reals[i, WEIGHT]
+    qok = _in_table(tables, ints[i, QUERY_TAB], tid)
+    if kind == SCAN:
+        _scan_step(acc, cnt, i, vb, q, reals[i, RATE], _is_event(ints, i, q, s, idsb, tables),
+                   _in_table(tables, kt, tid))
+        if qok and cnt[i] > 0.0:
+            return _ACC, i, w / cnt[i]
+        return _NONE, 0, 0.0
+    if kind == SAME_TOKEN:
+        if qok and _in_table(tables, kt, tid):
+            return _CHAIN, q - s, w / ccnt[q - s]
+        return _NONE, 0, 0.0
+    if kind == POINTER:
+        lat = _advance_latest(last, i, q, _is_event(ints, i, q, s, idsb, tables), ints[i, STRICT])
+        key = _pointer_key(lat, ints[i, SHIFT], s, q, idsb, kt, tables)
+    else:  # INDUCTION: the key after the previous occurrence of the query's token
+        key = _pointer_key(prev, 1, s, q, idsb, kt, tables)
+    if qok and key >= 0:
+        return _VIEW, key, w
+    return _NONE, 0, 0.0
+
+
+@nb.njit(inline="always")
+def _axpy(orow, c, x, assign):
+    """``orow = c * x`` (``assign``) or ``orow += c * x``."""
+    if assign:
+        for d in range(orow.shape[0]):
+            orow[d] = c * x[d]
+    else:
+        for d in range(orow.shape[0]):
+            orow[d] += c * x[d]
+
+
+@nb.njit(inline="always")
+def _write_row(orow, vb, s, acc, chain, src, src_row, coef, m, den):
+    """``out[q] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (the first
+    assigns, the others add: one write stream per row); ``V[s]`` when ``den <= 0``."""
+    if den <= 0.0:
+        _axpy(orow, 1.0, vb[s], True)
+        return
+    inv = 1.0 / den
+    for j in range(m):
+        r = src_row[j]
+        if src[j] == _VIEW:
+            _axpy(orow, coef[j] * inv, vb[r], j == 0)
+        elif src[j] == _ACC:
+            _axpy(orow, coef[j] * inv, acc[r], j == 0)
+        else:
+            _axpy(orow, coef[j] * inv, chain[r], j == 0)
+
+
+@nb.njit(inline="always")
+def _needs(ints):
+    """(a token hash is needed: SAME_TOKEN or INDUCTION, the occurrence chain is needed: SAME_TOKEN)."""
+    need_hash = need_chain = False
+    for i in range(ints.shape[0]):
+        need_chain = need_chain or ints[i, KIND] == SAME_TOKEN
+        need_hash = need_hash or ints[i, KIND] == SAME_TOKEN or ints[i, KIND] == INDUCTION
+    return need_hash, need_chain
+
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd, out):
-    T = ids.shape[1]
-    D = v.shape[2]
-    n = kinds.shape[0]
-    acc = np.zeros((n, D))
-    cnt = np.zeros(n)
-    last = np.full(n, -1, np.int64)
-    need_hash = False
-    need_chain = False
-    for i in range(n):
-        if kinds[i] == SAME_TOKEN:
-            need_chain = True
-            need_hash = True
-        elif kinds[i] == INDUCTION:
-            need_hash = True
+def _row(idsb, vb, s, q0, ints, reals, tables, ob):
+    """One batch row: ``idsb [T], vb [T, D], s`` (its start) ``-> ob [T - q0, D]`` (rows ``q0..T-1``)."""
+    T, D = vb.shape
+    n = ints.shape[0]
+    acc, cnt, last = np.zeros((n, D)), np.zeros(n), np.full(n, -1, np.int64)
+    src, src_row, coef = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    need_hash, need_chain = _needs(ints)
     L = T - s
     size = 1
-    if need_hash:
-        while size < 2 * L:
-            size *= 2
-    mask = size - 1
-    hkey = np.full(size, -1, np.int64)
-    hpos = np.full(size, -1, np.int64)
-    chain = np.zeros((L if need_chain else 1, D))
-    ccnt = np.zeros(L if need_chain else 1)
-    coef = np.zeros(n)
-    src_kind = np.zeros(n, np.int64)
-    src_row = np.zeros(n, np.int64)
-    vb = v[b]
-    ob = out[b]
+    while need_hash and size < 2 * L:
+        size *= 2
+    hkey, hpos = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    chain, ccnt = np.zeros((L if need_chain else 0, D)), np.zeros(L if need_chain else 0)
     for q in range(q0, s):  # left padding inside the query window: zero rows
         for d in range(D):
-            out[b, q - q0, d] = 0.0
-    sent = s
-    word = s
+            ob[q - q0, d] = 0.0
     for q in range(s, T):
-        tid = ids[b, q]
-        if bnd >= 0 and q > s and tables[bnd, ids[b, q - 1]] != 0:
-            sent = q
-        if nwd >= 0 and tables[nwd, tid] != 0:
-            word = q
-        prev = -1
-        if need_hash:
-            h = (tid * 2654435761) & mask
-            while hkey[h] != -1 and hkey[h] != tid:
-                h = (h + 1) & mask
-            prev = hpos[h]
-            hkey[h] = tid
-            hpos[h] = q
+        prev = _previous_occurrence(hkey, hpos, idsb[q], q) if need_hash else -1
         if need_chain:
-            j = q - s
-            if prev >= 0:
-                p = prev - s
-                for d in range(D):
-                    chain[j, d] = chain[p, d] + v[b, q, d]
-                ccnt[j] = ccnt[p] + 1.0
-            else:
-                for d in range(D):
-                    chain[j, d] = v[b, q, d]
-                ccnt[j] = 1.0
-        emit = q >= q0
-        den = 0.0
-        m = 0  # contributing terms this row: (kind of source, row, coefficient)
+            _chain_push(chain, ccnt, q - s, prev - s if prev >= 0 else -1, vb, q)
+        m, den = 0, 0.0
         for i in range(n):
-            kind = kinds[i]
-            kt = key_tab[i]
-            kok = kt < 0 or tables[kt, tid] != 0
-            qok = query_tab[i] < 0 or tables[query_tab[i], tid] != 0
-            w = weights[i]
-            src = -1
-            if kind == UNIFORM or kind == SENTENCE or kind == DECAY:
-                if kind == SENTENCE and sent == q:
-                    cnt[i] = 0.0
-                    for d in range(D):
-                        acc[i, d] = 0.0
-                if kind == DECAY:
-                    r = rates[i]
-                    cnt[i] *= r
-                    if kok:
-                        cnt[i] += 1.0
-                        for d in range(D):
-                            acc[i, d] = r * acc[i, d] + vb[q, d]
-                    else:
-                        for d in range(D):
-                            acc[i, d] *= r
-                elif kok:
-                    cnt[i] += 1.0
-                    for d in range(D):
-                        acc[i, d] += vb[q, d]
-                if emit and qok and cnt[i] > 0.0:
-                    src_kind[m] = 1
-                    src_row[m] = i
-                    coef[m] = w / cnt[i]
-                    m += 1
-                    den += w
-                continue
-            if kind == SAME_TOKEN:
-                if emit and qok and kok:
-                    src_kind[m] = 2
-                    src_row[m] = q - s
-                    coef[m] = w / ccnt[q - s]
-                    m += 1
-                    den += w
-                continue
-            if kind == MOST_RECENT:
-                before = last[i]
-                if kok:
-                    last[i] = q
-                src = before if strict[i] != 0 else last[i]
-            else:
-                if kind == SEGMENT_START:
-                    if q == s or tables[aux_tab[i], ids[b, q - 1]] != 0:
-                        last[i] = q
-                    src = last[i]
-                elif kind == ANCHOR:
-                    before = last[i]
-                    if tables[aux_tab[i], tid] != 0:
-                        last[i] = q
-                    a = before if strict[i] != 0 else last[i]
-                    src = a + ks[i] if a >= 0 else -1
-                    if src < s or src > q:
-                        src = -1
-                elif kind == OFFSET:
-                    src = q - ks[i]
-                    if src < s:
-                        src = -1
-                elif kind == FIRST:
-                    src = s
-                elif kind == SENTENCE_START:
-                    src = sent
-                elif kind == WORD_START:
-                    src = word
-                elif kind == INDUCTION:
-                    src = prev + 1 if prev >= 0 else -1
-                if src >= 0 and kt >= 0 and tables[kt, ids[b, src]] == 0:
-                    src = -1
-            if emit and qok and src >= 0:
-                src_kind[m] = 0
-                src_row[m] = src
-                coef[m] = w
+            kind, r, c = _term(ints, reals, tables, i, q, s, idsb, vb, prev, acc, cnt, last, ccnt)
+            if kind != _NONE:
+                src[m], src_row[m], coef[m] = kind, r, c
                 m += 1
-                den += w
-        if not emit:
-            continue
-        o = q - q0
-        if den <= 0.0:
-            for d in range(D):
-                ob[o, d] = vb[s, d]
-            continue
-        inv = 1.0 / den
-        for j in range(m):  # the first term assigns, the others add: one write stream per row
-            c = coef[j] * inv
-            r0 = src_row[j]
-            if src_kind[j] == 0:
-                if j == 0:
-                    for d in range(D):
-                        ob[o, d] = c * vb[r0, d]
-                else:
-                    for d in range(D):
-                        ob[o, d] += c * vb[r0, d]
-            else:
-                src = acc if src_kind[j] == 1 else chain
-                if j == 0:
-                    for d in range(D):
-                        ob[o, d] = c * src[r0, d]
-                else:
-                    for d in range(D):
-                        ob[o, d] += c * src[r0, d]
+                den += reals[i, WEIGHT]
+        if q >= q0:
+            _write_row(ob[q - q0], vb, s, acc, chain, src, src_row, coef, m, den)
 
 
 @nb.njit(cache=True, nogil=True)
-def _serial(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd,
-            out):
+def _serial(ids, v, start, q0, ints, reals, tables, out):
     for b in range(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
-             bnd, nwd, out)
+        _row(ids[b], v[b], start[b], q0, ints, reals, tables, out[b])
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _parallel(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd,
-              nwd, out):
+def _parallel(ids, v, start, q0, ints, reals, tables, out):
     for b in nb.prange(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
-             bnd, nwd, out)
+        _row(ids[b], v[b], start[b], q0, ints, reals, tables, out[b])
 
 
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
+
+
+def pack(spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The spec's per-term arrays as ``ints [n, 8] int64`` (columns ``KIND..QUERY_TAB``) and
+    ``reals [n, 2] float64`` (``RATE, WEIGHT``)."""
+    ints = np.stack([spec.kinds, spec.ev_tab, spec.ev_lag, spec.ev_start, spec.strict, spec.shift,
+                     spec.key_tab, spec.query_tab], axis=1).astype(np.int64).reshape(-1, 8)
+    reals = np.stack([spec.rates, spec.weights], axis=1).astype(np.float64).reshape(-1, 2)
+    return np.ascontiguousarray(ints), np.ascontiguousarray(reals)
 
 
 def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start: np.ndarray | None = None,
@@ -245,8 +261,7 @@ def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start:
         return out
     tables = spec.tables if spec.tables.shape[0] else _NO_TABLES
     fn = _parallel if (parallel if parallel is not None else B > 1) else _serial
-    fn(ids, v, st, T - nq, spec.kinds, spec.ks, spec.rates, spec.strict, spec.key_tab, spec.query_tab,
-       spec.aux_tab, spec.weights, tables, spec.boundary_tab, spec.new_word_tab, out)
+    fn(ids, v, st, T - nq, *pack(spec), tables, out)
     return out
 
 
