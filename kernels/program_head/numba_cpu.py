@@ -1,19 +1,28 @@
-"""Fused Numba CPU kernel of the program-head op: one pass over the positions of each row,
-all terms at once, no T x T matrix.
+"""Fused Numba CPU kernel of the program-head op: per row, one integer pass per term, then one
+value pass over the positions with all terms at once; no T x T matrix.
 
 ``ids [B, T] int64, v [B, T, D] float32|float64, start [B] int64 -> out [B, n_q, D]``.
 
 Cost per row: O(T * D * n_terms) flops, O(T * D) memory traffic (V is read about once per
-scan term plus once per gathered key), O(n_terms * D) state. Why it is fast: each of the four
-primitives (``spec``) keeps a few numbers per term in one left-to-right sweep: a POINTER the
-position of its latest event (its key is that plus ``shift``), a SCAN a running decayed sum
-that an event resets, SAME_TOKEN a sum along the chain of earlier occurrences of the query's
-token, INDUCTION the previous occurrence (its key is the position after it). Occurrences of a
-token are found with a small open-addressing hash table of size O(T), not a vocab-sized one.
-Term state is float64. The history before the query window (``n_q``) is swept but not written.
+scan term plus once per gathered key; the output is written once), O(n_terms * D) float state
+and O(n_terms * T) integer scratch (``code``). Why it is fast: each of the four primitives
+(``spec``) needs only integers per position, found in O(T) by one left-to-right pass per term
+(``_codes``): a POINTER's key is its latest event plus ``shift``, INDUCTION's the position after
+the previous occurrence of the query's token; a SCAN needs where its events and keys are. The
+value pass then keeps a running decayed sum per SCAN term (reset by an event) and a sum along
+each chain of occurrences of a token (SAME_TOKEN), and gathers one row of V per pointer.
+Occurrences are found with a small open-addressing hash table of size O(T), not a vocab-sized
+one. Sums are float64. The history before the query window (``n_q``) is swept but not written.
+
+Numba note: every helper is ``inline="always"`` and straight-line (no early return; the value
+pass's helpers call no other helper). An early return, or a helper handing arrays to another
+helper inside the position loop, left reference-count calls in the loop and kept LLVM from
+vectorising it: 3-15x slower (measured against the per-kind kernel this replaced).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numba as nb
 import numpy as np
@@ -32,150 +41,145 @@ from headcode.kernels.program_head.spec import (
 # columns of the packed per-term arrays: ``ints [n, 8] int64`` and ``reals [n, 2] float64``
 KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB = range(8)
 RATE, WEIGHT = range(2)
+# bits of a SCAN / SAME_TOKEN term's code at a position: an event, the token is a key, a query
+EV_BIT, KEY_BIT, QUERY_BIT = 1, 2, 4
 # where a contributing term's numerator row lives: a row of V, a scan state, a chain entry
-_NONE, _VIEW, _ACC, _CHAIN = -1, 0, 1, 2
+_VIEW, _ACC, _CHAIN = 0, 1, 2
 
 
 @nb.njit(inline="always")
-def _in_table(tables, row, tid):
-    """Token ``tid`` is in table ``row`` (every token is in row -1)."""
-    return row < 0 or tables[row, tid] != 0
+def _flags(ints, i, idsb, s, tables, ev, kok, qok):
+    """``ev / kok / qok [T - s]`` for term ``i`` at ``s + j``: an event (``spec``'s definition), the
+    token is a key (key table), the query passes the gate (query table)."""
+    tab, lag, first = ints[i, EV_TAB], ints[i, EV_LAG], ints[i, EV_START] != 0
+    kt, qt = ints[i, KEY_TAB], ints[i, QUERY_TAB]
+    for j in range(ev.shape[0]):
+        tid = idsb[s + j]
+        e = tab == EVERY or (first and j == 0)
+        if tab >= 0 and j >= lag:
+            e = e or tables[tab, idsb[s + j - lag]] != 0
+        ev[j] = e
+        kok[j] = kt < 0 or tables[kt, tid] != 0
+        qok[j] = qt < 0 or tables[qt, tid] != 0
 
 
 @nb.njit(inline="always")
-def _is_event(ints, i, q, s, idsb, tables):
-    """Term ``i`` has an event at ``q`` (``spec``'s definition)."""
-    tab = ints[i, EV_TAB]
-    if tab == EVERY or (ints[i, EV_START] != 0 and q == s):
-        return True
-    if tab < 0:
-        return False
-    p = q - ints[i, EV_LAG]
-    return p >= s and tables[tab, idsb[p]] != 0
+def _pointer_codes(ints, i, s, ev, kok, qok, code):
+    """POINTER: ``code[j, i]`` = its key ``latest(s + j) + shift`` (when in ``[s, s + j]``, a key
+    and the query passes the gate), else -1."""
+    shift, strict = ints[i, SHIFT], ints[i, STRICT] != 0
+    last = -1  # the latest event, relative to s
+    for j in range(ev.shape[0]):
+        before = last
+        if ev[j]:
+            last = j
+        lat = before if strict else last
+        k = lat + shift
+        code[j, i] = s + k if lat >= 0 and 0 <= k <= j and kok[k] and qok[j] else -1
 
 
 @nb.njit(inline="always")
-def _advance_latest(last, i, q, ev, strict):
-    """Record an event at ``q`` in ``last[i]``; returns ``latest(q)`` (strict: before ``q``), -1 for none."""
-    before = last[i]
-    if ev:
-        last[i] = q
-    return before if strict != 0 else last[i]
+def _induction_codes(i, s, prev, kok, qok, code):
+    """INDUCTION: ``code[j, i]`` = the position after the previous occurrence of the token at
+    ``s + j`` (when it is a key and the query passes the gate), else -1."""
+    for j in range(prev.shape[0]):
+        k = prev[j] + 1 - s
+        code[j, i] = s + k if prev[j] >= 0 and kok[k] and qok[j] else -1
 
 
 @nb.njit(inline="always")
-def _pointer_key(lat, shift, s, q, idsb, kt, tables):
-    """``lat + shift`` when ``lat`` exists, the key lies in ``[s, q]`` and its token passes ``kt``; else -1."""
-    if lat < 0:
-        return -1
-    k = lat + shift
-    if k < s or k > q or not _in_table(tables, kt, idsb[k]):
-        return -1
-    return k
+def _flag_codes(i, ev, kok, qok, code):
+    """SCAN / SAME_TOKEN: ``code[j, i]`` = ``EV_BIT | KEY_BIT | QUERY_BIT`` as they hold at ``s + j``."""
+    for j in range(ev.shape[0]):
+        code[j, i] = EV_BIT * ev[j] + KEY_BIT * kok[j] + QUERY_BIT * qok[j]
+
+
+@nb.njit(inline="always")
+def _previous_occurrences(idsb, s, size, prev):
+    """``prev [T - s]``: the latest earlier position of each token (or -1), by an open-addressing
+    hash table of ``size`` (a power of two >= 2 (T - s)) slots."""
+    hkey, hpos = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    mask = size - 1
+    for j in range(prev.shape[0]):
+        tid = idsb[s + j]
+        h = (tid * 2654435761) & mask
+        while hkey[h] != -1 and hkey[h] != tid:
+            h = (h + 1) & mask
+        prev[j] = hpos[h]
+        hkey[h] = tid
+        hpos[h] = s + j
+
+
+@nb.njit(inline="always")
+def _codes(ints, idsb, s, tables, prev, code):
+    """The integer pass: ``code [T - s, n]`` for every term (see the ``_*_codes`` helpers)."""
+    L = code.shape[0]
+    ev, kok, qok = np.zeros(L, np.bool_), np.zeros(L, np.bool_), np.zeros(L, np.bool_)
+    for i in range(ints.shape[0]):
+        kind = ints[i, KIND]
+        _flags(ints, i, idsb, s, tables, ev, kok, qok)
+        if kind == POINTER:
+            _pointer_codes(ints, i, s, ev, kok, qok, code)
+        elif kind == INDUCTION:
+            _induction_codes(i, s, prev, kok, qok, code)
+        else:
+            _flag_codes(i, ev, kok, qok, code)
 
 
 @nb.njit(inline="always")
 def _scan_step(acc, cnt, i, vb, q, rate, reset, kok):
-    """SCAN state at ``q``: zeroed on an event, then ``acc[i] = rate * acc[i] + kok * V[q]`` and
-    ``cnt[i] = rate * cnt[i] + kok`` (``rate == 1``: plain running sum)."""
-    D = acc.shape[1]
-    if reset:
-        cnt[i] = 0.0
-        for d in range(D):
-            acc[i, d] = 0.0
-    cnt[i] *= rate
-    if kok:
-        cnt[i] += 1.0
-        for d in range(D):
-            acc[i, d] = rate * acc[i, d] + vb[q, d]
-    elif rate != 1.0:
-        for d in range(D):
-            acc[i, d] *= rate
-
-
-@nb.njit(inline="always")
-def _previous_occurrence(hkey, hpos, tid, q):
-    """The latest earlier position of token ``tid`` (or -1), then records ``q`` as the latest."""
-    mask = hkey.shape[0] - 1
-    h = (tid * 2654435761) & mask
-    while hkey[h] != -1 and hkey[h] != tid:
-        h = (h + 1) & mask
-    prev = hpos[h]
-    hkey[h] = tid
-    hpos[h] = q
-    return prev
+    """SCAN state at ``q``: ``acc[i] = keep * acc[i] + kok * V[q]`` and ``cnt[i] = keep * cnt[i] + kok``,
+    ``keep`` = 0 on an event (a new segment), else ``rate`` (1: a plain running sum)."""
+    keep = 0.0 if reset else rate
+    x = 1.0 if kok else 0.0
+    cnt[i] = keep * cnt[i] + x
+    if kok or keep != 1.0:  # else nothing changes (a plain sum, not a key)
+        for d in range(acc.shape[1]):
+            acc[i, d] = keep * acc[i, d] + x * vb[q, d]
 
 
 @nb.njit(inline="always")
 def _chain_push(chain, ccnt, j, p, vb, q):
     """``chain[j] = V[q] + chain[p]`` (``p < 0``: no earlier occurrence) and the count likewise:
     the sum over the occurrences of ``q``'s token up to ``q`` (``j = q - s``)."""
-    D = chain.shape[1]
-    if p >= 0:
-        for d in range(D):
-            chain[j, d] = chain[p, d] + vb[q, d]
-        ccnt[j] = ccnt[p] + 1.0
-    else:
-        for d in range(D):
-            chain[j, d] = vb[q, d]
-        ccnt[j] = 1.0
+    keep, pp = (1.0, p) if p >= 0 else (0.0, j)
+    ccnt[j] = keep * ccnt[pp] + 1.0
+    for d in range(chain.shape[1]):
+        chain[j, d] = keep * chain[pp, d] + vb[q, d]
 
 
 @nb.njit(inline="always")
-def _term(ints, reals, tables, i, q, s, idsb, vb, prev, acc, cnt, last, ccnt):
-    """Advance term ``i``'s state to ``q``; returns its contribution to row ``q`` as (source,
-    row of the source, coefficient), source ``_NONE`` when the row is empty or gated off."""
-    kind, kt = ints[i, KIND], ints[i, KEY_TAB]
-    tid = idsb[q]
-    w = reals[i, WEIGHT]
-    qok = _in_table(tables, ints[i, QUERY_TAB], tid)
-    if kind == SCAN:
-        _scan_step(acc, cnt, i, vb, q, reals[i, RATE], _is_event(ints, i, q, s, idsb, tables),
-                   _in_table(tables, kt, tid))
-        if qok and cnt[i] > 0.0:
-            return _ACC, i, w / cnt[i]
-        return _NONE, 0, 0.0
-    if kind == SAME_TOKEN:
-        if qok and _in_table(tables, kt, tid):
-            return _CHAIN, q - s, w / ccnt[q - s]
-        return _NONE, 0, 0.0
-    if kind == POINTER:
-        lat = _advance_latest(last, i, q, _is_event(ints, i, q, s, idsb, tables), ints[i, STRICT])
-        key = _pointer_key(lat, ints[i, SHIFT], s, q, idsb, kt, tables)
-    else:  # INDUCTION: the key after the previous occurrence of the query's token
-        key = _pointer_key(prev, 1, s, q, idsb, kt, tables)
-    if qok and key >= 0:
-        return _VIEW, key, w
-    return _NONE, 0, 0.0
-
-
-@nb.njit(inline="always")
-def _axpy(orow, c, x, assign):
-    """``orow = c * x`` (``assign``) or ``orow += c * x``."""
-    if assign:
-        for d in range(orow.shape[0]):
-            orow[d] = c * x[d]
-    else:
-        for d in range(orow.shape[0]):
-            orow[d] += c * x[d]
-
-
-@nb.njit(inline="always")
-def _write_row(orow, vb, s, acc, chain, src, src_row, coef, m, den):
-    """``out[q] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (the first
+def _write_row(ob, o, vb, s, acc, chain, src, src_row, coef, m, den):
+    """``out[o] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (the first
     assigns, the others add: one write stream per row); ``V[s]`` when ``den <= 0``."""
-    if den <= 0.0:
-        _axpy(orow, 1.0, vb[s], True)
-        return
-    inv = 1.0 / den
-    for j in range(m):
-        r = src_row[j]
+    D = ob.shape[1]
+    empty = den <= 0.0
+    if empty:
+        for d in range(D):
+            ob[o, d] = vb[s, d]
+    inv = 0.0 if empty else 1.0 / den
+    for j in range(0 if empty else m):
+        c, r = coef[j] * inv, src_row[j]
         if src[j] == _VIEW:
-            _axpy(orow, coef[j] * inv, vb[r], j == 0)
+            if j == 0:
+                for d in range(D):
+                    ob[o, d] = c * vb[r, d]
+            else:
+                for d in range(D):
+                    ob[o, d] += c * vb[r, d]
         elif src[j] == _ACC:
-            _axpy(orow, coef[j] * inv, acc[r], j == 0)
+            if j == 0:
+                for d in range(D):
+                    ob[o, d] = c * acc[r, d]
+            else:
+                for d in range(D):
+                    ob[o, d] += c * acc[r, d]
+        elif j == 0:
+            for d in range(D):
+                ob[o, d] = c * chain[r, d]
         else:
-            _axpy(orow, coef[j] * inv, chain[r], j == 0)
+            for d in range(D):
+                ob[o, d] += c * chain[r, d]
 
 
 @nb.njit(inline="always")
@@ -192,32 +196,45 @@ def _needs(ints):
 def _row(idsb, vb, s, q0, ints, reals, tables, ob):
     """One batch row: ``idsb [T], vb [T, D], s`` (its start) ``-> ob [T - q0, D]`` (rows ``q0..T-1``)."""
     T, D = vb.shape
-    n = ints.shape[0]
-    acc, cnt, last = np.zeros((n, D)), np.zeros(n), np.full(n, -1, np.int64)
-    src, src_row, coef = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    n, L = ints.shape[0], T - s
     need_hash, need_chain = _needs(ints)
-    L = T - s
-    size = 1
-    while need_hash and size < 2 * L:
-        size *= 2
-    hkey, hpos = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    prev = np.full(L, -1, np.int64)
+    if need_hash:
+        size = 1
+        while size < 2 * L:
+            size *= 2
+        _previous_occurrences(idsb, s, size, prev)
+    code = np.empty((L, n), np.int64)
+    _codes(ints, idsb, s, tables, prev, code)
+    acc, cnt = np.zeros((n, D)), np.zeros(n)
+    src, src_row, coef = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
     chain, ccnt = np.zeros((L if need_chain else 0, D)), np.zeros(L if need_chain else 0)
     for q in range(q0, s):  # left padding inside the query window: zero rows
         for d in range(D):
             ob[q - q0, d] = 0.0
-    for q in range(s, T):
-        prev = _previous_occurrence(hkey, hpos, idsb[q], q) if need_hash else -1
+    for j in range(L):  # the value pass: position q = s + j
+        q = s + j
         if need_chain:
-            _chain_push(chain, ccnt, q - s, prev - s if prev >= 0 else -1, vb, q)
+            _chain_push(chain, ccnt, j, prev[j] - s if prev[j] >= 0 else -1, vb, q)
         m, den = 0, 0.0
         for i in range(n):
-            kind, r, c = _term(ints, reals, tables, i, q, s, idsb, vb, prev, acc, cnt, last, ccnt)
-            if kind != _NONE:
-                src[m], src_row[m], coef[m] = kind, r, c
+            kind, c, w = ints[i, KIND], code[j, i], reals[i, WEIGHT]
+            row, coef[m] = -1, w
+            if kind == SCAN:
+                _scan_step(acc, cnt, i, vb, q, reals[i, RATE], c & EV_BIT, c & KEY_BIT)
+                if c & QUERY_BIT and cnt[i] > 0.0:
+                    row, src[m], coef[m] = i, _ACC, w / cnt[i]
+            elif kind == SAME_TOKEN:
+                if c & (KEY_BIT | QUERY_BIT) == KEY_BIT | QUERY_BIT:
+                    row, src[m], coef[m] = j, _CHAIN, w / ccnt[j]
+            elif c >= 0:
+                row, src[m] = c, _VIEW
+            if row >= 0:
+                src_row[m] = row
                 m += 1
-                den += reals[i, WEIGHT]
+                den += w
         if q >= q0:
-            _write_row(ob[q - q0], vb, s, acc, chain, src, src_row, coef, m, den)
+            _write_row(ob, q - q0, vb, s, acc, chain, src, src_row, coef, m, den)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -235,13 +252,18 @@ def _parallel(ids, v, start, q0, ints, reals, tables, out):
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
 
 
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def pack(spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
     """The spec's per-term arrays as ``ints [n, 8] int64`` (columns ``KIND..QUERY_TAB``) and
-    ``reals [n, 2] float64`` (``RATE, WEIGHT``)."""
-    ints = np.stack([spec.kinds, spec.ev_tab, spec.ev_lag, spec.ev_start, spec.strict, spec.shift,
-                     spec.key_tab, spec.query_tab], axis=1).astype(np.int64).reshape(-1, 8)
-    reals = np.stack([spec.rates, spec.weights], axis=1).astype(np.float64).reshape(-1, 2)
-    return np.ascontiguousarray(ints), np.ascontiguousarray(reals)
+    ``reals [n, 2] float64`` (``RATE, WEIGHT``); built once per spec."""
+    if spec not in _PACKED:
+        ints = np.stack([spec.kinds, spec.ev_tab, spec.ev_lag, spec.ev_start, spec.strict, spec.shift,
+                         spec.key_tab, spec.query_tab], axis=1).astype(np.int64).reshape(-1, 8)
+        reals = np.stack([spec.rates, spec.weights], axis=1).astype(np.float64).reshape(-1, 2)
+        _PACKED[spec] = (np.ascontiguousarray(ints), np.ascontiguousarray(reals))
+    return _PACKED[spec]
 
 
 def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start: np.ndarray | None = None,
