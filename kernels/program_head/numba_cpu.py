@@ -150,33 +150,26 @@ def _chain_push(chain, ccnt, j, p, vb, q):
 
 @nb.njit(inline="always")
 def _write_row(ob, o, vb, s, acc, chain, src, src_row, coef, m, den):
-    """``out[o] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (the first
-    assigns, the others add: one write stream per row); ``V[s]`` when ``den <= 0``."""
+    """``out[o] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (zeroed, then
+    added: a D-length write more per row than assigning the first, for one loop per source);
+    ``V[s]`` when ``den <= 0``."""
     D = ob.shape[1]
     empty = den <= 0.0
     if empty:
         for d in range(D):
             ob[o, d] = vb[s, d]
     inv = 0.0 if empty else 1.0 / den
+    if not empty:
+        for d in range(D):
+            ob[o, d] = 0.0
     for j in range(0 if empty else m):
         c, r = coef[j] * inv, src_row[j]
         if src[j] == _VIEW:
-            if j == 0:
-                for d in range(D):
-                    ob[o, d] = c * vb[r, d]
-            else:
-                for d in range(D):
-                    ob[o, d] += c * vb[r, d]
-        elif src[j] == _ACC:
-            if j == 0:
-                for d in range(D):
-                    ob[o, d] = c * acc[r, d]
-            else:
-                for d in range(D):
-                    ob[o, d] += c * acc[r, d]
-        elif j == 0:
             for d in range(D):
-                ob[o, d] = c * chain[r, d]
+                ob[o, d] += c * vb[r, d]
+        elif src[j] == _ACC:
+            for d in range(D):
+                ob[o, d] += c * acc[r, d]
         else:
             for d in range(D):
                 ob[o, d] += c * chain[r, d]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head.naive import latest
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -25,13 +26,6 @@ class ScanInput:
     mask: torch.Tensor
     begin: torch.Tensor
     rate: float
-
-
-def latest(flags: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """``[B, T]`` bool -> index of the latest True at or before (strict: before) each position, else -1."""
-    pos = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
-    last = torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-    return torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1) if strict else last
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
