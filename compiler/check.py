@@ -92,10 +92,10 @@ def _public(obj: object) -> set[str]:
 def allowed_attributes() -> frozenset[str]:
     import numpy as np
 
-    from headcode.compiler import predicates, vocab
+    from headcode.compiler import pattern, predicates
     from headcode.runtime.tokens import Tokens
 
-    objs: list[object] = [Tokens, vocab.Pattern, predicates.Pred, np, np.ndarray, np.generic, np.dtype,
+    objs: list[object] = [Tokens, pattern.Pattern, predicates.Pred, np, np.ndarray, np.generic, np.dtype,
                           np.ufunc, np.random, np.random.Generator, np.linalg, np.fft, math, re,
                           re.Pattern, re.Match, itertools, functools, collections, collections.Counter,
                           collections.deque, collections.defaultdict, collections.OrderedDict, string,

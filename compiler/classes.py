@@ -144,34 +144,41 @@ number = Pred("number", _number)
 clause_boundary = Pred("clause_boundary", lambda p: p.strip() in (",", ";", ":", ".", "!", "?") or "\n" in p
                        or (P._punct(p) and any(c in ",;:.!?" for c in p)))
 
-# name -> (predicate, one-line meaning for a reader); the English descriptions use the meaning
+# name -> the phrase a reader sees (the English descriptions use it), one class a line
+_PHRASES = """
+pronoun: a pronoun
+determiner: a determiner
+preposition: a preposition
+conjunction: a conjunction
+auxiliary: an auxiliary verb
+name: a name
+verb_like: a verb-like word
+adjective_like: an adjective-like word
+adverb_like: an adverb-like word
+noun_like: a noun-like word
+number: a number
+clause_boundary: a clause boundary
+punct: punctuation
+comma: a comma
+sentence_end: a sentence end
+quote: a quote mark
+newline: a newline
+capitalised: a capitalised word
+function_word: a function word
+content_word: a content word
+word_start: a word start
+alpha: a word
+digit: a digit
+space: whitespace
+boundary: a sentence boundary
+new_word: a new word
+"""
+_PREDS = {p.name: p for p in (
+    pronoun, determiner, preposition, conjunction, auxiliary, name, verb_like, adjective_like, adverb_like,
+    noun_like, number, clause_boundary, P.punct, P.comma, P.sentence_end, P.quote, P.newline, P.capitalised,
+    P.function_word, P.content_word, P.word_start, P.alpha, P.digit, P.space, P.boundary, P.new_word)}
 CLASSES: dict[str, tuple[Pred, str]] = {
-    "pronoun": (pronoun, "a pronoun"),
-    "determiner": (determiner, "a determiner"),
-    "preposition": (preposition, "a preposition"),
-    "conjunction": (conjunction, "a conjunction"),
-    "auxiliary": (auxiliary, "an auxiliary verb"),
-    "name": (name, "a name"),
-    "verb_like": (verb_like, "a verb-like word"),
-    "adjective_like": (adjective_like, "an adjective-like word"),
-    "adverb_like": (adverb_like, "an adverb-like word"),
-    "noun_like": (noun_like, "a noun-like word"),
-    "number": (number, "a number"),
-    "clause_boundary": (clause_boundary, "a clause boundary"),
-    "punct": (P.punct, "punctuation"),
-    "comma": (P.comma, "a comma"),
-    "sentence_end": (P.sentence_end, "a sentence end"),
-    "quote": (P.quote, "a quote mark"),
-    "newline": (P.newline, "a newline"),
-    "capitalised": (P.capitalised, "a capitalised word"),
-    "function_word": (P.function_word, "a function word"),
-    "content_word": (P.content_word, "a content word"),
-    "word_start": (P.word_start, "a word start"),
-    "alpha": (P.alpha, "a word"),
-    "digit": (P.digit, "a digit"),
-    "space": (P.space, "whitespace"),
-    "boundary": (P.boundary, "a sentence boundary"),
-    "new_word": (P.new_word, "a new word"),
+    n: (_PREDS[n], phrase) for n, phrase in (line.split(": ", 1) for line in _PHRASES.strip().splitlines())
 }
 
 CLASS_PREDS: dict[str, Pred] = {k: v[0] for k, v in CLASSES.items()}

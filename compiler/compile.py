@@ -53,10 +53,9 @@ def compile_in_process(program: Program, pieces: Sequence[str], fingerprint: str
         if strict:
             raise
         return uncompiled(program.name, program.source, e.reasons, len(pieces), fingerprint, model_id)
-    out_terms, names, tables, bnd, nwd = plan
+    out_terms, names, tables = plan
     return CompiledHead(name=program.name, source=program.source, terms=out_terms, table_names=names,
-                        tables=tables, fingerprint=fingerprint, compiled=True, reasons=(),
-                        boundary_table=bnd, new_word_table=nwd, model_id=model_id)
+                        tables=tables, fingerprint=fingerprint, compiled=True, reasons=(), model_id=model_id)
 
 
 def compile_source(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -29,7 +30,7 @@ from headcode.compiler.head import CompiledHead, SurrogatePlan, check_head_data
 from headcode.errors import HeadcodeError
 
 FORMAT = "headcode-surrogates"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: terms lower through the selector registry; no head-level boundary tables
 
 
 def _digest(a: np.ndarray) -> str:
@@ -58,6 +59,24 @@ def save_plan(plan: SurrogatePlan, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+_V1_CLASS = {"sentence": ("boundary", "boundary_table"), "sentence_start": ("boundary", "boundary_table"),
+             "word_start": ("new_word", "new_word_table")}
+
+
+def _from_version_1(d: Any) -> Any:
+    """A version-1 head read as version 2: the sentence and word selectors kept their class's table
+    row on the head (``boundary_table``, ``new_word_table``); version 2 keeps it on the term."""
+    if not isinstance(d, dict) or not isinstance(d.get("terms"), list):
+        return d  # check_head_data says what is wrong with it
+    terms = []
+    for t in d["terms"]:
+        if isinstance(t, dict) and t.get("kind") in _V1_CLASS:
+            name, key = _V1_CLASS[t["kind"]]
+            t = dict(t, aux=name, aux_table=d.get(key, -1))
+        terms.append(t)
+    return {k: v for k, v in d.items() if k not in ("boundary_table", "new_word_table")} | {"terms": terms}
+
+
 def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = None,
               expected_model: str | None = None) -> SurrogatePlan:
     """Read a plan; ``HeadcodeError`` (one line) for a missing, non-safetensors, truncated or
@@ -71,7 +90,7 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
             if meta.get("format") != FORMAT:
                 raise HeadcodeError(f"{path} is a safetensors file but not a headcode surrogate plan")
             version = meta.get("format_version")
-            if version != FORMAT_VERSION:
+            if version not in (FORMAT_VERSION, "1"):
                 raise HeadcodeError(f"{path} has surrogate format version {version}, this headcode reads "
                                     f"version {FORMAT_VERSION}: recompile with `headcode compile`")
             model, fp = meta.get("model", ""), meta.get("fingerprint", "")
@@ -85,6 +104,7 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
                 raise HeadcodeError(f"{path} is not a valid surrogate plan: its heads are not a JSON object")
             heads = {}
             for key, d in heads_meta.items():
+                d = _from_version_1(d) if version == "1" else d
                 tables = f.get_tensor(f"{key}/tables")
                 if _digest(tables) != d["tables_sha256"]:
                     raise HeadcodeError(f"{path} is corrupt: the tables of head {key} do not match their checksum")

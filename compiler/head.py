@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler.ir import AUX_KINDS, SELECTOR_KINDS, describe_selector
+from headcode.compiler.ir import describe_selector
+from headcode.compiler.selectors import REGISTRY, get
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -23,15 +24,15 @@ class Term:
 
     kind: str
     weight: float
-    k: int = 0
+    key: str | None = None
+    key_table: int = -1
+    query: str | None = None
+    query_table: int = -1
+    aux: str | None = None   # the class that places the key or starts a segment (selectors/)
+    aux_table: int = -1
+    k: int = 0               # the selector's parameters (its ``params``)
     rate: float = 0.0
     strict: bool = False
-    key: str | None = None
-    query: str | None = None
-    key_table: int = -1
-    query_table: int = -1
-    aux: str | None = None   # segment_start / anchor: the predicate that places the key
-    aux_table: int = -1
 
     def describe(self) -> str:
         return f"{self.weight:g}*" + describe_selector(self.kind, self.k, self.rate, self.strict, self.key,
@@ -39,6 +40,12 @@ class Term:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def primitive(self) -> dict[str, Any]:
+        """The kernel primitive this term runs as (its selector's ``lower``), with its key
+        restriction, query gate and weight."""
+        return dict(get(self.kind).lower(self), key_tab=self.key_table, query_tab=self.query_table,
+                    weight=self.weight)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Term:
@@ -54,8 +61,7 @@ class CompiledHead:
     """A head's program lowered for the kernels.
 
     ``tables [n_tables, vocab] uint8`` (row ``i`` is predicate ``table_names[i]`` over the
-    vocabulary); ``boundary_table`` / ``new_word_table``: the rows used for sentence and word
-    positions (-1 when no term needs them). ``compiled=False``: ``reasons`` say why; ``terms`` is
+    vocabulary). ``compiled=False``: ``reasons`` say why; ``terms`` is
     empty and only ``source`` is usable (through the reference path).
     """
 
@@ -67,8 +73,6 @@ class CompiledHead:
     fingerprint: str
     compiled: bool = True
     reasons: tuple[str, ...] = ()
-    boundary_table: int = -1
-    new_word_table: int = -1
     model_id: str = ""
 
     @property
@@ -83,16 +87,14 @@ class CompiledHead:
     @cached_property
     def spec(self) -> HeadSpec:
         """The kernel-level arrays (built once per head)."""
-        terms = [dict(kind=t.kind, k=t.k, rate=t.rate, strict=int(t.strict), key_tab=t.key_table,
-                      query_tab=t.query_table, weight=t.weight, aux_tab=t.aux_table) for t in self.terms]
-        return HeadSpec.build(terms, self.tables, self.boundary_table, self.new_word_table)
+        return HeadSpec.build([t.primitive() for t in self.terms], self.tables)
 
     def meta_json(self) -> dict[str, Any]:
         """Everything but the tables, as JSON-ready values."""
         return dict(name=self.name, source=self.source, terms=[t.to_json() for t in self.terms],
                     table_names=list(self.table_names), fingerprint=self.fingerprint,
-                    compiled=self.compiled, reasons=list(self.reasons), boundary_table=self.boundary_table,
-                    new_word_table=self.new_word_table, model_id=self.model_id, vocab_size=self.vocab_size)
+                    compiled=self.compiled, reasons=list(self.reasons), model_id=self.model_id,
+                    vocab_size=self.vocab_size)
 
     @classmethod
     def from_meta_json(cls, d: dict[str, Any], tables: np.ndarray) -> CompiledHead:
@@ -100,8 +102,7 @@ class CompiledHead:
                    terms=tuple(Term.from_json(t) for t in d["terms"]),
                    table_names=tuple(str(n) for n in d["table_names"]), tables=tables,
                    fingerprint=str(d["fingerprint"]), compiled=bool(d["compiled"]),
-                   reasons=tuple(str(r) for r in d["reasons"]), boundary_table=int(d["boundary_table"]),
-                   new_word_table=int(d["new_word_table"]), model_id=str(d.get("model_id", "")))
+                   reasons=tuple(str(r) for r in d["reasons"]), model_id=str(d.get("model_id", "")))
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,33 +146,33 @@ def check_head_data(d: Any, tables: Any, vocab_size: int | None = None) -> list[
         return out + ["terms must be a list of objects"]
     if d.get("compiled") is False and terms:
         out.append("an uncompiled head has terms")
-    n = len(names)
-    for i, t in enumerate(terms):
+    out += [f"term {i}: {r}" for i, t in enumerate(terms) for r in _term_problems(t, tables, len(names))]
+    return out
+
+
+def _term_problems(t: dict, tables: np.ndarray, n: int) -> list[str]:
+    """Every reason the JSON term ``t`` is not a valid term of its selector (``selectors/``) or does
+    not lower to valid kernel arrays."""
+    try:
+        term = Term.from_json(t)
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"malformed ({type(e).__name__}: {e})"]
+    if term.kind not in REGISTRY:
+        return [f"unknown selector kind {term.kind!r}"]
+    sel = get(term.kind)
+    out = sel.all_problems(term)
+    if (sel.aux is not None or sel.needs_aux) and term.aux_table < 0:
+        out.append(f"{term.kind} has no table row for its class")
+    if sel.needs_key and term.key_table < 0:
+        out.append(f"{term.kind} has no table row for its key class")
+    if not (math.isfinite(term.weight) and term.weight >= 0):
+        out.append(f"weight {term.weight} is not finite and non-negative")
+    for tab in (term.key_table, term.query_table, term.aux_table):
+        if not -1 <= tab < n:
+            out.append(f"names table row {tab}, outside 0..{n - 1}")
+    if not out:
         try:
-            term = Term.from_json(t)
+            HeadSpec.build([term.primitive()], tables)
         except (KeyError, TypeError, ValueError) as e:
-            out.append(f"term {i} is malformed ({type(e).__name__}: {e})")
-            continue
-        if term.kind not in SELECTOR_KINDS:
-            out.append(f"term {i} has unknown kind {term.kind!r}")
-        if not (math.isfinite(term.weight) and term.weight >= 0):
-            out.append(f"term {i} has weight {term.weight}, not finite and non-negative")
-        bad_k = not (-8 <= term.k <= 8 and term.k != 0) if term.kind == "anchor" else term.k < 0
-        if bad_k or not (0.0 <= term.rate < 1.0):
-            out.append(f"term {i} has offset {term.k} or rate {term.rate} out of range")
-        for tab in (term.key_table, term.query_table, term.aux_table):
-            if not -1 <= tab < n:
-                out.append(f"term {i} names table row {tab}, outside 0..{n - 1}")
-        if term.kind == "most_recent" and term.key_table < 0:
-            out.append(f"term {i} (most_recent) has no key table")
-        if term.kind in AUX_KINDS and term.aux_table < 0:
-            out.append(f"term {i} ({term.kind}) has no aux table")
-        if term.kind in ("sentence", "sentence_start") and d.get("boundary_table") == -1:
-            out.append(f"term {i} ({term.kind}) needs a boundary table")
-        if term.kind == "word_start" and d.get("new_word_table") == -1:
-            out.append(f"term {i} (word_start) needs a new-word table")
-    for key in ("boundary_table", "new_word_table"):
-        v = d.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v < n:
-            out.append(f"{key} {v!r} is outside -1..{n - 1}")
+            out.append(f"does not lower to a kernel term ({e})")
     return out

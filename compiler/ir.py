@@ -14,36 +14,19 @@ from typing import Union
 
 from headcode.compiler.predicates import Pred
 
-# kind -> one-line meaning (stable names: they double as test ids and benchmark groups)
-SELECTOR_KINDS: dict[str, str] = {
-    "offset": "the key k positions back (k=0: the token itself)",
-    "first": "the first token of the text",
-    "uniform": "uniform over all keys so far",
-    "sentence": "uniform over the keys of the query's sentence so far",
-    "same_token": "uniform over earlier occurrences of the query's own token (itself included)",
-    "most_recent": "the latest key so far (strict: before the query) where the key predicate holds",
-    "sentence_start": "the first token of the query's sentence",
-    "word_start": "the first token of the query's word",
-    "induction": "the token right after the latest earlier occurrence of the query's token",
-    "decay": "weights rate**(q-k) over keys so far",
-    "segment_start": "the first token of the query's segment: the latest key that is the text start "
-                     "or follows a token where the aux predicate holds (clause_boundary: the clause start)",
-    "anchor": "the key k positions after (k < 0: before) the latest key so far (strict: before the "
-              "query) where the aux predicate holds",
-}
-# kinds that read a per-term auxiliary predicate (not a key restriction: it places the key)
-AUX_KINDS = frozenset({"segment_start", "anchor"})
-
 
 def describe_selector(kind: str, k: int, rate: float, strict: bool, key: str | None, query: str | None,
                       aux: str | None = None) -> str:
     """``(offset k=1 key=punct)``: one selector term in a line (shared by IR and compiled terms)."""
+    from headcode.compiler.selectors.registry import REGISTRY  # the selectors import this module
+
+    params = REGISTRY[kind].params if kind in REGISTRY else ()
     parts = [kind]
     if aux:
         parts.append(f"aux={aux}")
-    if kind in ("offset", "anchor"):
+    if "k" in params:
         parts.append(f"k={k}")
-    if kind == "decay":
+    if "rate" in params:
         parts.append(f"rate={rate:g}")
     if strict:
         parts.append("strict")
@@ -64,7 +47,7 @@ class Sel:
     strict: bool = False
     key: Pred | None = None
     query: Pred | None = None
-    aux: Pred | None = None  # AUX_KINDS: the predicate that places the key (never a key restriction)
+    aux: Pred | None = None  # the class that places the key or starts a segment (never a key restriction)
 
     def describe(self) -> str:
         return describe_selector(self.kind, self.k, self.rate, self.strict,

@@ -9,11 +9,8 @@ import numpy as np
 
 from headcode.compiler import ir
 from headcode.compiler.head import Term
-from headcode.compiler.predicates import Pred, boundary, new_word
+from headcode.compiler.predicates import Pred
 from headcode.compiler.tables import vocab_table
-
-SENTENCE_KINDS = frozenset({"sentence", "sentence_start"})
-WORD_KINDS = frozenset({"word_start"})
 
 
 def merge_terms(terms: list[tuple[float, ir.Sel]]) -> list[tuple[float, ir.Sel]]:
@@ -48,9 +45,9 @@ class _Stack:
 
 
 def ir_to_plan(terms: list[tuple[float, ir.Sel]], pieces: Sequence[str], fingerprint: str
-               ) -> tuple[tuple[Term, ...], tuple[str, ...], np.ndarray, int, int]:
-    """Validated ``[(weight, Sel)]`` -> (terms, table names, tables ``[n_tables, vocab] uint8``,
-    boundary row, new-word row). ``tables.TableError`` if a predicate raises on a piece."""
+               ) -> tuple[tuple[Term, ...], tuple[str, ...], np.ndarray]:
+    """Validated ``[(weight, Sel)]`` -> (terms, table names, tables ``[n_tables, vocab] uint8``).
+    ``tables.TableError`` if a predicate raises on a piece."""
     stack = _Stack(pieces, fingerprint)
     out = []
     for w, s in merge_terms(terms):
@@ -58,7 +55,4 @@ def ir_to_plan(terms: list[tuple[float, ir.Sel]], pieces: Sequence[str], fingerp
                         key=s.key.name if s.key else None, query=s.query.name if s.query else None,
                         key_table=stack.row(s.key), query_table=stack.row(s.query),
                         aux=s.aux.name if s.aux else None, aux_table=stack.row(s.aux)))
-    kinds = {t.kind for t in out}
-    bnd = stack.row(boundary) if kinds & SENTENCE_KINDS else -1
-    nwd = stack.row(new_word) if kinds & WORD_KINDS else -1
-    return tuple(out), tuple(stack.names), stack.array(), bnd, nwd
+    return tuple(out), tuple(stack.names), stack.array()

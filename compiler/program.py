@@ -1,7 +1,7 @@
 """``Program``: a named piece of Python source that scores keys for every query.
 
 ``def attend(t: Tokens) -> Pattern | ndarray[T, T]``. The framework, not the program,
-applies the causal mask and normalises rows (``vocab.attention_from_scores``), so a
+applies the causal mask and normalises rows (``pattern.attention_from_scores``), so a
 program cannot leak a future token.
 
 ``Program.from_source`` builds the callable *in this process*: it is for programs you wrote
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import classes, ir, predicates, vocab
+from headcode.compiler import classes, ir, pattern, predicates, selectors
 
 
 class ProgramError(ValueError):
@@ -34,9 +34,9 @@ class Untraceable(Exception):
 
 def namespace() -> dict[str, Any]:
     """What a program's source sees: the selectors, combinators, predicates and numpy."""
-    ns: dict[str, Any] = {"np": np, "numpy": np, "when": vocab.when, "tok": predicates.tok,
+    ns: dict[str, Any] = {"np": np, "numpy": np, "when": pattern.when, "tok": predicates.tok,
                           "token_in": predicates.token_in, "Pred": predicates.Pred}
-    ns.update(vocab.SELECTORS)
+    ns.update(selectors.functions())  # every registered selector's functions
     ns.update(predicates.BUILTIN_PREDS)
     ns.update(classes.CLASS_PREDS)  # the named token classes (pronoun, name, verb_like, ...)
     # `word_start` names both a predicate and a selector: one object serves as both
@@ -50,7 +50,7 @@ class _WordStart(predicates.Pred):
     def __call__(self, x: Any) -> Any:  # type: ignore[override]
         if isinstance(x, str):
             return bool(self.fn(x))
-        return vocab.word_start(x)
+        return selectors.functions()["word_start"](x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,12 +91,12 @@ class Program:
         a traced program is evaluated from its IR (what the compiled head computes); a
         free-form one on prefixes (row q from tokens <= q, ``prefix_scores``)."""
         if self._expr is not None:
-            return vocab.evaluate(self._expr, t)
+            return pattern.evaluate(self._expr, t)
         return prefix_scores(self.fn, t)
 
     def attention(self, t: Any) -> np.ndarray:
         """The attention this program gives on one text: ``[T, T]``, causal, rows sum to 1."""
-        return vocab.attention_from_scores(self.scores(t))
+        return pattern.attention_from_scores(self.scores(t))
 
     def trace(self) -> ir.Expr:
         """Run once on a tracer and return the selector expression; ``Untraceable`` if it cannot."""
@@ -107,7 +107,7 @@ class Program:
             raise
         except Exception as e:  # noqa: BLE001 - any failure on the tracer means "not traceable"
             raise Untraceable(f"program failed on the tracer: {type(e).__name__}: {e}") from e
-        if not isinstance(out, vocab.Pattern):
+        if not isinstance(out, pattern.Pattern):
             raise Untraceable(f"program returned {type(out).__name__}, not a selector pattern")
         return out.expr
 
@@ -115,13 +115,13 @@ class Program:
         """This program as its traced IR (``Untraceable`` if it has none): the same scores
         on every text as the compiled head, and causal by construction."""
         expr = self.trace()
-        return Program(self.name, self.source, lambda t: vocab.Pattern(expr, t))
+        return Program(self.name, self.source, lambda t: pattern.Pattern(expr, t))
 
 
 def raw_scores(fn: Callable[[Any], Any], t: Any) -> np.ndarray:
     """``fn(t)`` as a checked ``[T, T]`` float64 matrix (finite, non-negative)."""
     out = fn(t)
-    s = out.dense() if isinstance(out, vocab.Pattern) else np.asarray(out, dtype=np.float64)
+    s = out.dense() if isinstance(out, pattern.Pattern) else np.asarray(out, dtype=np.float64)
     T = len(t)
     if s.shape != (T, T):
         raise ValueError(f"returned shape {tuple(s.shape)}, expected ({T}, {T})")

@@ -43,20 +43,11 @@ def _weight_problems(w: float) -> list[str]:
 
 
 def _sel_problems(s: ir.Sel) -> list[str]:
-    if s.kind not in ir.SELECTOR_KINDS:
+    from headcode.compiler.selectors import REGISTRY  # the selectors import the IR
+
+    if s.kind not in REGISTRY:
         return [f"unknown selector kind {s.kind!r}"]
-    out = []
-    if s.kind == "offset" and s.k < 0:
-        out.append(f"offset k must be >= 0, got {s.k}")
-    if s.kind == "decay" and not 0.0 < s.rate < 1.0:
-        out.append(f"decay rate must be in (0, 1), got {s.rate}")
-    if s.kind == "most_recent" and s.key is None:
-        out.append("most_recent needs a key predicate")
-    if s.kind in ir.AUX_KINDS and s.aux is None:
-        out.append(f"{s.kind} needs an aux predicate")
-    if s.kind == "anchor" and not (-8 <= s.k <= 8 and s.k != 0):
-        out.append(f"anchor shift k must be in [-8, 8] and not 0, got {s.k}")
-    return out
+    return REGISTRY[s.kind].all_problems(s)
 
 
 def validate(expr: ir.Expr, name: str = "program") -> list[tuple[float, ir.Sel]]:

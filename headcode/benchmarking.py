@@ -335,16 +335,16 @@ def numpy_peak_bytes(fn: Callable[[], Any]) -> int:
 
 def numba_scratch_bytes(spec: Any, T: int, d: int) -> int:
     """Analytic scratch of the fused Numba kernel per row (NRT allocations, which neither
-    tracemalloc nor torch sees): term state ``n*(d+6)`` float64/int64, the token hash
-    ``2*pow2(>=2T)`` int64 when same_token/induction is used, the occurrence chain ``T*(d+1)``
-    float64 when same_token is used."""
+    tracemalloc nor torch sees): term state ``n*(d+4)`` float64/int64, integer codes and previous
+    occurrences ``T*(n+1)`` int64, three ``T`` bool flag rows, the token hash ``2*pow2(>=2T)`` int64
+    when same_token/induction is used, the occurrence chain ``T*(d+1)`` float64 when same_token is."""
     from headcode.kernels.program_head import spec as S
 
     kinds = set(int(k) for k in spec.kinds)
     n = spec.n_terms
-    size = 1 << max(0, math.ceil(math.log2(2 * T))) if kinds & {S.SAME_TOKEN, S.INDUCTION} else 1
-    chain = T * (d + 1) if S.SAME_TOKEN in kinds else 2
-    return 8 * (n * (d + 6) + 2 * size + chain)
+    size = 1 << max(0, math.ceil(math.log2(2 * T))) if kinds & {S.SAME_TOKEN, S.INDUCTION} else 0
+    chain = T * (d + 1) if S.SAME_TOKEN in kinds else 0
+    return 8 * (n * (d + 4) + T * (n + 1) + 2 * size + chain) + 3 * T
 
 
 def memory_case(name: str = "previous_and_sink", T: int = MEMORY_T, d: int = MEMORY_D) -> dict[str, Any]:

@@ -23,42 +23,24 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from headcode.compiler import pattern
 from headcode.compiler import program as program_mod
-from headcode.compiler import vocab
+from headcode.compiler.selectors import registry
 from headcode.runtime.tokens import Tokens
 
 TINY = 1e-6  # pattern entries below this (far tails of fast decays) are stored as zero
 
-# readable dictionary: named classes from ``compiler.classes`` (see ``readable_terms``)
-_R_UNIFORM = ("noun_like", "verb_like", "adjective_like", "name", "pronoun", "determiner", "preposition",
-              "content_word", "function_word", "punct", "~punct", "sentence_end", "newline")
-_R_SENTENCE = ("noun_like", "verb_like", "name", "content_word", "function_word", "punct")
-_R_RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_boundary", "name", "pronoun",
-             "noun_like", "verb_like", "adjective_like", "determiner", "preposition", "conjunction",
-             "content_word", "function_word", "capitalised")
-_R_AFTER = ("determiner", "preposition", "verb_like", "conjunction", "pronoun", "punct")
-_R_BEFORE = ("verb_like", "auxiliary", "punct", "noun_like")
-THE = "token_in('the')"
+THE = registry.THE
 # query classes a head may split on: ``when(c, ...) + when(~c, ...)``
 SPLIT_CLASSES = ("punct", "function_word", "noun_like", "verb_like", "determiner", "pronoun", "clause_boundary")
 
 
 def readable_terms() -> tuple[str, ...]:
-    """The readable dictionary: ~100 selector expressions over named classes (deterministic order)."""
-    terms = ["current(t)"] + [f"previous(t, {k})" for k in range(1, 6)]
-    terms += ["first(t)", "uniform(t)", "in_same_sentence(t)", "same_token(t)", "induction(t)",
-              "sentence_start(t)", "clause_start(t)", "word_start(t)"]
-    terms += [f"uniform(t, {p})" for p in _R_UNIFORM]
-    terms += [f"in_same_sentence(t, {p})" for p in _R_SENTENCE]
-    terms += [f"most_recent(t, {p})" for p in _R_RECENT]
-    terms += [f"most_recent(t, {p}, strict=True)" for p in _R_RECENT]
-    terms += [f"after_last(t, {p})" for p in _R_AFTER] + [f"before_last(t, {p})" for p in _R_BEFORE]
-    terms += [f"decay(t, {r})" for r in (0.5, 0.8, 0.95)]
-    terms += [f"decay(t, {r}, {p})" for p in ("noun_like", "content_word", "name", "punct", "~punct")
-              for r in (0.8, 0.95)]
-    # 'the' on its own: many middle-layer heads of SmolLM2 use its occurrences as secondary sinks
-    terms += [f"uniform(t, {THE})", f"decay(t, 0.95, {THE})", f"most_recent(t, {THE})"]
-    return tuple(terms)
+    """The readable dictionary: every registered selector's ``search`` expressions over named
+    classes (~100; registry order, deterministic)."""
+    from headcode.compiler.selectors import REGISTRY
+
+    return tuple(x for sel in REGISTRY.values() for x in sel.search)
 
 
 @dataclass(frozen=True)
@@ -104,8 +86,8 @@ def term_pattern(src: str, t: Tokens) -> np.ndarray:
     """The dense ``[T, T]`` pattern of one dictionary term on one text (float64)."""
     ns = _namespace()
     ns["t"] = t
-    pattern = eval(src, ns)  # noqa: S307 - our own fixed expressions
-    return vocab.evaluate(pattern.expr, t)
+    pat = eval(src, ns)  # noqa: S307 - our own fixed expressions
+    return pattern.evaluate(pat.expr, t)
 
 
 @dataclass(frozen=True, eq=False)

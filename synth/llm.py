@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headcode.compiler.vocab import attention_from_scores
+from headcode.compiler.pattern import attention_from_scores
 from headcode.errors import HeadcodeError
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns

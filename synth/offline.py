@@ -288,7 +288,7 @@ class OfflineBackend:
     def attention(self, source: str, texts: Sequence[int]) -> list[np.ndarray]:
         mix = self.mixtures.get(source)
         if mix is None:  # a program from an earlier run (resumed, read from disk): in the sandbox
-            from headcode.compiler.vocab import attention_from_scores
+            from headcode.compiler.pattern import attention_from_scores
             from headcode.synth.sandbox import run_programs
 
             (res,) = run_programs([source], [self.patterns.tokens[i] for i in texts])

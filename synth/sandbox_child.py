@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import check, tables, vocab
+from headcode.compiler import check, pattern, tables
 from headcode.compiler import program as program_mod
 from headcode.compiler.compile import compile_in_process
 from headcode.runtime.tokens import Tokens
@@ -135,7 +135,7 @@ class Child:
             expr = None
         texts = [fresh(t) for t in texts]  # nothing a program does to its texts reaches the next one
         if expr is not None:  # the IR, not the program: the same scores the compiled head gives
-            mats = [program_mod.raw_scores(lambda x: vocab.Pattern(expr, x), t) for t in texts]
+            mats = [program_mod.raw_scores(lambda x: pattern.Pattern(expr, x), t) for t in texts]
         else:
             mats = [program_mod.prefix_scores(fn, t) for t in texts]
         return {"ok": True, "mode": "traced" if expr is not None else "prefix"}, \

@@ -1,231 +1,262 @@
-"""Fused Numba CPU kernel of the program-head op: one pass over the positions of each row,
-all terms at once, no T x T matrix.
+"""Fused Numba CPU kernel of the program-head op: per row, one integer pass per term, then one
+value pass over the positions with all terms at once; no T x T matrix.
 
 ``ids [B, T] int64, v [B, T, D] float32|float64, start [B] int64 -> out [B, n_q, D]``.
 
 Cost per row: O(T * D * n_terms) flops, O(T * D) memory traffic (V is read about once per
-scan term plus once per gathered key), O(n_terms * D) state. Why it is fast: every selector
-is either a running sum (uniform, sentence = sum reset at sentence starts, decay = linear
-recurrence, same_token = sum along the chain of earlier occurrences of the query's token)
-or a pointer to one key (offset, first, most_recent, sentence/word start, induction), so a
-single left-to-right sweep keeps every term's state in a few D-vectors. Occurrences of a
-token are found with a small open-addressing hash table of size O(T), not a vocab-sized one.
-Accumulation is in float64. The history before the query window (``n_q``) is swept but not
-written.
+scan term plus once per gathered key; the output is written once), O(n_terms * D) float state
+and O(n_terms * T) integer scratch (``code``). Why it is fast: each of the four primitives
+(``spec``) needs only integers per position, found in O(T) by one left-to-right pass per term
+(``_codes``): a POINTER's key is its latest event plus ``shift``, INDUCTION's the position after
+the previous occurrence of the query's token; a SCAN needs where its events and keys are. The
+value pass then keeps a running decayed sum per SCAN term (reset by an event) and a sum along
+each chain of occurrences of a token (SAME_TOKEN), and gathers one row of V per pointer.
+Occurrences are found with a small open-addressing hash table of size O(T), not a vocab-sized
+one. Sums are float64. The history before the query window (``n_q``) is swept but not written.
+
+Numba note: every helper is ``inline="always"`` and straight-line (no early return; the value
+pass's helpers call no other helper). An early return, or a helper handing arrays to another
+helper inside the position loop, left reference-count calls in the loop and kept LLVM from
+vectorising it: 3-15x slower (measured against the per-kind kernel this replaced).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numba as nb
 import numpy as np
 import torch
 
 from headcode.kernels.program_head.spec import (
-    ANCHOR,
-    DECAY,
-    FIRST,
+    EVERY,
     INDUCTION,
-    MOST_RECENT,
-    OFFSET,
+    POINTER,
     SAME_TOKEN,
-    SEGMENT_START,
-    SENTENCE,
-    SENTENCE_START,
-    UNIFORM,
-    WORD_START,
+    SCAN,
     HeadSpec,
     check_inputs,
 )
 
+# columns of the packed per-term arrays: ``ints [n, 8] int64`` and ``reals [n, 2] float64``
+KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB = range(8)
+RATE, WEIGHT = range(2)
+# bits of a SCAN / SAME_TOKEN term's code at a position: an event, the token is a key, a query
+EV_BIT, KEY_BIT, QUERY_BIT = 1, 2, 4
+# where a contributing term's numerator row lives: a row of V, a scan state, a chain entry
+_VIEW, _ACC, _CHAIN = 0, 1, 2
+
+
+@nb.njit(inline="always")
+def _flags(ints, i, idsb, s, tables, ev, kok, qok):
+    """``ev / kok / qok [T - s]`` for term ``i`` at ``s + j``: an event (``spec``'s definition), the
+    token is a key (key table), the query passes the gate (query table)."""
+    tab, lag, first = ints[i, EV_TAB], ints[i, EV_LAG], ints[i, EV_START] != 0
+    kt, qt = ints[i, KEY_TAB], ints[i, QUERY_TAB]
+    for j in range(ev.shape[0]):
+        tid = idsb[s + j]
+        e = tab == EVERY or (first and j == 0)
+        if tab >= 0 and j >= lag:
+            e = e or tables[tab, idsb[s + j - lag]] != 0
+        ev[j] = e
+        kok[j] = kt < 0 or tables[kt, tid] != 0
+        qok[j] = qt < 0 or tables[qt, tid] != 0
+
+
+@nb.njit(inline="always")
+def _pointer_codes(ints, i, s, ev, kok, qok, code):
+    """POINTER: ``code[j, i]`` = its key ``latest(s + j) + shift`` (when in ``[s, s + j]``, a key
+    and the query passes the gate), else -1."""
+    shift, strict = ints[i, SHIFT], ints[i, STRICT] != 0
+    last = -1  # the latest event, relative to s
+    for j in range(ev.shape[0]):
+        before = last
+        if ev[j]:
+            last = j
+        lat = before if strict else last
+        k = lat + shift
+        code[j, i] = s + k if lat >= 0 and 0 <= k <= j and kok[k] and qok[j] else -1
+
+
+@nb.njit(inline="always")
+def _induction_codes(i, s, prev, kok, qok, code):
+    """INDUCTION: ``code[j, i]`` = the position after the previous occurrence of the token at
+    ``s + j`` (when it is a key and the query passes the gate), else -1."""
+    for j in range(prev.shape[0]):
+        k = prev[j] + 1 - s
+        code[j, i] = s + k if prev[j] >= 0 and kok[k] and qok[j] else -1
+
+
+@nb.njit(inline="always")
+def _flag_codes(i, ev, kok, qok, code):
+    """SCAN / SAME_TOKEN: ``code[j, i]`` = ``EV_BIT | KEY_BIT | QUERY_BIT`` as they hold at ``s + j``."""
+    for j in range(ev.shape[0]):
+        code[j, i] = EV_BIT * ev[j] + KEY_BIT * kok[j] + QUERY_BIT * qok[j]
+
+
+@nb.njit(inline="always")
+def _previous_occurrences(idsb, s, size, prev):
+    """``prev [T - s]``: the latest earlier position of each token (or -1), by an open-addressing
+    hash table of ``size`` (a power of two >= 2 (T - s)) slots."""
+    hkey, hpos = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    mask = size - 1
+    for j in range(prev.shape[0]):
+        tid = idsb[s + j]
+        h = (tid * 2654435761) & mask
+        while hkey[h] != -1 and hkey[h] != tid:
+            h = (h + 1) & mask
+        prev[j] = hpos[h]
+        hkey[h] = tid
+        hpos[h] = s + j
+
+
+@nb.njit(inline="always")
+def _codes(ints, idsb, s, tables, prev, code):
+    """The integer pass: ``code [T - s, n]`` for every term (see the ``_*_codes`` helpers)."""
+    L = code.shape[0]
+    ev, kok, qok = np.zeros(L, np.bool_), np.zeros(L, np.bool_), np.zeros(L, np.bool_)
+    for i in range(ints.shape[0]):
+        kind = ints[i, KIND]
+        _flags(ints, i, idsb, s, tables, ev, kok, qok)
+        if kind == POINTER:
+            _pointer_codes(ints, i, s, ev, kok, qok, code)
+        elif kind == INDUCTION:
+            _induction_codes(i, s, prev, kok, qok, code)
+        else:
+            _flag_codes(i, ev, kok, qok, code)
+
+
+@nb.njit(inline="always")
+def _scan_step(acc, cnt, i, vb, q, rate, reset, kok):
+    """SCAN state at ``q``: ``acc[i] = keep * acc[i] + kok * V[q]`` and ``cnt[i] = keep * cnt[i] + kok``,
+    ``keep`` = 0 on an event (a new segment), else ``rate`` (1: a plain running sum)."""
+    keep = 0.0 if reset else rate
+    x = 1.0 if kok else 0.0
+    cnt[i] = keep * cnt[i] + x
+    if kok or keep != 1.0:  # else nothing changes (a plain sum, not a key)
+        for d in range(acc.shape[1]):
+            acc[i, d] = keep * acc[i, d] + x * vb[q, d]
+
+
+@nb.njit(inline="always")
+def _chain_push(chain, ccnt, j, p, vb, q):
+    """``chain[j] = V[q] + chain[p]`` (``p < 0``: no earlier occurrence) and the count likewise:
+    the sum over the occurrences of ``q``'s token up to ``q`` (``j = q - s``)."""
+    keep, pp = (1.0, p) if p >= 0 else (0.0, j)
+    ccnt[j] = keep * ccnt[pp] + 1.0
+    for d in range(chain.shape[1]):
+        chain[j, d] = keep * chain[pp, d] + vb[q, d]
+
+
+@nb.njit(inline="always")
+def _write_row(ob, o, vb, s, acc, chain, src, src_row, coef, m, den):
+    """``out[o] = sum_j coef_j * source_j / den`` over the ``m`` contributing terms (zeroed, then
+    added: a D-length write more per row than assigning the first, for one loop per source);
+    ``V[s]`` when ``den <= 0``."""
+    D = ob.shape[1]
+    empty = den <= 0.0
+    if empty:
+        for d in range(D):
+            ob[o, d] = vb[s, d]
+    inv = 0.0 if empty else 1.0 / den
+    if not empty:
+        for d in range(D):
+            ob[o, d] = 0.0
+    for j in range(0 if empty else m):
+        c, r = coef[j] * inv, src_row[j]
+        if src[j] == _VIEW:
+            for d in range(D):
+                ob[o, d] += c * vb[r, d]
+        elif src[j] == _ACC:
+            for d in range(D):
+                ob[o, d] += c * acc[r, d]
+        else:
+            for d in range(D):
+                ob[o, d] += c * chain[r, d]
+
+
+@nb.njit(inline="always")
+def _needs(ints):
+    """(a token hash is needed: SAME_TOKEN or INDUCTION, the occurrence chain is needed: SAME_TOKEN)."""
+    need_hash = need_chain = False
+    for i in range(ints.shape[0]):
+        need_chain = need_chain or ints[i, KIND] == SAME_TOKEN
+        need_hash = need_hash or ints[i, KIND] == SAME_TOKEN or ints[i, KIND] == INDUCTION
+    return need_hash, need_chain
+
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def _row(b, ids, v, s, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd, out):
-    T = ids.shape[1]
-    D = v.shape[2]
-    n = kinds.shape[0]
-    acc = np.zeros((n, D))
-    cnt = np.zeros(n)
-    last = np.full(n, -1, np.int64)
-    need_hash = False
-    need_chain = False
-    for i in range(n):
-        if kinds[i] == SAME_TOKEN:
-            need_chain = True
-            need_hash = True
-        elif kinds[i] == INDUCTION:
-            need_hash = True
-    L = T - s
-    size = 1
+def _row(idsb, vb, s, q0, ints, reals, tables, ob):
+    """One batch row: ``idsb [T], vb [T, D], s`` (its start) ``-> ob [T - q0, D]`` (rows ``q0..T-1``)."""
+    T, D = vb.shape
+    n, L = ints.shape[0], T - s
+    need_hash, need_chain = _needs(ints)
+    prev = np.full(L, -1, np.int64)
     if need_hash:
+        size = 1
         while size < 2 * L:
             size *= 2
-    mask = size - 1
-    hkey = np.full(size, -1, np.int64)
-    hpos = np.full(size, -1, np.int64)
-    chain = np.zeros((L if need_chain else 1, D))
-    ccnt = np.zeros(L if need_chain else 1)
-    coef = np.zeros(n)
-    src_kind = np.zeros(n, np.int64)
-    src_row = np.zeros(n, np.int64)
-    vb = v[b]
-    ob = out[b]
+        _previous_occurrences(idsb, s, size, prev)
+    code = np.empty((L, n), np.int64)
+    _codes(ints, idsb, s, tables, prev, code)
+    acc, cnt = np.zeros((n, D)), np.zeros(n)
+    src, src_row, coef = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n)
+    chain, ccnt = np.zeros((L if need_chain else 0, D)), np.zeros(L if need_chain else 0)
     for q in range(q0, s):  # left padding inside the query window: zero rows
         for d in range(D):
-            out[b, q - q0, d] = 0.0
-    sent = s
-    word = s
-    for q in range(s, T):
-        tid = ids[b, q]
-        if bnd >= 0 and q > s and tables[bnd, ids[b, q - 1]] != 0:
-            sent = q
-        if nwd >= 0 and tables[nwd, tid] != 0:
-            word = q
-        prev = -1
-        if need_hash:
-            h = (tid * 2654435761) & mask
-            while hkey[h] != -1 and hkey[h] != tid:
-                h = (h + 1) & mask
-            prev = hpos[h]
-            hkey[h] = tid
-            hpos[h] = q
+            ob[q - q0, d] = 0.0
+    for j in range(L):  # the value pass: position q = s + j
+        q = s + j
         if need_chain:
-            j = q - s
-            if prev >= 0:
-                p = prev - s
-                for d in range(D):
-                    chain[j, d] = chain[p, d] + v[b, q, d]
-                ccnt[j] = ccnt[p] + 1.0
-            else:
-                for d in range(D):
-                    chain[j, d] = v[b, q, d]
-                ccnt[j] = 1.0
-        emit = q >= q0
-        den = 0.0
-        m = 0  # contributing terms this row: (kind of source, row, coefficient)
+            _chain_push(chain, ccnt, j, prev[j] - s if prev[j] >= 0 else -1, vb, q)
+        m, den = 0, 0.0
         for i in range(n):
-            kind = kinds[i]
-            kt = key_tab[i]
-            kok = kt < 0 or tables[kt, tid] != 0
-            qok = query_tab[i] < 0 or tables[query_tab[i], tid] != 0
-            w = weights[i]
-            src = -1
-            if kind == UNIFORM or kind == SENTENCE or kind == DECAY:
-                if kind == SENTENCE and sent == q:
-                    cnt[i] = 0.0
-                    for d in range(D):
-                        acc[i, d] = 0.0
-                if kind == DECAY:
-                    r = rates[i]
-                    cnt[i] *= r
-                    if kok:
-                        cnt[i] += 1.0
-                        for d in range(D):
-                            acc[i, d] = r * acc[i, d] + vb[q, d]
-                    else:
-                        for d in range(D):
-                            acc[i, d] *= r
-                elif kok:
-                    cnt[i] += 1.0
-                    for d in range(D):
-                        acc[i, d] += vb[q, d]
-                if emit and qok and cnt[i] > 0.0:
-                    src_kind[m] = 1
-                    src_row[m] = i
-                    coef[m] = w / cnt[i]
-                    m += 1
-                    den += w
-                continue
-            if kind == SAME_TOKEN:
-                if emit and qok and kok:
-                    src_kind[m] = 2
-                    src_row[m] = q - s
-                    coef[m] = w / ccnt[q - s]
-                    m += 1
-                    den += w
-                continue
-            if kind == MOST_RECENT:
-                before = last[i]
-                if kok:
-                    last[i] = q
-                src = before if strict[i] != 0 else last[i]
-            else:
-                if kind == SEGMENT_START:
-                    if q == s or tables[aux_tab[i], ids[b, q - 1]] != 0:
-                        last[i] = q
-                    src = last[i]
-                elif kind == ANCHOR:
-                    before = last[i]
-                    if tables[aux_tab[i], tid] != 0:
-                        last[i] = q
-                    a = before if strict[i] != 0 else last[i]
-                    src = a + ks[i] if a >= 0 else -1
-                    if src < s or src > q:
-                        src = -1
-                elif kind == OFFSET:
-                    src = q - ks[i]
-                    if src < s:
-                        src = -1
-                elif kind == FIRST:
-                    src = s
-                elif kind == SENTENCE_START:
-                    src = sent
-                elif kind == WORD_START:
-                    src = word
-                elif kind == INDUCTION:
-                    src = prev + 1 if prev >= 0 else -1
-                if src >= 0 and kt >= 0 and tables[kt, ids[b, src]] == 0:
-                    src = -1
-            if emit and qok and src >= 0:
-                src_kind[m] = 0
-                src_row[m] = src
-                coef[m] = w
+            kind, c, w = ints[i, KIND], code[j, i], reals[i, WEIGHT]
+            row, coef[m] = -1, w
+            if kind == SCAN:
+                _scan_step(acc, cnt, i, vb, q, reals[i, RATE], c & EV_BIT, c & KEY_BIT)
+                if c & QUERY_BIT and cnt[i] > 0.0:
+                    row, src[m], coef[m] = i, _ACC, w / cnt[i]
+            elif kind == SAME_TOKEN:
+                if c & (KEY_BIT | QUERY_BIT) == KEY_BIT | QUERY_BIT:
+                    row, src[m], coef[m] = j, _CHAIN, w / ccnt[j]
+            elif c >= 0:
+                row, src[m] = c, _VIEW
+            if row >= 0:
+                src_row[m] = row
                 m += 1
                 den += w
-        if not emit:
-            continue
-        o = q - q0
-        if den <= 0.0:
-            for d in range(D):
-                ob[o, d] = vb[s, d]
-            continue
-        inv = 1.0 / den
-        for j in range(m):  # the first term assigns, the others add: one write stream per row
-            c = coef[j] * inv
-            r0 = src_row[j]
-            if src_kind[j] == 0:
-                if j == 0:
-                    for d in range(D):
-                        ob[o, d] = c * vb[r0, d]
-                else:
-                    for d in range(D):
-                        ob[o, d] += c * vb[r0, d]
-            else:
-                src = acc if src_kind[j] == 1 else chain
-                if j == 0:
-                    for d in range(D):
-                        ob[o, d] = c * src[r0, d]
-                else:
-                    for d in range(D):
-                        ob[o, d] += c * src[r0, d]
+        if q >= q0:
+            _write_row(ob, q - q0, vb, s, acc, chain, src, src_row, coef, m, den)
 
 
 @nb.njit(cache=True, nogil=True)
-def _serial(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd, nwd,
-            out):
+def _serial(ids, v, start, q0, ints, reals, tables, out):
     for b in range(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
-             bnd, nwd, out)
+        _row(ids[b], v[b], start[b], q0, ints, reals, tables, out[b])
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def _parallel(ids, v, start, q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables, bnd,
-              nwd, out):
+def _parallel(ids, v, start, q0, ints, reals, tables, out):
     for b in nb.prange(ids.shape[0]):
-        _row(b, ids, v, start[b], q0, kinds, ks, rates, strict, key_tab, query_tab, aux_tab, weights, tables,
-             bnd, nwd, out)
+        _row(ids[b], v[b], start[b], q0, ints, reals, tables, out[b])
 
 
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
+
+
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pack(spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The spec's per-term arrays as ``ints [n, 8] int64`` (columns ``KIND..QUERY_TAB``) and
+    ``reals [n, 2] float64`` (``RATE, WEIGHT``); built once per spec."""
+    if spec not in _PACKED:
+        ints = np.stack([spec.kinds, spec.ev_tab, spec.ev_lag, spec.ev_start, spec.strict, spec.shift,
+                         spec.key_tab, spec.query_tab], axis=1).astype(np.int64).reshape(-1, 8)
+        reals = np.stack([spec.rates, spec.weights], axis=1).astype(np.float64).reshape(-1, 2)
+        _PACKED[spec] = (np.ascontiguousarray(ints), np.ascontiguousarray(reals))
+    return _PACKED[spec]
 
 
 def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start: np.ndarray | None = None,
@@ -245,8 +276,7 @@ def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start:
         return out
     tables = spec.tables if spec.tables.shape[0] else _NO_TABLES
     fn = _parallel if (parallel if parallel is not None else B > 1) else _serial
-    fn(ids, v, st, T - nq, spec.kinds, spec.ks, spec.rates, spec.strict, spec.key_tab, spec.query_tab,
-       spec.aux_tab, spec.weights, tables, spec.boundary_tab, spec.new_word_tab, out)
+    fn(ids, v, st, T - nq, *pack(spec), tables, out)
     return out
 
 

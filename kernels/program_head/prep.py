@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head.naive import latest
 from headcode.kernels.program_head.spec import HeadSpec
 
 
@@ -25,12 +26,6 @@ class ScanInput:
     mask: torch.Tensor
     begin: torch.Tensor
     rate: float
-
-
-def latest(flags: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` bool -> index of the latest True at or before each position, else -1."""
-    pos = torch.arange(flags.shape[1], device=flags.device).expand_as(flags)
-    return torch.where(flags, pos, torch.full_like(pos, -1)).cummax(dim=1).values
 
 
 _TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -64,18 +59,23 @@ class Prep:
             return torch.ones_like(self.valid)
         return self.tables[row][self.tids]
 
-    def sentence_begin(self) -> torch.Tensor:
-        if "sb" not in self._cache:
-            after = torch.zeros_like(self.valid)
-            after[:, 1:] = self.table(self.spec.boundary_tab)[:, :-1]
-            self._cache["sb"] = self.valid & ((self.pos == self.start[:, None]) | after)
-        return self._cache["sb"]
-
-    def word_begin(self) -> torch.Tensor:
-        if "wb" not in self._cache:
-            nw = self.table(self.spec.new_word_tab)
-            self._cache["wb"] = self.valid & ((self.pos == self.start[:, None]) | nw)
-        return self._cache["wb"]
+    def events(self, i: int) -> torch.Tensor:
+        """``[B, T]`` bool: where term ``i`` has an event (``spec``'s definition); shared by terms
+        with the same (ev_tab, ev_lag, ev_start)."""
+        sp = self.spec
+        tab, lag, first = int(sp.ev_tab[i]), int(sp.ev_lag[i]), bool(sp.ev_start[i])
+        key = f"ev{tab},{lag},{first}"
+        if key not in self._cache:
+            ev = self.valid & (self.pos == self.start[:, None]) & first
+            if tab == S.EVERY:
+                ev = self.valid
+            elif tab >= 0:
+                T = self.ids.shape[1]
+                hit = torch.zeros_like(self.valid)
+                hit[:, lag:] = self.table(tab)[:, : T - lag]
+                ev = ev | (hit & (self.pos - lag >= self.start[:, None]))
+            self._cache[key] = ev
+        return self._cache[key]
 
     def occurrences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stable sort by token (padding grouped apart): ``perm``, ``group_begin`` (in sorted
@@ -92,50 +92,27 @@ class Prep:
         return self._cache["perm"], self._cache["gb"], self._cache["prev"]
 
     def gather_index(self, i: int) -> torch.Tensor:
-        """Term ``i`` (a one-key kind): ``[B, T]`` index of its key, -1 for an empty row."""
+        """Term ``i`` (POINTER or INDUCTION): ``[B, T]`` index of its one key, -1 for an empty row."""
         sp, kind = self.spec, int(self.spec.kinds[i])
-        if kind == S.OFFSET:
-            idx = self.pos - int(sp.ks[i])
-        elif kind == S.FIRST:
-            idx = self.start[:, None].expand_as(self.pos)
-        elif kind == S.SENTENCE_START:
-            idx = latest(self.sentence_begin())
-        elif kind == S.WORD_START:
-            idx = latest(self.word_begin())
-        elif kind == S.MOST_RECENT:
-            idx = latest(self.valid & self.table(int(sp.key_tab[i])))
-            if sp.strict[i]:
-                idx = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1]], dim=1)
-        elif kind == S.SEGMENT_START:
-            after = torch.zeros_like(self.valid)
-            after[:, 1:] = self.table(int(sp.aux_tab[i]))[:, :-1]
-            idx = latest(self.valid & ((self.pos == self.start[:, None]) | after))
-        elif kind == S.ANCHOR:
-            a = latest(self.valid & self.table(int(sp.aux_tab[i])))
-            if sp.strict[i]:
-                a = torch.cat([torch.full_like(a[:, :1], -1), a[:, :-1]], dim=1)
-            idx = torch.where((a >= 0) & (a + int(sp.ks[i]) <= self.pos), a + int(sp.ks[i]), -1)
+        if kind == S.POINTER:
+            p = latest(self.events(i), bool(sp.strict[i]))
+            idx = torch.where(p >= 0, p + int(sp.shift[i]), -1)
         elif kind == S.INDUCTION:
             prev = self.occurrences()[2]
             idx = torch.where(prev >= 0, prev + 1, prev)
         else:
-            raise ValueError(f"kind code {kind} is not a one-key kind")
-        ok = (idx >= self.start[:, None]) & self.valid
-        keys_ok = self.table(int(sp.key_tab[i])).gather(1, idx.clamp(min=0))
+            raise ValueError(f"kind code {kind} is not a one-key primitive (pointer, induction)")
+        ok = (idx >= self.start[:, None]) & (idx <= self.pos) & self.valid
+        keys_ok = self.table(int(sp.key_tab[i])).gather(1, idx.clamp(min=0, max=self.ids.shape[1] - 1))
         return torch.where(ok & keys_ok, idx, torch.full_like(idx, -1))
 
     def scan_input(self, i: int) -> ScanInput:
-        """Term ``i`` (a running-sum kind) as a segmented, decayed scan over some row order."""
+        """Term ``i`` (SCAN or SAME_TOKEN) as a segmented, decayed scan over some row order."""
         sp, kind = self.spec, int(self.spec.kinds[i])
         keys = self.valid & self.table(int(sp.key_tab[i]))
-        none = torch.zeros_like(self.valid)
-        if kind == S.UNIFORM:
-            return ScanInput(self.pos, keys, none, 1.0)
-        if kind == S.DECAY:
-            return ScanInput(self.pos, keys, none, float(sp.rates[i]))
-        if kind == S.SENTENCE:
-            return ScanInput(self.pos, keys, self.sentence_begin(), 1.0)
+        if kind == S.SCAN:
+            return ScanInput(self.pos, keys, self.events(i), float(sp.rates[i]))
         if kind == S.SAME_TOKEN:
             perm, gb, _ = self.occurrences()
             return ScanInput(perm, keys.gather(1, perm), gb, 1.0)
-        raise ValueError(f"kind code {kind} is not a running-sum kind")
+        raise ValueError(f"kind code {kind} is not a scanned primitive (scan, same_token)")

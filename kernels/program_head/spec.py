@@ -118,6 +118,8 @@ def spec_problems(spec: HeadSpec) -> list[str]:
             out.append(f"term {i}: ev_lag, ev_start and strict must be 0 or 1")
         if abs(int(spec.shift[i])) > MAX_SHIFT:
             out.append(f"term {i}: |shift| {spec.shift[i]} is over {MAX_SHIFT}")
+        if kind != POINTER and spec.strict[i] or kind != SCAN and spec.rates[i] != 1.0:
+            out.append(f"term {i}: strict is for pointers and rate for scans only")
         if not (0.0 < spec.rates[i] <= 1.0):
             out.append(f"term {i}: rate {spec.rates[i]} must be in (0, 1]")
         if not (np.isfinite(spec.weights[i]) and spec.weights[i] >= 0):

@@ -2,17 +2,17 @@
 
 ``ids [B, T] int64, v [B, T, D], start [B] int64 -> out [B, n_q, D]``.
 
-Two kernels cover every selector kind:
-- ``_gather_kernel``: one key per query row (offset, first, most_recent, sentence/word start,
-  induction): ``num[b, q] = V[b, idx[b, q]]``. O(T * D) reads, fully parallel.
-- ``_scan_kernel``: a segmented, decayed running sum over a row order (uniform, sentence,
-  decay, same_token via the token-sorted order): ``h[t] = (begin[t] ? 0 : rate * h[t-1]) +
-  mask[t] * V[rows[t]]`` and the same for the count, then ``num = h / count``. Chunked like
-  fla's linear-attention kernels: within a chunk of BLOCK_T rows the recurrence is a small
-  lower-triangular ``[BLOCK_T, BLOCK_T]`` matrix times the ``[BLOCK_T, BLOCK_D]`` tile (a tensor-core
-  dot, ieee precision), and one ``[BLOCK_D]`` state carries across chunks. O(T * BLOCK_T * D)
-  flops, O(T * D) memory, no T x T matrix. Grid (B, D / BLOCK_D).
-Index work (cummax, one stable sort for token occurrences) is done in torch by ``prep``.
+Two kernels cover the four primitives (``spec``):
+- ``_gather_kernel``: one key per query row (POINTER, INDUCTION): ``num[b, q] = V[b, idx[b, q]]``.
+  O(T * D) reads, fully parallel.
+- ``_scan_kernel``: a segmented, decayed running sum over a row order (SCAN in position order,
+  its events starting segments; SAME_TOKEN via the token-sorted order): ``h[t] = (begin[t] ? 0 :
+  rate * h[t-1]) + mask[t] * V[rows[t]]`` and the same for the count, then ``num = h / count``.
+  Chunked like fla's linear-attention kernels: within a chunk of BLOCK_T rows the recurrence is a
+  small lower-triangular ``[BLOCK_T, BLOCK_T]`` matrix times the ``[BLOCK_T, BLOCK_D]`` tile (a
+  tensor-core dot, ieee precision), and one ``[BLOCK_D]`` state carries across chunks.
+  O(T * BLOCK_T * D) flops, O(T * D) memory, no T x T matrix. Grid (B, D / BLOCK_D).
+Index work (events, cummax, one stable sort for token occurrences) is done in torch by ``prep``.
 On a machine without a GPU set ``TRITON_INTERPRET=1`` before importing this module.
 """
 
@@ -131,7 +131,7 @@ def program_head_triton(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, star
     den = torch.zeros(B, nq, dtype=torch.float32, device=v.device)
     for i in range(spec.n_terms):
         kind = int(spec.kinds[i])
-        if kind in S.SCAN_KINDS:
+        if kind in (S.SCAN, S.SAME_TOKEN):
             si = prep.scan_input(i)
             num, has = segmented_scan(v_c, si.rows, si.mask, si.begin, si.rate)
             num, has = num[:, w0:], has[:, w0:]

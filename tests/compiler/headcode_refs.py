@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from headcode.compiler.pattern import attention_from_scores
 from headcode.compiler.program import Program
-from headcode.compiler.vocab import attention_from_scores
 from headcode.runtime.tokens import Tokens
 
 

@@ -16,6 +16,7 @@ from headcode.compiler import compile_program, ir, run_head
 from headcode.compiler.predicates import BUILTIN_PREDS
 from headcode.compiler.program import Program
 from headcode.compiler.program_to_ir import flatten
+from headcode.compiler.selectors import REGISTRY
 
 BACKENDS = ["torch", "numba", "triton"]
 NAMES = [c.name for c in PROGRAMS]
@@ -45,7 +46,7 @@ def test_catalogue_covers_kinds_predicates_and_combinators(heads):
             kinds.add(s.kind)
             keys |= _pred_names(s.key.name) if s.key else set()
             queries |= _pred_names(s.query.name) if s.query else set()
-    assert kinds == set(ir.SELECTOR_KINDS)
+    assert kinds == set(REGISTRY)
     assert keys >= set(BUILTIN_PREDS), set(BUILTIN_PREDS) - keys
     assert queries >= set(BUILTIN_PREDS), set(BUILTIN_PREDS) - queries
     text = " ".join(c.body for c in PROGRAMS)

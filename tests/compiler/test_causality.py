@@ -1,5 +1,5 @@
-"""Every feature at position q depends only on tokens <= q: for every selector kind (with named
-classes as key restriction, query gate and aux predicate) and every named class, changing the
+"""Every feature at position q depends only on tokens <= q: for every example of every selector
+(with named classes as key restriction, query gate and aux predicate) and every named class, changing the
 tokens after q leaves rows <= q unchanged — in the numpy reference and in the compiled kernels."""
 
 from __future__ import annotations
@@ -13,25 +13,17 @@ from catalogue import VOCAB, random_ids
 
 from headcode.compiler import classes as C
 from headcode.compiler import compile_source, ir, run_head
-from headcode.compiler.vocab import evaluate
+from headcode.compiler.pattern import Pattern, evaluate, when
+from headcode.compiler.program import Program
+from headcode.compiler.selectors import REGISTRY
 from headcode.runtime.tokens import Tokens
 
-# one or more example terms per selector kind; a new kind without an example fails the test below
-EXAMPLES: dict[str, list[ir.Sel]] = {
-    "offset": [ir.Sel("offset", k=2)],
-    "first": [ir.Sel("first")],
-    "uniform": [ir.Sel("uniform", key=C.noun_like)],
-    "sentence": [ir.Sel("sentence", key=C.verb_like)],
-    "same_token": [ir.Sel("same_token")],
-    "most_recent": [ir.Sel("most_recent", key=C.name), ir.Sel("most_recent", strict=True, key=C.pronoun)],
-    "sentence_start": [ir.Sel("sentence_start")],
-    "word_start": [ir.Sel("word_start")],
-    "induction": [ir.Sel("induction")],
-    "decay": [ir.Sel("decay", rate=0.8, key=C.CLASS_PREDS["content_word"])],
-    "segment_start": [ir.Sel("segment_start", aux=C.clause_boundary)],
-    "anchor": [ir.Sel("anchor", k=-1, aux=C.verb_like), ir.Sel("anchor", k=1, strict=True, aux=C.determiner)],
+# every example of every registered selector (compiler/selectors/), traced once
+EXAMPLES: dict[str, list[ir.Expr]] = {
+    kind: [Program.from_source(f"def attend(t):\n    return {ex}\n").trace() for ex in sel.examples]
+    for kind, sel in REGISTRY.items()
 }
-CASES = [(kind, i, gate) for kind, sels in EXAMPLES.items() for i in range(len(sels))
+CASES = [(kind, i, gate) for kind, exprs in EXAMPLES.items() for i in range(len(exprs))
          for gate in (None, "determiner", "punct")]
 SOURCES = {
     "segment_start": "clause_start(t)", "anchor": "0.6 * before_last(t, verb_like) + 0.4 * after_last(t, determiner)",
@@ -54,15 +46,11 @@ def _pairs(seed: int, T: int = 40, n: int = 4):
         yield ids, other, q
 
 
-def test_every_selector_kind_has_an_example():
-    assert set(EXAMPLES) == set(ir.SELECTOR_KINDS)
-
-
 @pytest.mark.parametrize("kind, i, gate", CASES)
 def test_selector_rows_up_to_q_ignore_later_tokens(kind, i, gate):
     sel = EXAMPLES[kind][i]
     if gate:
-        sel = sel.gate_queries(C.CLASS_PREDS[gate])
+        sel = when(C.CLASS_PREDS[gate], Pattern(sel, None)).expr
     for ids, other, q in _pairs(zlib.crc32(kind.encode()) % 1000 + i):
         a, b = evaluate(sel, _tokens(ids)), evaluate(sel, _tokens(other))
         np.testing.assert_array_equal(a[: q + 1], b[: q + 1])

@@ -11,8 +11,8 @@ from catalogue import PROGRAMS, REJECTED
 
 from headcode.cli import main
 from headcode.compiler import compile_program, load_plan, run_head
+from headcode.compiler.pattern import attention_from_scores
 from headcode.compiler.program import Program
-from headcode.compiler.vocab import attention_from_scores
 from headcode.errors import HeadcodeError
 from headcode.runtime.loading import tokenizer_fingerprint
 from headcode.runtime.tokens import Tokens, vocabulary_pieces

@@ -34,11 +34,13 @@ def _edit_term(field, value):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (_edit_term("key_table", 7), "term 0 names table row 7, outside"),
-    (_edit_term("query_table", -5), "term 0 names table row -5, outside"),
-    (_edit_term("kind", "teleport"), "unknown kind 'teleport'"),
+    (_edit_term("key_table", 7), "term 0: names table row 7, outside"),
+    (_edit_term("query_table", -5), "term 0: names table row -5, outside"),
+    (_edit_term("kind", "teleport"), "unknown selector kind 'teleport'"),
     (_edit_term("weight", -1.0), "not finite and non-negative"),
-    (lambda h: h.update(boundary_table=3), "boundary_table 3 is outside"),
+    (_edit_term("key_table", -1), "term 0: most_recent has no table row for its key class"),
+    (lambda h: h["terms"][1].update(aux_table=-1), "term 1: sentence has no table row for its class"),
+    (lambda h: h["terms"][1].update(kind="decay", rate=1.5), "term 1: decay rate must be in (0, 1)"),
 ])
 def test_a_tampered_plan_is_refused_in_one_line(tmp_path, edit, words):
     head = compile_source(SOURCE, VOCAB, "fp", name="L0.H0", model_id="m", strict=True)

@@ -25,8 +25,8 @@ def test_tables_are_the_predicates_over_the_vocabulary():
     rows = dict(zip(head.table_names, head.tables))
     np.testing.assert_array_equal(rows["capitalised"], capitalised.table(VOCAB))
     np.testing.assert_array_equal(rows["(alpha | punct)"], (alpha | punct).table(VOCAB))
-    assert head.table_names[head.boundary_table] == "boundary"
-    assert head.new_word_table == -1  # no word kinds in this program
+    assert head.table_names[head.terms[1].aux_table] == "boundary"  # in_same_sentence: a sentence after one
+    assert "new_word" not in head.table_names  # no word selectors in this program
     term = head.terms[0]
     assert head.table_names[term.key_table] == "(alpha | punct)" and head.table_names[term.query_table] == "capitalised"
 

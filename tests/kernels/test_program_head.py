@@ -63,6 +63,27 @@ def test_one_primitive_matches_reference(kernel, term):
     torch.testing.assert_close(win, ref[:, -4:], atol=1e-5, rtol=0)
 
 
+EDGE_CASES = [
+    dict(kind="pointer", ev_start=1, shift=2),  # the third real token (none for the first two rows)
+    dict(kind="pointer", ev_tab=EVERY, shift=-64),  # the longest offset: empty rows for most of a row
+    dict(kind="pointer", ev_tab=2, ev_lag=1, strict=1, shift=3),  # past the query on short segments
+    dict(kind="pointer", ev_tab=NO_TABLE),  # no event ever: every row empty
+    dict(kind="scan", ev_tab=EVERY, rate=0.5),  # every token starts a segment: the query alone
+    dict(kind="scan", ev_tab=2, ev_lag=1, rate=0.9, key_tab=0),  # lag-1 events, no start event
+    dict(kind="scan", ev_tab=0, rate=1.0, key_tab=0, query_tab=3),  # events on the keys themselves
+]
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@pytest.mark.parametrize("term", EDGE_CASES, ids=[_id(t) for t in EDGE_CASES])
+def test_edge_primitives_match_reference(kernel, term):
+    spec = _spec([term, dict(kind="pointer", ev_start=1, weight=0.01)], seed=2)  # a sink keeps rows non-empty
+    ids, v, start = _batch(7, T=90)
+    ref = program_head_naive(spec, ids, v, start)
+    torch.testing.assert_close(KERNELS[kernel](spec, ids, v, start), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(KERNELS[kernel](spec, ids, v, start, n_q=25), ref[:, -25:], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_mix_of_all_primitives_no_start(kernel):
     picks = POINTERS[::3] + SCANS + OTHERS

@@ -204,8 +204,8 @@ def test_a_program_cannot_poison_the_next_in_the_same_worker():
     the = [n for n in b.table_names if n.startswith("tok:")][0]
     np.testing.assert_array_equal(b.tables[b.table_names.index(the)], [p.strip() == "the" for p in VOCAB])
     *_, after = S.run_programs([poison_tables, poison_texts, honest], TEXTS, FAST)
+    from headcode.compiler.pattern import evaluate
     from headcode.compiler.program import Program
-    from headcode.compiler.vocab import evaluate
 
     expr = Program.from_source(honest).trace()  # our own copy of a trusted program, in this process
     assert after.ok
