@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_program_head import OTHERS, POINTERS, SCANS, TERM_CASES, VOCAB_N, _batch, _id, _spec
+from test_program_head import EDGE_CASES, OTHERS, POINTERS, SCANS, TERM_CASES, VOCAB_N, _batch, _id, _spec
 
 from headcode.kernels.program_head.naive import program_head_naive
 from headcode.kernels.program_head.spec import KIND_CODES
@@ -41,6 +41,17 @@ def test_one_primitive_prefill_in_pieces_then_decode_matches_reference(backend, 
     ids, v, start = _batch(3, T=40)  # rows start at 0, 17 and 39: left padding through prefill and decoding
     ref = program_head_naive(spec, ids, v, start)
     out = _stream(STATES[backend](LayerProgram.build([spec], [0]), 3, v.shape[-1]), ids, v[:, None], start)
+    torch.testing.assert_close(out[:, 0], ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", list(STATES))
+@pytest.mark.parametrize("term", EDGE_CASES, ids=[_id(t) for t in EDGE_CASES])
+def test_edge_primitives_prefill_then_decode_match_reference(backend, term):
+    spec = _spec([term, dict(kind="pointer", ev_start=1, weight=0.01)], seed=2)  # a sink keeps rows non-empty
+    ids, v, start = _batch(7, T=72)  # shift -64 reaches a key in the first row
+    ref = program_head_naive(spec, ids, v, start)
+    out = _stream(STATES[backend](LayerProgram.build([spec], [0]), 3, v.shape[-1]), ids, v[:, None], start,
+                  pieces=(30, 60))
     torch.testing.assert_close(out[:, 0], ref, atol=1e-5, rtol=0)
 
 
