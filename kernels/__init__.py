@@ -1,3 +1,3 @@
 """headcode kernels: one op per folder, each with a torch reference, a Numba CPU kernel and a
 Triton GPU kernel. No imports from the other headcode folders, no side effects here (see
-DESIGN.md: transformers may import this folder while looking for its own ``kernels``)."""
+docs/architecture.md: transformers may import this folder while looking for its own ``kernels``)."""

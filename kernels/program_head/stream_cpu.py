@@ -1,5 +1,5 @@
 """Streaming Numba kernel of the program-head op: the decoding states that make a step cost
-O(terms * D) per replaced head, whatever the context length (DESIGN.md, semantics 8).
+O(terms * D) per replaced head, whatever the context length (docs/architecture.md: constant-size decoding state).
 
 One call runs every replaced head of one layer over ``n`` new tokens (prefill: the prompt;
 decoding: one token), reading each token once and carrying each term's state between calls.
