@@ -18,7 +18,6 @@ _API = {
     "Term": "headcode.compiler.head",
     "CompileError": "headcode.compiler.validate",
     "run_head": "headcode.compiler.run",
-    "run_heads": "headcode.compiler.run",
     "save_plan": "headcode.compiler.export",
     "load_plan": "headcode.compiler.export",
 }

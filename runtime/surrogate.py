@@ -340,10 +340,10 @@ def build_surrogates(plan: Any, loaded: Any, backend: str = "numba",
     if loaded is not None:
         check_plan(plan, loaded)
     items = plan.heads.items() if hasattr(plan, "heads") and isinstance(plan.heads, Mapping) else plan.items()
-    keep = None if heads is None else {h if isinstance(h, HeadRef) else HeadRef.parse(h) for h in heads}
+    keep = None if heads is None else {HeadRef.parse(h) for h in heads}
     out: dict[int, dict[int, HeadFn]] = {}
     for key, obj in items:
-        ref = key if isinstance(key, HeadRef) else HeadRef.parse(str(key))
+        ref = HeadRef.parse(key)
         if loaded is not None:
             ref.check(loaded.n_layers, loaded.n_heads)
         if keep is not None and ref not in keep:

@@ -20,6 +20,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from headcode.files import write_text
 from headcode.runtime.loading import load_model
 
 CHARACTERS = ["a little cat", "a small dog", "a girl named Lily", "a boy named Tom", "a brave mouse",
@@ -104,11 +105,7 @@ def main() -> None:
                     sink.flush()
                     bar.update(1)
     bar.close()
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        for s in stories:
-            f.write(json.dumps({k: s[k] for k in ("id", "prompt", "text")}) + "\n")
-    os.replace(tmp, args.out)
+    write_text(args.out, "".join(json.dumps({k: s[k] for k in ("id", "prompt", "text")}) + "\n" for s in stories))
     os.remove(partial)
     print(f"{len(stories)} stories in {time.time() - t0:.0f}s -> {args.out}")
 

@@ -8,13 +8,13 @@ the same state directory continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
+from headcode.files import write_json
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
@@ -24,13 +24,6 @@ from headcode.synth.occam import choose as occam_choose
 from headcode.synth.ranking import finalize, head_points, program_name, score_source
 
 STATE_VERSION = 2
-
-
-def _save_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
@@ -89,7 +82,7 @@ def explain_heads(
             continue
         if state:
             refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
-            _save_json(state / f"{h}.json", {
+            write_json(state / f"{h}.json", {
                 "version": STATE_VERSION, "backend": backend.name,
                 "front": [p.to_json() for p in fronts[str(h)]],
                 "alternatives": [{"program": program_name(p.source), "iou": p.iou,

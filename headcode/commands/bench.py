@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from headcode.io import write_json
+from headcode.files import write_json
 
 HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
 GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis")
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, groups: set[str]) -> int:
         "machine": bm.machine_info(), "settings": asdict(settings) | {"neural_baseline": bm.NEURAL_BASELINE},
         "cases": cases, "skipped": skipped,
     }
-    write_json(report, args.out)
+    write_json(args.out, report)
     print(table(cases))
     for s in skipped:
         print(f"skipped {s['name']}: {s['reason']}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headcode.io import write_json
+from headcode.files import write_json
 
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), args.save_plan)
         report["saved_plan"] = str(args.save_plan)
-    write_json(report, args.out)
+    write_json(args.out, report)
     print(summary(report))
     return 0
 

@@ -64,10 +64,10 @@ def _patterns(args: argparse.Namespace, out: Path):
     if cache.exists() and meta_path.exists():
         hp = HeadPatterns.load(str(cache))
         return hp, hp.model, hp.heads
+    from headcode.files import write_json
     from headcode.runtime.capture import capture
     from headcode.runtime.corpus import load_corpus
     from headcode.runtime.loading import load_model
-    from headcode.synth.report import write_text
 
     lm = load_model(args.model)
     heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
@@ -77,7 +77,7 @@ def _patterns(args: argparse.Namespace, out: Path):
                  progress=not args.no_progress, dtype=np.float16)  # half the memory; scores need no more
     out.mkdir(parents=True, exist_ok=True)
     hp.save(str(cache))
-    write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+    write_json(meta_path, meta)
     return hp, lm.name, heads
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headcode.io import write_json
+from headcode.files import write_json
 
 HELP = "choose the heads to replace (optionally whole KV groups) and write a plan with only them"
 
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
     report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,
               "plan": str(args.out)}
     save_plan(sel.plan, args.out)
-    write_json(report, args.report or str(Path(args.out).with_suffix(".json")))
+    write_json(args.report or Path(args.out).with_suffix(".json"), report)
     print(summary(report, args.out))
     return 0
