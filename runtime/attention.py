@@ -100,7 +100,12 @@ def register() -> str:
     return NAME
 
 
-def use_headcode_attention(model: torch.nn.Module) -> None:
-    """Switch a loaded model to headcode's attention (and its mask)."""
-    register()
-    model.set_attn_implementation(NAME)
+def use_headcode_attention(model: torch.nn.Module) -> str:
+    """Switch a model to headcode's attention (and its mask), if it is not using it already: the
+    one way capture, head selection and surrogate plans convert a model. Returns the attention
+    implementation the model had (to switch back to)."""
+    before = model.config._attn_implementation
+    if before != NAME:
+        register()
+        model.set_attn_implementation(NAME)
+    return before

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import NAME, use_headcode_attention
+from headcode.runtime.attention import use_headcode_attention
 from headcode.runtime.batching import PaddedBatches, pad_id
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.patterns import HeadPatterns
@@ -67,8 +67,7 @@ def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | No
         h.check(loaded.n_layers, loaded.n_heads)
     splits = tuple(splits) if splits is not None else ("test",) * len(tokens)
     model = loaded.model
-    if model.config._attn_implementation != NAME:
-        use_headcode_attention(model)
+    use_headcode_attention(model)
     mods = attention_modules(model)
     layers = sorted({h.layer for h in heads})
     group = loaded.n_heads // loaded.n_kv_heads

@@ -59,10 +59,7 @@ def _with(loaded: Any, fns: Mapping[HeadRef, HeadFn], work):
     """Run ``work()`` with ``fns`` in place (nothing applied for an empty set)."""
     if not fns:
         return work()
-    layers: dict[int, dict[int, HeadFn]] = {}
-    for h, fn in fns.items():
-        layers.setdefault(h.layer, {})[h.head] = fn
-    with apply_plan(loaded.model, layers):
+    with apply_plan(loaded.model, fns):
         return work()
 
 

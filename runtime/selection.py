@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
+from headcode.runtime.attention import neural_attention, use_headcode_attention
 from headcode.runtime.batching import PaddedBatches, pad_id
 from headcode.runtime.capture import attached, attention_modules
 from headcode.runtime.evaluate import _logprobs, token_loss
@@ -87,8 +87,7 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
     fixed = dict(fixed or {})
     heads = {h: fn for h, fn in heads.items() if h not in fixed}
     model = loaded.model
-    if model.config._attn_implementation != NAME:
-        use_headcode_attention(model)
+    use_headcode_attention(model)
     order = sorted(heads)
     alpha = torch.zeros(len(order), dtype=torch.float32, requires_grad=True)
     slot = {h: i for i, h in enumerate(order)}
@@ -123,10 +122,7 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
 
 def loss_with(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], batch_size: int = 8) -> float:
     """Mean token loss on ``texts`` with ``fns`` in place (the base model for none)."""
-    layers: dict[int, dict[int, HeadFn]] = {}
-    for h, fn in fns.items():
-        layers.setdefault(h.layer, {})[h.head] = fn
-    with apply_plan(loaded.model, layers):
+    with apply_plan(loaded.model, fns):
         return token_loss(loaded.model, texts, loaded.tokenizer, batch_size).mean
 
 

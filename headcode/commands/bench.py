@@ -134,11 +134,9 @@ def _run(args: argparse.Namespace, groups: set[str]) -> int:
         model_name = lm.name
         plan = None
         if args.surrogates:
-            from headcode.compiler.export import load_plan
-            from headcode.runtime.surrogate import check_plan
+            from headcode.runtime.surrogate import plan_for_model
 
-            plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
-            check_plan(plan, lm)
+            plan = plan_for_model(args.surrogates, lm)
         if "compile" in groups:
             log("compile time per program")
             cases += bm.compile_cases(vocabulary_pieces(lm.tokenizer), lm.fingerprint, settings)

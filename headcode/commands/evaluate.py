@@ -59,22 +59,19 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.compiler.export import load_plan
     from headcode.errors import HeadcodeError
     from headcode.runtime.corpus import load_corpus
     from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
     from headcode.runtime.heads import HeadRef
     from headcode.runtime.loading import load_model
-    from headcode.runtime.surrogate import build_surrogates, check_plan
+    from headcode.runtime.surrogate import build_surrogates, plan_for_model
 
     if not 0.0 <= args.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {args.fraction} is not in [0, 1]: give the share of all heads")
     qa = tuple(t.strip() for t in args.qa.split(",") if t.strip()) if args.qa else ()
     lm = load_model(args.model)
-    plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
-    check_plan(plan, lm)
-    layers = build_surrogates(plan, lm, backend=args.backend)
-    heads = {HeadRef(l, h): fn for l, fns in layers.items() for h, fn in fns.items()}
+    plan = plan_for_model(args.surrogates, lm)
+    heads = build_surrogates(plan, lm, backend=args.backend)
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
     corpus = load_corpus(args.text, args.unit).take(args.max_texts)
     toks = corpus.tokens(lm.tokenizer, args.max_tokens)

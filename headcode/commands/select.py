@@ -54,18 +54,19 @@ def summary(report: dict, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.compiler.export import load_plan, save_plan
+    from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
     from headcode.runtime.corpus import load_corpus
     from headcode.runtime.loading import load_model
     from headcode.runtime.select_plan import SelectSettings, select_plan
+    from headcode.runtime.surrogate import plan_for_model
 
     if not 0.0 < args.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {args.fraction} is not in (0, 1]: give the share of all heads")
     if Path(args.out).resolve() == Path(args.surrogates).resolve():
         raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
     lm = load_model(args.model)
-    plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
+    plan = plan_for_model(args.surrogates, lm)
     corpus = load_corpus(args.text, args.unit).take(args.max_texts)
     select = [t.ids for t, sp in zip(corpus.tokens(lm.tokenizer, args.max_tokens), corpus.splits) if sp == "select"]
     settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,

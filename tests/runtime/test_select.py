@@ -111,7 +111,7 @@ def test_group_ranking_chooses_the_groups_that_cost_least(tiny_llama_dir):
     base = token_loss(lm.model, sub, lm.tokenizer).mean
     brute = {}
     for grp in kv_groups(fns, lm.n_heads, lm.n_kv_heads):  # each group alone, measured the plain way
-        with apply_plan(lm.model, {grp.layer: {h.head: fns[h] for h in grp.heads}}):
+        with apply_plan(lm.model, {h: fns[h] for h in grp.heads}):
             brute[grp] = token_loss(lm.model, sub, lm.tokenizer).mean - base
     assert len(brute) == 4
     r = rank_groups(lm, fns, texts, budget=2, n_measure=4, measure_texts=4)

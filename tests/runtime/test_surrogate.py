@@ -53,7 +53,7 @@ def test_exact_patterns_reproduce_the_model(tiny_dir):
             ours = logits(lm.model, ids)
         torch.testing.assert_close(ours, base, rtol=0, atol=1e-4)
     # the replacement is really used: other weights give other logits
-    with apply_plan(lm.model, {0: {h: UniformHead() for h in range(4)}}):
+    with apply_plan(lm.model, {HeadRef(0, h): UniformHead() for h in range(4)}):
         other = logits(lm.model, ids)
     assert (other - base).abs().max() > 1e-3
 

@@ -94,10 +94,10 @@ def test_half_the_heads_as_whole_groups_halve_the_cache(tiny_dir):
 
 def test_a_hand_written_loop_and_a_head_that_must_be_recomputed(tiny_llama_dir):
     lm = load_model(tiny_llama_dir)
-    layers = build_surrogates(make_plan(lm), lm)
-    layers[0][1] = UniformHead()  # not a compiled program: recomputed from its group's cached values
+    heads = build_surrogates(make_plan(lm), lm)
+    heads[HeadRef(0, 1)] = UniformHead()  # not a compiled program: recomputed from its group's cached values
     seq = lm.tokenizer(TEXTS[1], return_tensors="pt").input_ids
-    with apply_plan(lm.model, layers) as handle, torch.no_grad():
+    with apply_plan(lm.model, heads) as handle, torch.no_grad():
         full = lm.model(input_ids=seq).logits
         cache = handle.new_cache()
         out = lm.model(input_ids=seq[:, :6], cache=cache, use_cache=True)
