@@ -1,5 +1,5 @@
 """One layer's attention and the whole model (SmolLM2-135M, the real default): base vs 10/25/50%
-of heads replaced by compiled programs (``headcode.benchmarking_model``: heads evenly spaced,
+of heads replaced by compiled programs (``headcode.benchmarks.model_cases``: heads evenly spaced,
 ``MODEL_PROGRAMS`` compiled for the model's tokenizer). Prefill at T = 512 and 1024, one layer's
 attention block at T = 512, greedy generation of 32 tokens after a 128-token prompt.
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from headcode import benchmarking as bm
-from headcode import benchmarking_model as bmm
+from headcode.benchmarks import cases as bm
+from headcode.benchmarks import model_cases as bmm
 from headcode.runtime.heads import HeadRef
 
 ROUNDS = 3

@@ -46,6 +46,11 @@ class Corpus:
     def tokens(self, tokenizer: Any, max_tokens: int = 256) -> tuple[Tokens, ...]:
         return tuple(Tokens.from_text(tokenizer, t, max_tokens=max_tokens) for t in self.texts)
 
+    def ids_by_split(self, tokenizer: Any, max_tokens: int = 256) -> dict[str, list[Any]]:
+        """Token ids (``[T] int64`` each) of every text, per split: ``{"fit": [...], "select": ..., "test": ...}``."""
+        toks = self.tokens(tokenizer, max_tokens)
+        return {s: [t.ids for t, sp in zip(toks, self.splits) if sp == s] for s, _ in SPLIT_SHARES}
+
     def take(self, per_split: int | None) -> Corpus:
         """At most ``per_split`` texts of each split (the first ones, deterministic)."""
         if per_split is None:

@@ -118,7 +118,9 @@ def resolve(spec: str) -> tuple[str, str]:
         raise HeadcodeError(f"{p} is neither a checkpoint directory nor a .gguf file")
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise HeadcodeError(f"unknown model {spec!r}: no such path, and not a hub id")
-    if not hub_cached(spec) and not hub_reachable():
+    if hub_cached(spec):
+        return spec, spec
+    if not hub_reachable():
         raise HeadcodeError(f"unknown model {spec!r}: not a local path, not in the Hugging Face cache, "
                             "and the hub does not answer; use 'smollm2-135m' (bundled), a checkpoint "
                             "directory or a .gguf file")
@@ -165,9 +167,9 @@ def _local_only(where: str) -> dict[str, Any]:
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
+    where, _ = resolve(spec)
     from transformers import AutoTokenizer
 
-    where, _ = resolve(spec)
     try:
         return AutoTokenizer.from_pretrained(where, **_local_only(where))
     except (OSError, ValueError) as e:
@@ -182,13 +184,13 @@ def _load_hint(spec: str, e: Exception) -> str:
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: Any = None) -> LoadedModel:
     """Load a decoder-only causal LM with headcode's attention registered and in use."""
+    where, name = resolve(spec)  # first: a wrong name fails in a fraction of a second, before torch loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from headcode.runtime.attention import register
 
-    where, name = resolve(spec)
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise on the command line
     try:
         local = _local_only(where)

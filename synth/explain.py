@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -40,6 +41,33 @@ def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
     return [FrontPoint(**{k: v for k, v in p.items() if k != "fidelity"}) for p in d["front"]]
 
 
+def _search(backend: Backend, patterns: HeadPatterns, todo: Sequence[HeadRef], fronts: dict[str, list[FrontPoint]],
+            state: Path | None, bar: Any) -> dict[str, str]:
+    """The front of every head in ``todo`` (into ``fronts``), each saved under ``state`` as soon as it
+    is made; returns the heads that got none, with why."""
+    failed: dict[str, str] = {}
+    for h in todo:
+        try:
+            points = head_points(backend, patterns, h)
+            fronts[str(h)] = pareto(points)
+            if not fronts[str(h)]:
+                raise Rejected(f"{h}: no candidate program within the size limit")
+        except Rejected as e:
+            fronts.pop(str(h), None)
+            failed[str(h)] = str(e)
+        else:
+            if state:
+                refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
+                write_json(state / f"{h}.json", {
+                    "version": STATE_VERSION, "backend": backend.name,
+                    "front": [p.to_json() for p in fronts[str(h)]],
+                    "alternatives": [{"program": program_name(p.source), "iou": p.iou,
+                                      "output_error": p.output_error, "size": p.size} for p in points],
+                    "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
+        bar.update(1)
+    return failed
+
+
 def explain_heads(
     patterns: HeadPatterns,
     backend: Backend,
@@ -68,42 +96,32 @@ def explain_heads(
             todo.append(h)
         else:
             fronts[str(h)] = f
+    # one bar: the search of every head not done yet, then the scoring of every chosen program
+    bar = tqdm(total=len(todo) + len(heads), desc=f"explain ({backend.name})", unit="head", disable=not progress)
+    bar.set_postfix_str("preparing")
     backend.prepare(patterns, heads)
-    failed: dict[str, str] = {}
-    for h in tqdm(todo, desc=f"explain ({backend.name})", unit="head", disable=not progress):
-        try:
-            points = head_points(backend, patterns, h)
-            fronts[str(h)] = pareto(points)
-            if not fronts[str(h)]:
-                raise Rejected(f"{h}: no candidate program within the size limit")
-        except Rejected as e:
-            fronts.pop(str(h), None)
-            failed[str(h)] = str(e)
-            continue
-        if state:
-            refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
-            write_json(state / f"{h}.json", {
-                "version": STATE_VERSION, "backend": backend.name,
-                "front": [p.to_json() for p in fronts[str(h)]],
-                "alternatives": [{"program": program_name(p.source), "iou": p.iou,
-                                  "output_error": p.output_error, "size": p.size} for p in points],
-                "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
+    bar.set_postfix_str("")
+    failed = _search(backend, patterns, todo, fronts, state, bar)
     if failed:
-        print(f"headcode: {len(failed)} heads got no program: " +
-              "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
+        tqdm.write(f"headcode: {len(failed)} heads got no program: " +
+                   "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
     pick = {h: occam_choose(f) for h, f in fronts.items()}
     if budget:
         pick = within_budget(fronts, pick)
     results: dict[str, Candidate] = {}
-    for h in tqdm(sorted(fronts), desc="score chosen", unit="head", disable=not progress):
+    bar.total = len(todo) + len(fronts)
+    bar.set_postfix_str("scoring")
+    for h in sorted(fronts):
         try:
             results[h] = finalize(backend, patterns, HeadRef.parse(h), fronts[h][pick[h]].source, fronts[h])
         except Rejected as e:
             failed[h] = str(e)
+        bar.update(1)
 
     def score(head: str, source: str, splits: Sequence[str]) -> Candidate:
         return score_source(backend, patterns, HeadRef.parse(head), source, splits)
 
     final = build_library(results, score, max_programs=max_programs)
+    bar.close()
     return {h: c if c.source == results[h].source else
             finalize(backend, patterns, HeadRef.parse(h), c.source, fronts[h]) for h, c in final.items()}

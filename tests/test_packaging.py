@@ -45,3 +45,19 @@ def test_kernels_init_has_no_version_and_no_side_effects():
     tree = ast.parse((ROOT / "kernels" / "__init__.py").read_text())
     # a docstring at most: no imports, no assignments (no __version__), no calls
     assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in tree.body)
+
+
+def test_public_api_names_resolve_lazily():
+    """Every name of ``headcode.__all__`` resolves to what its module defines, and importing headcode
+    alone imports no torch (a fresh interpreter)."""
+    import importlib
+
+    import headcode
+
+    assert {"capture", "explain_model", "compile_programs", "from_pretrained", "apply_plan"} <= set(headcode.__all__)
+    for name in headcode.__all__:
+        obj = getattr(headcode, name)
+        assert obj is getattr(importlib.import_module(headcode._API[name]), name), name
+    code = "import sys, headcode; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headcode.benchmarking import MODEL_PROGRAMS, Settings, case, median_ms, source_of
+from headcode.benchmarks.cases import MODEL_PROGRAMS, Settings, case, median_ms
 from headcode.errors import HeadcodeError
 from headcode.runtime.heads import HeadRef
 
@@ -77,9 +77,9 @@ def programs_plan(loaded: Any) -> Any:
     from headcode.runtime.tokens import vocabulary_pieces
 
     pieces = vocabulary_pieces(loaded.tokenizer)
-    compiled = [compile_source(source_of(b), pieces, loaded.fingerprint, name=f"model_{i}", model_id=loaded.name,
-                               strict=True) for i, b in enumerate(MODEL_PROGRAMS)]
-    heads = {f"L{l}.H{h}": compiled[(l * loaded.n_heads + h) % len(compiled)]
+    compiled = [compile_source(c.source, pieces, loaded.fingerprint, name=c.name, model_id=loaded.name, strict=True)
+                for c in MODEL_PROGRAMS]
+    heads = {str(HeadRef(l, h)): compiled[(l * loaded.n_heads + h) % len(compiled)]
              for l in range(loaded.n_layers) for h in range(loaded.n_heads)}
     return SurrogatePlan(model_id=loaded.name, fingerprint=loaded.fingerprint, heads=heads)
 
