@@ -1,4 +1,4 @@
-"""Running a model with some attention heads replaced by programs (DESIGN.md, semantics 1-3).
+"""Running a model with some attention heads replaced by programs (docs/architecture.md, semantics 1-3).
 
 The plan is checked against the model once, where it meets it; then two explicit steps, and an
 undo (gpt-fast ``convert_for_runtime`` style)::

@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
         raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
     lm = load_model(args.model)
     plan = plan_for_model(args.surrogates, lm)
-    corpus = load_corpus(args.text, args.unit).take(args.max_texts)
-    select = [t.ids for t, sp in zip(corpus.tokens(lm.tokenizer, args.max_tokens), corpus.splits) if sp == "select"]
+    select = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)["select"]
     settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,
                               measure_factor=args.measure_factor, measure_texts=args.measure_texts,
                               measure_tokens=args.measure_tokens, rounds=args.rounds, batch_size=args.batch_size,
