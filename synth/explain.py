@@ -101,6 +101,7 @@ def explain_heads(
     bar.set_postfix_str("preparing")
     backend.prepare(patterns, heads)
     bar.set_postfix_str("")
+    bar.reset()  # the rate and time left count from here: preparing is a one-off
     failed = _search(backend, patterns, todo, fronts, state, bar)
     if failed:
         tqdm.write(f"headcode: {len(failed)} heads got no program: " +
