@@ -19,13 +19,13 @@ import torch
 
 from headcode.benchmarks.cases import Settings, case, median_ms
 from headcode.benchmarks.model_cases import programs_plan, text_ids
-from headcode.runtime.heads import HeadRef
+from headcode.runtime.model.heads import HeadRef
 
 
 def group_heads(loaded: Any, fraction: float, pool: Sequence[HeadRef] | None = None) -> list[HeadRef]:
     """``round(fraction * groups)`` whole KV groups, evenly spaced in layer-major order (only groups
     whose heads are all in ``pool`` when given): every query head of each."""
-    from headcode.runtime.selection_groups import kv_groups
+    from headcode.runtime.evaluation.selection_groups import kv_groups
 
     every = [HeadRef(layer, h) for layer in range(loaded.n_layers) for h in range(loaded.n_heads)]
     groups = kv_groups(every if pool is None else pool, loaded.n_heads, loaded.n_kv_heads)
@@ -62,7 +62,7 @@ def decode_fn(loaded: Any, cache: Any, nxt: torch.Tensor, steps: int) -> Callabl
 
 def attention_share(loaded: Any, run: Callable[[], Any]) -> float:
     """Share of ``run()``'s wall time spent inside the attention modules (forward hooks)."""
-    from headcode.runtime.capture import attention_modules
+    from headcode.runtime.model.capture import attention_modules
 
     spent = [0.0]
     t0: dict[int, float] = {}
@@ -99,8 +99,8 @@ def decode_cases(loaded: Any, settings: Settings, plan: Any = None,
     from transformers import DynamicCache
 
     from headcode.benchmarks.model_cases import plan_pool
-    from headcode.runtime.surrogate import surrogates_applied
-    from headcode.runtime.surrogate_cache import cache_nbytes
+    from headcode.runtime.surrogate.apply import surrogates_applied
+    from headcode.runtime.surrogate.cache import cache_nbytes
 
     source = "file" if plan is not None else "programs"
     plan = plan if plan is not None else programs_plan(loaded)

@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from headcode.benchmarks import decode_cases as bd
 from headcode.benchmarks import model_cases as bmm
 from headcode.benchmarks.cases import Settings
-from headcode.runtime.surrogate_cache import cache_nbytes
+from headcode.runtime.surrogate.cache import cache_nbytes
 
 S = Settings.quick() if os.environ.get("HEADCODE_BENCH_QUICK") else Settings.full()
 FRACTIONS = [0.0, *S.decode_fractions]
@@ -39,7 +39,7 @@ def _label(f: float) -> str:
 
 def _run(benchmark, lm, plan, key: tuple, fraction: float, measure) -> dict:
     """``measure(new_cache) -> (fn to time, per, after)``: times it base or with the heads replaced."""
-    from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate.apply import surrogates_applied
 
     def base_cache():
         return DynamicCache(config=lm.model.config)

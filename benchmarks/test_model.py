@@ -15,7 +15,7 @@ import pytest
 
 from headcode.benchmarks import cases as bm
 from headcode.benchmarks import model_cases as bmm
-from headcode.runtime.heads import HeadRef
+from headcode.runtime.model.heads import HeadRef
 
 ROUNDS = 3
 FRACTIONS = [0.0, *bm.FRACTIONS]  # 0.0: the base model
@@ -33,7 +33,7 @@ def _label(f: float) -> str:
 
 def _measure(benchmark, lm, plan, key: tuple[str, int], heads: list[HeadRef], make, per: int = 1) -> float:
     """Benchmark ``make()`` with ``heads`` replaced (none: base); returns the median in ms / ``per``."""
-    from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate.apply import surrogates_applied
 
     if heads:
         with surrogates_applied(lm, plan, heads=heads):

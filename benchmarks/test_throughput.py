@@ -19,7 +19,7 @@ from headcode.benchmarks.catalogue import BY_NAME
 
 @pytest.fixture(scope="module")
 def pieces(lm):
-    from headcode.runtime.tokens import vocabulary_pieces
+    from headcode.runtime.text.tokens import vocabulary_pieces
 
     return vocabulary_pieces(lm.tokenizer)
 

@@ -22,12 +22,12 @@ from headcode.lazy import lazy_attributes
 __version__ = "0.1.0"
 
 _MODULES = {  # module -> the public names it defines
-    "headcode.runtime.loading": ("load_model", "load_tokenizer", "LoadedModel"),
-    "headcode.runtime.corpus": ("load_corpus", "Corpus"),
-    "headcode.runtime.tokens": ("Tokens",),
-    "headcode.runtime.heads": ("HeadRef", "parse_heads"),
-    "headcode.runtime.capture": ("capture",),
-    "headcode.runtime.patterns": ("HeadPatterns",),
+    "headcode.runtime.model.loading": ("load_model", "load_tokenizer", "LoadedModel"),
+    "headcode.runtime.text.corpus": ("load_corpus", "Corpus"),
+    "headcode.runtime.text.tokens": ("Tokens",),
+    "headcode.runtime.model.heads": ("HeadRef", "parse_heads"),
+    "headcode.runtime.model.capture": ("capture",),
+    "headcode.runtime.model.patterns": ("HeadPatterns",),
     "headcode.pipeline.capture": ("capture_corpus", "CaptureSettings"),
     "headcode.pipeline.explain": ("explain_model", "ExplainSettings", "ExplainResult"),
     "headcode.synth.explain": ("explain_heads",),
@@ -37,7 +37,7 @@ _MODULES = {  # module -> the public names it defines
     "headcode.compiler.head": ("CompiledHead", "SurrogatePlan"),
     "headcode.compiler.export": ("save_plan", "load_plan"),
     "headcode.api": ("from_pretrained", "load_surrogate_model"),
-    "headcode.runtime.surrogate": ("plan_for_model", "build_surrogates", "apply_plan", "surrogates_applied",
+    "headcode.runtime.surrogate.apply": ("plan_for_model", "build_surrogates", "apply_plan", "surrogates_applied",
                                    "SurrogateHandle"),
     "headcode.pipeline.evaluate": ("evaluate_plan", "EvaluateSettings", "EvaluateResult"),
     "headcode.pipeline.bench": ("run_benchmarks", "BenchSettings", "BenchResult"),

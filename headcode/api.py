@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 def load_surrogate_model(model: str = DEFAULT_MODEL, surrogates: Any = None, heads: Iterable[str] | None = None,
@@ -21,8 +21,8 @@ def load_surrogate_model(model: str = DEFAULT_MODEL, surrogates: Any = None, hea
     """``(LoadedModel, SurrogateHandle)``: ``model`` loaded with the plan in ``surrogates`` (a
     ``surrogates.safetensors`` path or a ``SurrogatePlan``) applied; ``heads`` keeps only those
     (``"L3.H7"`` names or ``HeadRef``)."""
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.surrogate import apply_plan, build_surrogates, plan_for_model
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, plan_for_model
 
     lm = load_model(model, dtype=dtype)
     if surrogates is None:

@@ -18,7 +18,7 @@ from headcode.benchmarks.cases import Settings  # noqa: E402
 from headcode.benchmarks.decode_cases import decode_cases  # noqa: E402
 from headcode.compiler.export import load_plan  # noqa: E402
 from headcode.files import write_json  # noqa: E402
-from headcode.runtime.loading import load_model  # noqa: E402
+from headcode.runtime.model.loading import load_model  # noqa: E402
 
 
 def main() -> None:

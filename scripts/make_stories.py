@@ -1,10 +1,10 @@
-"""Make the bundled story corpus (runtime/data/stories.jsonl) with the default instruct model.
+"""Make the bundled story corpus (runtime/text/data/stories.jsonl) with the default instruct model.
 
 Each story is written by SmolLM2-135M-Instruct (the bundled GGUF) from a prompt that names a
 character, a place and a theme (TinyStories style: short, simple words), sampled with a fixed
 seed. Stories are kept if they have 3+ sentences and 60-260 words; exact duplicates dropped.
 
-    python scripts/make_stories.py --n 400 --out runtime/data/stories.jsonl
+    python scripts/make_stories.py --n 400 --out runtime/text/data/stories.jsonl
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from headcode.files import write_text
-from headcode.runtime.loading import load_model
+from headcode.runtime.model.loading import load_model
 
 CHARACTERS = ["a little cat", "a small dog", "a girl named Lily", "a boy named Tom", "a brave mouse",
               "an old owl", "a kind bear", "a tiny bird", "a girl named Mia", "a boy named Ben",
@@ -55,7 +55,7 @@ def clean(text: str) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--out", default="runtime/data/stories.jsonl")
+    ap.add_argument("--out", default="runtime/text/data/stories.jsonl")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
 from headcode.files import write_json
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
 from headcode.synth.occam import FrontPoint, pareto, within_budget

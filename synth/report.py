@@ -18,7 +18,7 @@ import numpy as np
 
 from headcode.compiler.size import program_size
 from headcode.files import save_figure, write_json, write_text
-from headcode.runtime.heads import HeadRef
+from headcode.runtime.model.heads import HeadRef
 from headcode.synth.backend import Candidate
 from headcode.synth.occam import TOLERANCE
 

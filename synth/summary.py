@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from headcode.compiler import predicates as P
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 
 MAX_OFFSET = 8
 

@@ -56,10 +56,10 @@ def summary(report: dict, out: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.select_plan import SelectSettings, select_plan
-    from headcode.runtime.surrogate import plan_for_model
+    from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import plan_for_model
+    from headcode.runtime.text.corpus import load_corpus
 
     if not 0.0 < args.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {args.fraction} is not in (0, 1]: give the share of all heads")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis")
 FORMAT_VERSION = 1
@@ -67,14 +67,14 @@ def run_benchmarks(s: BenchSettings, log: Callable[[str], None] = _log) -> Bench
 
 def _model_suites(s: BenchSettings, groups: set[str], settings: Any, log: Callable[[str], None]) -> tuple[str, list]:
     from headcode.benchmarks import cases as bm
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.tokens import vocabulary_pieces
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.text.tokens import vocabulary_pieces
 
     log(f"loading {s.model}")
     lm = load_model(s.model)
     plan = None
     if s.surrogates:
-        from headcode.runtime.surrogate import plan_for_model
+        from headcode.runtime.surrogate.apply import plan_for_model
 
         plan = plan_for_model(s.surrogates, lm)
     cases: list[dict[str, Any]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,10 @@ def capture_corpus(s: CaptureSettings, loaded: Any = None) -> Any:
     model, when already loaded (it must be ``s.model``)."""
     import numpy as np
 
-    from headcode.runtime.capture import capture
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.heads import parse_heads
-    from headcode.runtime.loading import load_model
+    from headcode.runtime.model.capture import capture
+    from headcode.runtime.model.heads import parse_heads
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.text.corpus import load_corpus
 
     lm = loaded if loaded is not None else load_model(s.model)
     heads = parse_heads(s.heads, lm.n_layers, lm.n_heads)

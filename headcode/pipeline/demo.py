@@ -12,7 +12,7 @@ from pathlib import Path
 from headcode.pipeline.compile import CompileResult, CompileSettings, compile_programs
 from headcode.pipeline.evaluate import EvaluateResult, EvaluateSettings, evaluate_plan
 from headcode.pipeline.explain import ExplainResult, ExplainSettings, explain_model
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class DemoResult:
 
 
 def run_demo(s: DemoSettings) -> DemoResult:
-    from headcode.runtime.loading import load_model
+    from headcode.runtime.model.loading import load_model
 
     out = Path(s.out)
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Evaluate a surrogate plan: choose the heads to replace on the select split, then perplexity
 on the test split (base, surrogates and three baselines at the same heads), zero-shot QA, and a
-plot of perplexity against the share of heads replaced (``runtime.evaluate_run``)."""
+plot of perplexity against the share of heads replaced (``runtime.evaluation.report``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     from headcode.compiler.export import save_plan
     from headcode.files import write_json
     from headcode.progress import forward_passes
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
-    from headcode.runtime.heads import HeadRef
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.select_plan import subset_plan
-    from headcode.runtime.surrogate import build_surrogates, plan_for_model
+    from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
+    from headcode.runtime.evaluation.select_plan import subset_plan
+    from headcode.runtime.model.heads import HeadRef
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import build_surrogates, plan_for_model
+    from headcode.runtime.text.corpus import load_corpus
 
     if not 0.0 <= s.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 CAPTURE_FILE, RUN_FILE = "patterns.safetensors", "run.json"
 
@@ -55,8 +55,8 @@ def captured_patterns(s: ExplainSettings, loaded: Any = None) -> tuple[Any, str,
     in ``s.out``, or captured now (then kept there)."""
     from headcode.files import write_json
     from headcode.pipeline.capture import CaptureSettings, capture_corpus
-    from headcode.runtime.heads import parse_heads
-    from headcode.runtime.patterns import HeadPatterns
+    from headcode.runtime.model.heads import parse_heads
+    from headcode.runtime.model.patterns import HeadPatterns
 
     if s.patterns:
         hp = HeadPatterns.load(s.patterns)
@@ -94,7 +94,7 @@ def make_backend(s: ExplainSettings) -> Any:
 def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
     """Programs for ``s.heads`` of ``s.model``: written on the fit split, chosen on the select
     split, reported on the test split. ``loaded``: the model, when already loaded."""
-    from headcode.runtime.heads import HeadRef
+    from headcode.runtime.model.heads import HeadRef
     from headcode.synth.explain import explain_heads
     from headcode.synth.report import write_report
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _read(path: Path, what: str) -> str:
 def start_server(s: ServeSettings) -> Server:
     """A server ready to ``run()``: the socket bound, the model loaded with the plan in place."""
     from headcode.api import load_surrogate_model
-    from headcode.runtime.serving import Generator
+    from headcode.runtime.surrogate.serving import Generator
     from headcode.server import ServedModel, build_app, listen
 
     if s.max_tokens < 1:

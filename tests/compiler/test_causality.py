@@ -14,7 +14,7 @@ from catalogue import VOCAB, random_ids
 from headcode.compiler import classes as C
 from headcode.compiler import compile_source, ir, run_head
 from headcode.compiler.vocab import evaluate
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 
 # one or more example terms per selector kind; a new kind without an example fails the test below
 EXAMPLES: dict[str, list[ir.Sel]] = {

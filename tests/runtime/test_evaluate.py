@@ -10,14 +10,20 @@ import pytest
 import torch
 
 from headcode.cli import main
-from headcode.runtime.capture import capture
-from headcode.runtime.evaluate import Question, choice_logprobs, head_output_means, qa_accuracy, token_loss
-from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.selection import rank_heads
-from headcode.runtime.surrogate_heads import MeanHead, pattern_heads
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.evaluation.measures import (
+    Question,
+    choice_logprobs,
+    head_output_means,
+    qa_accuracy,
+    token_loss,
+)
+from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
+from headcode.runtime.evaluation.selection import rank_heads
+from headcode.runtime.model.capture import capture
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
+from headcode.runtime.text.tokens import Tokens
 
 PARAGRAPHS = [
     "Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",

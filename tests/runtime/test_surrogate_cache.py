@@ -10,11 +10,11 @@ from test_surrogate import SOURCES, TEXTS, make_plan
 from transformers import DynamicCache
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.surrogate import apply_plan, build_surrogates, surrogates_applied
-from headcode.runtime.surrogate_cache import HeadcodeCache, cache_nbytes
-from headcode.runtime.surrogate_heads import UniformHead
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, surrogates_applied
+from headcode.runtime.surrogate.cache import HeadcodeCache, cache_nbytes
+from headcode.runtime.surrogate.replacements import UniformHead
 
 STEPS = 64
 # half the heads of every layer, as whole KV groups (Llama: group 1 = heads 2, 3; GPT-2: one head per group)

@@ -1,8 +1,8 @@
 """``headcode select``'s work: choose the heads to replace on the select split and keep only them
 in the plan, so that the file itself says which heads a served or benchmarked model replaces.
 
-Heads are chosen by what replacing them does to the loss (``runtime.selection``), or as whole
-KV groups (``runtime.selection_groups``) so that the KV cache shrinks; the report gives the
+Heads are chosen by what replacing them does to the loss (``runtime.evaluation.selection``), or as whole
+KV groups (``runtime.evaluation.selection_groups``) so that the KV cache shrinks; the report gives the
 select-split loss with all chosen heads in place and the KV-cache bytes per token saved.
 Only compiled heads are candidates: a served plan runs kernels over tables, never Python.
 """
@@ -17,10 +17,10 @@ import numpy as np
 
 from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import loss_with, rank_heads
-from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups
-from headcode.runtime.surrogate import build_surrogates
+from headcode.runtime.evaluation.selection import loss_with, rank_heads
+from headcode.runtime.evaluation.selection_groups import cache_saving, kv_groups, rank_groups
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import build_surrogates
 
 
 @dataclass(frozen=True)

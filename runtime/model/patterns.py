@@ -15,8 +15,8 @@ import numpy as np
 
 from headcode.errors import HeadcodeError
 from headcode.files import replacing
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.text.tokens import Tokens
 
 SPLITS = ("fit", "select", "test")
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Attention capture: the post-softmax attention of chosen query heads on some texts.
 
 Capture goes through the same registered attention function as the surrogate runtime
-(``runtime.attention``), batched with right padding (a causal row of a real token never
+(``runtime.model.attention``), batched with right padding (a causal row of a real token never
 sees a pad), storing only each text's real lower triangle, packed: all 270 heads of the
 default model on 200 paragraphs of ~150 tokens take 2.4 GB in float32, 1.2 GB in float16.
 """
@@ -17,11 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import use_headcode_attention
-from headcode.runtime.batching import PaddedBatches, pad_id
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.model.attention import use_headcode_attention
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
+from headcode.runtime.text.tokens import Tokens
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -189,7 +189,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: Any = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from headcode.runtime.attention import register
+    from headcode.runtime.model.attention import register
 
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise on the command line
     try:

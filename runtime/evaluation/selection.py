@@ -26,14 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import neural_attention, use_headcode_attention
-from headcode.runtime.batching import PaddedBatches, pad_id
-from headcode.runtime.capture import attached, attention_modules
-from headcode.runtime.evaluate import _logprobs, token_loss
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.surrogate import apply_plan
-from headcode.runtime.surrogate_heads import HeadFn
-from headcode.runtime.surrogate_history import TokenHistory
+from headcode.runtime.evaluation.measures import _logprobs, token_loss
+from headcode.runtime.model.attention import neural_attention, use_headcode_attention
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.capture import attached, attention_modules
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import apply_plan
+from headcode.runtime.surrogate.history import TokenHistory
+from headcode.runtime.surrogate.replacements import HeadFn
 
 
 @dataclass(frozen=True)

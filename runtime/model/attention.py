@@ -8,7 +8,7 @@ so every path below sees the causal and padding mask.
 Per attention module, two optional attachments change what happens:
 - ``module._headcode_capture(probs [B, H, q, kv], value [B, KV, kv, D])``: called with the
   post-softmax attention of all query heads (capture);
-- ``module._headcode_surrogate``: takes over the whole layer (see ``runtime.surrogate``):
+- ``module._headcode_surrogate``: takes over the whole layer (see ``runtime.surrogate.apply``):
   ``surrogate(module, query, key, value, attention_mask, scaling, dropout) -> out [B, H, q, D]``.
   It computes the kept heads with ``neural_attention`` and the replaced ones from their
   programs; ``query``/``key`` may then hold only the heads still computed (sliced projections).
