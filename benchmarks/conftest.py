@@ -31,7 +31,7 @@ def _offline():
 
 @pytest.fixture(scope="session")
 def lm():
-    from headcode.runtime.loading import load_model
+    from headcode.runtime.model.loading import load_model
 
     try:
         return load_model("smollm2-135m")

@@ -1,5 +1,5 @@
 """Serving the default model (SmolLM2-135M) with heads replaced as whole KV groups, decoding through
-the ``HeadcodeCache`` (``headcode.benchmarking_decode``): greedy decoding steps after a context of C
+the ``HeadcodeCache`` (``headcode.benchmarks.decode_cases``): greedy decoding steps after a context of C
 tokens at batch B, and prefill at T, base vs 25% and 50% of heads replaced.
 
 Groups: ``decode C=<C> B=<B>``, ``prefill T=<T>``; names ``base`` and ``replaced <p>%``.
@@ -18,12 +18,13 @@ import os
 import pytest
 from transformers import DynamicCache
 
-from headcode import benchmarking_decode as bd
-from headcode import benchmarking_model as bmm
-from headcode.runtime.surrogate_cache import cache_nbytes
+from headcode.benchmarks import decode_cases as bd
+from headcode.benchmarks import model_cases as bmm
+from headcode.benchmarks.cases import Settings
+from headcode.runtime.surrogate.cache import cache_nbytes
 
-S = bd.DecodeSettings.quick() if os.environ.get("HEADCODE_BENCH_QUICK") else bd.DecodeSettings.full()
-FRACTIONS = [0.0, *S.fractions]
+S = Settings.quick() if os.environ.get("HEADCODE_BENCH_QUICK") else Settings.full()
+FRACTIONS = [0.0, *S.decode_fractions]
 _BASE: dict[tuple, dict] = {}
 
 
@@ -38,7 +39,7 @@ def _label(f: float) -> str:
 
 def _run(benchmark, lm, plan, key: tuple, fraction: float, measure) -> dict:
     """``measure(new_cache) -> (fn to time, per, after)``: times it base or with the heads replaced."""
-    from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate.apply import surrogates_applied
 
     def base_cache():
         return DynamicCache(config=lm.model.config)
@@ -46,18 +47,18 @@ def _run(benchmark, lm, plan, key: tuple, fraction: float, measure) -> dict:
     if key not in _BASE:  # the base side, timed once per case in this run (with attention's share)
         fn, per, after = measure(base_cache)
         a = bd.attention_share(lm, fn)
-        _BASE[key] = dict(ms=bd.median_ms(fn, S.repeat, S.warmup) / per, a=a, **after())
+        _BASE[key] = dict(ms=bd.median_ms(fn, S.decode_repeat, 1) / per, a=a, **after())
     base = _BASE[key]
     if fraction == 0.0:
         fn, per, after = measure(base_cache)
-        benchmark.pedantic(fn, rounds=S.repeat, warmup_rounds=S.warmup)
+        benchmark.pedantic(fn, rounds=S.decode_repeat, warmup_rounds=1)
         extra, share = after(), 0.0
     else:
         heads = bd.group_heads(lm, fraction, bmm.plan_pool(plan))
         share = len(heads) / (lm.n_layers * lm.n_heads)
         with surrogates_applied(lm, plan, heads=heads) as handle:
             fn, per, after = measure(handle.new_cache)
-            benchmark.pedantic(fn, rounds=S.repeat, warmup_rounds=S.warmup)
+            benchmark.pedantic(fn, rounds=S.decode_repeat, warmup_rounds=1)
             extra = after()
     ms = benchmark.stats.stats.median * 1e3 / per
     benchmark.extra_info.update(median_ms=ms, base_ms=base["ms"], speedup_vs_base=base["ms"] / ms,
@@ -67,8 +68,8 @@ def _run(benchmark, lm, plan, key: tuple, fraction: float, measure) -> dict:
 
 
 @pytest.mark.parametrize("fraction", FRACTIONS)
-@pytest.mark.parametrize("B", S.batches)
-@pytest.mark.parametrize("C", S.contexts)
+@pytest.mark.parametrize("B", S.decode_batches)
+@pytest.mark.parametrize("C", S.decode_contexts)
 def test_decode(benchmark, lm, plan, C, B, fraction):
     benchmark.group = f"decode C={C} B={B}"
     benchmark.name = _label(fraction)
@@ -76,8 +77,8 @@ def test_decode(benchmark, lm, plan, C, B, fraction):
 
     def measure(new_cache):
         cache = new_cache()
-        fn = bd.decode_fn(lm, cache, bd.prefill(lm, ids, cache), S.steps)
-        return fn, S.steps, lambda: dict(cache_bytes_per_token=cache_nbytes(cache) / (B * cache.get_seq_length()))
+        fn = bd.decode_fn(lm, cache, bd.prefill(lm, ids, cache), S.decode_steps)
+        return fn, S.decode_steps, lambda: dict(cache_bytes_per_token=cache_nbytes(cache) / (B * cache.get_seq_length()))
 
     info = _run(benchmark, lm, plan, ("decode", C, B), fraction, measure)
     info["tokens_per_s"] = 1e3 * B / info["median_ms"]

@@ -1,5 +1,5 @@
 """One layer's attention and the whole model (SmolLM2-135M, the real default): base vs 10/25/50%
-of heads replaced by compiled programs (``headcode.benchmarking_model``: heads evenly spaced,
+of heads replaced by compiled programs (``headcode.benchmarks.model_cases``: heads evenly spaced,
 ``MODEL_PROGRAMS`` compiled for the model's tokenizer). Prefill at T = 512 and 1024, one layer's
 attention block at T = 512, greedy generation of 32 tokens after a 128-token prompt.
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from headcode import benchmarking as bm
-from headcode import benchmarking_model as bmm
-from headcode.runtime.heads import HeadRef
+from headcode.benchmarks import cases as bm
+from headcode.benchmarks import model_cases as bmm
+from headcode.runtime.model.heads import HeadRef
 
 ROUNDS = 3
 FRACTIONS = [0.0, *bm.FRACTIONS]  # 0.0: the base model
@@ -33,7 +33,7 @@ def _label(f: float) -> str:
 
 def _measure(benchmark, lm, plan, key: tuple[str, int], heads: list[HeadRef], make, per: int = 1) -> float:
     """Benchmark ``make()`` with ``heads`` replaced (none: base); returns the median in ms / ``per``."""
-    from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate.apply import surrogates_applied
 
     if heads:
         with surrogates_applied(lm, plan, heads=heads):

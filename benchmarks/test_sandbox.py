@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 from headcode.synth import sandbox as S
 
 TRACED = "def attend(t):\n    return 0.5 * previous(t, 1) + 0.3 * first(t) + 0.2 * most_recent(t, punct)\n"

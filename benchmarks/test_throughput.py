@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import pytest
 
-from headcode import benchmarking as bm
-from headcode import benchmarking_model as bmm
+from headcode.benchmarks import cases as bm
+from headcode.benchmarks import model_cases as bmm
+from headcode.benchmarks.catalogue import BY_NAME
 
 
 @pytest.fixture(scope="module")
 def pieces(lm):
-    from headcode.runtime.tokens import vocabulary_pieces
+    from headcode.runtime.text.tokens import vocabulary_pieces
 
     return vocabulary_pieces(lm.tokenizer)
 
 
-PROGRAMS = {**bm.HEAD_PROGRAMS, **{f"model_{i}": b for i, b in enumerate(bm.MODEL_PROGRAMS)}}
+PROGRAMS = {c.name: c for c in [BY_NAME[n] for n in bm.HEAD_PROGRAMS] + list(bm.MODEL_PROGRAMS)}
 
 
 @pytest.mark.parametrize("name", list(PROGRAMS))
@@ -33,7 +34,7 @@ def test_compile(benchmark, lm, pieces, name):
 
     benchmark.group = "compile"
     benchmark.name = f"compile[{name}]"
-    src = bm.source_of(PROGRAMS[name])
+    src = PROGRAMS[name].source
     head = benchmark.pedantic(lambda: compile_source(src, pieces, lm.fingerprint, strict=True),
                               setup=clear_cache, rounds=5)  # cold: vocabulary tables built each round
     assert head.compiled

@@ -8,7 +8,7 @@ Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile``;
 
 from __future__ import annotations
 
-from typing import Any
+from headcode.lazy import lazy_attributes
 
 _API = {
     "compile_program": "headcode.compiler.compile",
@@ -18,17 +18,9 @@ _API = {
     "Term": "headcode.compiler.head",
     "CompileError": "headcode.compiler.validate",
     "run_head": "headcode.compiler.run",
-    "run_heads": "headcode.compiler.run",
     "save_plan": "headcode.compiler.export",
     "load_plan": "headcode.compiler.export",
 }
 
 __all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        import importlib
-
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'headcode.compiler' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _API)

@@ -93,7 +93,7 @@ def allowed_attributes() -> frozenset[str]:
     import numpy as np
 
     from headcode.compiler import pattern, predicates
-    from headcode.runtime.tokens import Tokens
+    from headcode.runtime.text.tokens import Tokens
 
     objs: list[object] = [Tokens, pattern.Pattern, predicates.Pred, np, np.ndarray, np.generic, np.dtype,
                           np.ufunc, np.random, np.random.Generator, np.linalg, np.fft, math, re,

@@ -4,8 +4,8 @@ Tensors: ``"<head>/tables"`` ``[n_tables, vocab] uint8`` for every head (``[0, v
 uncompiled head). Metadata (strings): ``format`` = ``headcode-surrogates``, ``format_version``,
 ``model``, ``fingerprint`` (the tokenizer's), and ``heads``: JSON of every head's source, IR
 terms with weights and table rows, table names, compiled flag and reasons, plus a sha256 of
-its tables (a flipped byte is caught on load). Written to a temporary name, then
-``os.replace``d, so a crash never leaves a half-written plan under the real name.
+its tables (a flipped byte is caught on load). Written with ``headcode.files.replacing`` (a
+temporary name, then ``os.replace``), so a crash never leaves a half-written plan under the real name.
 
 A plan is data. ``load_plan`` parses JSON and reads tensors; it never builds, imports or runs
 a program: a head's ``source`` stays text (to show), and every head's terms and tables are
@@ -28,6 +28,7 @@ from safetensors.numpy import save_file
 
 from headcode.compiler.head import CompiledHead, SurrogatePlan, check_head_data
 from headcode.errors import HeadcodeError
+from headcode.files import replacing
 
 FORMAT = "headcode-surrogates"
 FORMAT_VERSION = "2"  # 2: terms lower through the selector registry; no head-level boundary tables
@@ -48,14 +49,8 @@ def save_plan(plan: SurrogatePlan, path: str | os.PathLike[str]) -> Path:
         heads[key] = dict(head.meta_json(), tables_sha256=_digest(tables))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": plan.model_id,
             "fingerprint": plan.fingerprint, "heads": json.dumps(heads)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -7,7 +7,6 @@ and V, without a T x T matrix (except on the ``torch`` reference backend, which 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -46,11 +45,3 @@ def run_head(head: CompiledHead, ids: torch.Tensor, v: torch.Tensor, start: torc
         return program_head_naive(head.spec, ids, v, start, n_q)
     raise ValueError(f"unknown backend {backend!r}: use 'numba', 'triton' or 'torch'")
 
-
-def run_heads(heads: Sequence[CompiledHead], ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
-              n_q: int | None = None, backend: Backend = "numba") -> torch.Tensor:
-    """Several heads of one layer: ``v [B, H, T, D]`` (``v[:, h]`` = values of ``heads[h]``)
-    -> ``[B, H, n_q or T, D]``."""
-    if v.dim() != 4 or v.shape[1] != len(heads):
-        raise ValueError(f"run_heads needs v [B, H={len(heads)}, T, D], got {tuple(v.shape)}")
-    return torch.stack([run_head(h, ids, v[:, i], start, n_q, backend) for i, h in enumerate(heads)], dim=1)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from headcode.runtime.loading import DEFAULT_MODEL
+from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
 def load_surrogate_model(model: str = DEFAULT_MODEL, surrogates: Any = None, heads: Iterable[str] | None = None,
@@ -21,18 +21,13 @@ def load_surrogate_model(model: str = DEFAULT_MODEL, surrogates: Any = None, hea
     """``(LoadedModel, SurrogateHandle)``: ``model`` loaded with the plan in ``surrogates`` (a
     ``surrogates.safetensors`` path or a ``SurrogatePlan``) applied; ``heads`` keeps only those
     (``"L3.H7"`` names or ``HeadRef``)."""
-    from headcode.compiler.export import load_plan
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.surrogate import apply_plan, build_surrogates, check_plan
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, plan_for_model
 
     lm = load_model(model, dtype=dtype)
     if surrogates is None:
         return lm, None
-    if isinstance(surrogates, (str, bytes)) or hasattr(surrogates, "__fspath__"):
-        plan = load_plan(surrogates, expected_fingerprint=lm.fingerprint)
-    else:
-        plan = surrogates
-    check_plan(plan, lm)
+    plan = plan_for_model(surrogates, lm)
     handle = apply_plan(lm.model, build_surrogates(plan, lm, backend=backend, heads=heads))
     return lm, handle
 
@@ -44,10 +39,9 @@ def from_pretrained(model: str = DEFAULT_MODEL, surrogates: Any = None, heads: I
     ``model``: ``smollm2-135m`` (bundled), a hub id, a checkpoint directory or a ``.gguf``;
     ``surrogates``: a plan file from ``headcode compile`` (or a ``SurrogatePlan``); a plan for
     another model or tokenizer raises ``HeadcodeError``. ``backend``: ``numba`` (CPU) or
-    ``triton`` (GPU). Attributes added: ``headcode_handle`` (``.remove()``, ``.heads``) and
-    ``headcode_tokenizer``.
+    ``triton`` (GPU). Attributes added: ``headcode_tokenizer``, and with a plan
+    ``headcode_handle`` (``.remove()`` puts the neural heads back and removes it; ``.heads``).
     """
-    lm, handle = load_surrogate_model(model, surrogates, heads, backend, dtype)
-    lm.model.__dict__["headcode_handle"] = handle
+    lm, _ = load_surrogate_model(model, surrogates, heads, backend, dtype)
     lm.model.__dict__["headcode_tokenizer"] = lm.tokenizer
     return lm.model

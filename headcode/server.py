@@ -1,4 +1,4 @@
-"""An OpenAI-compatible HTTP server (FastAPI + uvicorn) over ``runtime.serving.Generator``.
+"""An OpenAI-compatible HTTP server (FastAPI + uvicorn) over ``runtime.surrogate.serving.Generator``.
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (both stream as
 server-sent events with ``"stream": true``), ``GET /v1/models`` (the served model, with the
@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.serving import GenerationRequest, GenerationResult, Generator, RequestError
+from headcode.runtime.surrogate.serving import GenerationRequest, GenerationResult, Generator, RequestError
 from headcode.server_schema import ChatRequest, CompletionRequest
 
 

@@ -7,16 +7,18 @@ README's decode table): a subset of ``headcode bench --only decode`` that fits i
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from dataclasses import replace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from headcode.benchmarking_decode import DecodeSettings, decode_cases  # noqa: E402
+from headcode.benchmarks.cases import Settings  # noqa: E402
+from headcode.benchmarks.decode_cases import decode_cases  # noqa: E402
 from headcode.compiler.export import load_plan  # noqa: E402
-from headcode.runtime.loading import load_model  # noqa: E402
+from headcode.files import write_json  # noqa: E402
+from headcode.runtime.model.loading import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -26,10 +28,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     lm = load_model("smollm2-135m")
-    settings = DecodeSettings((2048, 4096), (8,), (0.5,), (4096,), steps=8, repeat=3, warmup=1)
+    settings = replace(Settings.full(), decode_contexts=(2048, 4096), decode_batches=(8,), decode_fractions=(0.5,),
+                       prefill_lengths=(4096,), decode_steps=8, decode_repeat=3)
     cases = decode_cases(lm, settings, load_plan(args.plan))
-    with open(args.out, "w") as f:
-        json.dump(cases, f, indent=1)
+    write_json(args.out, cases)
 
 
 if __name__ == "__main__":

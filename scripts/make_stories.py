@@ -1,10 +1,10 @@
-"""Make the bundled story corpus (runtime/data/stories.jsonl) with the default instruct model.
+"""Make the bundled story corpus (runtime/text/data/stories.jsonl) with the default instruct model.
 
 Each story is written by SmolLM2-135M-Instruct (the bundled GGUF) from a prompt that names a
 character, a place and a theme (TinyStories style: short, simple words), sampled with a fixed
 seed. Stories are kept if they have 3+ sentences and 60-260 words; exact duplicates dropped.
 
-    python scripts/make_stories.py --n 400 --out runtime/data/stories.jsonl
+    python scripts/make_stories.py --n 400 --out runtime/text/data/stories.jsonl
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from headcode.runtime.loading import load_model
+from headcode.files import write_text
+from headcode.runtime.model.loading import load_model
 
 CHARACTERS = ["a little cat", "a small dog", "a girl named Lily", "a boy named Tom", "a brave mouse",
               "an old owl", "a kind bear", "a tiny bird", "a girl named Mia", "a boy named Ben",
@@ -54,7 +55,7 @@ def clean(text: str) -> str | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--out", default="runtime/data/stories.jsonl")
+    ap.add_argument("--out", default="runtime/text/data/stories.jsonl")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -104,11 +105,7 @@ def main() -> None:
                     sink.flush()
                     bar.update(1)
     bar.close()
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        for s in stories:
-            f.write(json.dumps({k: s[k] for k in ("id", "prompt", "text")}) + "\n")
-    os.replace(tmp, args.out)
+    write_text(args.out, "".join(json.dumps({k: s[k] for k in ("id", "prompt", "text")}) + "\n" for s in stories))
     os.remove(partial)
     print(f"{len(stories)} stories in {time.time() - t0:.0f}s -> {args.out}")
 

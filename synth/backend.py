@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 
 
 class Rejected(Exception):

@@ -4,7 +4,7 @@ their patterns on each text, computed once per text and shared by every head of 
 A term is a source expression (``"most_recent(t, noun_like)"``) that ``Program`` can run; the
 dictionary (``readable_terms``) is written over the named classes of ``compiler.classes``. On one
 text each term is a row-stochastic ``[T, T]`` pattern (a row may be empty); it is stored as a
-column of a sparse matrix over the packed lower triangle (``runtime.patterns.pack``: row
+column of a sparse matrix over the packed lower triangle (``runtime.model.patterns.pack``: row
 ``q`` holds keys ``0..q``, rows contiguous), which is the layout captured attention comes in.
 Most terms are one key per row, so the dictionary of ~90 terms on 150 paragraphs of ~150
 tokens takes a few hundred MB.
@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from headcode.compiler import pattern
 from headcode.compiler import program as program_mod
 from headcode.compiler.selectors import registry
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 
 TINY = 1e-6  # pattern entries below this (far tails of fast decays) are stored as zero
 

@@ -8,15 +8,16 @@ the same state directory continues where it stopped.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.files import write_json
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.library import build_library
 from headcode.synth.occam import FrontPoint, pareto, within_budget
@@ -24,13 +25,6 @@ from headcode.synth.occam import choose as occam_choose
 from headcode.synth.ranking import finalize, head_points, program_name, score_source
 
 STATE_VERSION = 2
-
-
-def _save_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
@@ -45,6 +39,33 @@ def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
         raise HeadcodeError(f"{path} was written by backend {d.get('backend')!r} (state version "
                             f"{d.get('version')}); use another --out or delete {path.parent}")
     return [FrontPoint(**{k: v for k, v in p.items() if k != "fidelity"}) for p in d["front"]]
+
+
+def _search(backend: Backend, patterns: HeadPatterns, todo: Sequence[HeadRef], fronts: dict[str, list[FrontPoint]],
+            state: Path | None, bar: Any) -> dict[str, str]:
+    """The front of every head in ``todo`` (into ``fronts``), each saved under ``state`` as soon as it
+    is made; returns the heads that got none, with why."""
+    failed: dict[str, str] = {}
+    for h in todo:
+        try:
+            points = head_points(backend, patterns, h)
+            fronts[str(h)] = pareto(points)
+            if not fronts[str(h)]:
+                raise Rejected(f"{h}: no candidate program within the size limit")
+        except Rejected as e:
+            fronts.pop(str(h), None)
+            failed[str(h)] = str(e)
+        else:
+            if state:
+                refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
+                write_json(state / f"{h}.json", {
+                    "version": STATE_VERSION, "backend": backend.name,
+                    "front": [p.to_json() for p in fronts[str(h)]],
+                    "alternatives": [{"program": program_name(p.source), "iou": p.iou,
+                                      "output_error": p.output_error, "size": p.size} for p in points],
+                    "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
+        bar.update(1)
+    return failed
 
 
 def explain_heads(
@@ -75,42 +96,33 @@ def explain_heads(
             todo.append(h)
         else:
             fronts[str(h)] = f
+    # one bar: the search of every head not done yet, then the scoring of every chosen program
+    bar = tqdm(total=len(todo) + len(heads), desc=f"explain ({backend.name})", unit="head", disable=not progress)
+    bar.set_postfix_str("preparing")
     backend.prepare(patterns, heads)
-    failed: dict[str, str] = {}
-    for h in tqdm(todo, desc=f"explain ({backend.name})", unit="head", disable=not progress):
-        try:
-            points = head_points(backend, patterns, h)
-            fronts[str(h)] = pareto(points)
-            if not fronts[str(h)]:
-                raise Rejected(f"{h}: no candidate program within the size limit")
-        except Rejected as e:
-            fronts.pop(str(h), None)
-            failed[str(h)] = str(e)
-            continue
-        if state:
-            refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
-            _save_json(state / f"{h}.json", {
-                "version": STATE_VERSION, "backend": backend.name,
-                "front": [p.to_json() for p in fronts[str(h)]],
-                "alternatives": [{"program": program_name(p.source), "iou": p.iou,
-                                  "output_error": p.output_error, "size": p.size} for p in points],
-                "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
+    bar.set_postfix_str("")
+    bar.reset()  # the rate and time left count from here: preparing is a one-off
+    failed = _search(backend, patterns, todo, fronts, state, bar)
     if failed:
-        print(f"headcode: {len(failed)} heads got no program: " +
-              "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
+        tqdm.write(f"headcode: {len(failed)} heads got no program: " +
+                   "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))
     pick = {h: occam_choose(f) for h, f in fronts.items()}
     if budget:
         pick = within_budget(fronts, pick)
     results: dict[str, Candidate] = {}
-    for h in tqdm(sorted(fronts), desc="score chosen", unit="head", disable=not progress):
+    bar.total = len(todo) + len(fronts)
+    bar.set_postfix_str("scoring")
+    for h in sorted(fronts):
         try:
             results[h] = finalize(backend, patterns, HeadRef.parse(h), fronts[h][pick[h]].source, fronts[h])
         except Rejected as e:
             failed[h] = str(e)
+        bar.update(1)
 
     def score(head: str, source: str, splits: Sequence[str]) -> Candidate:
         return score_source(backend, patterns, HeadRef.parse(head), source, splits)
 
     final = build_library(results, score, max_programs=max_programs)
+    bar.close()
     return {h: c if c.source == results[h].source else
             finalize(backend, patterns, HeadRef.parse(h), c.source, fronts[h]) for h, c in final.items()}

@@ -16,8 +16,8 @@ import numpy as np
 
 from headcode.compiler.pattern import attention_from_scores
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth import prompts
 from headcode.synth.backend import Rejected
 from headcode.synth.sandbox import Limits, run_programs

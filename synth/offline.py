@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from headcode.compiler import english
 from headcode.compiler.program import Tracer
 from headcode.compiler.size import program_size
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns, unpack
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns, unpack
 from headcode.synth import basis as B
 from headcode.synth.backend import Rejected
 from headcode.synth.fit import RowStack, greedy_path, mixture_rows, refine_iou, rows_iou

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from headcode.runtime.patterns import HeadPatterns, unpack
+from headcode.runtime.model.patterns import HeadPatterns, unpack
 from headcode.synth.fit import nnls_gram
 
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from headcode.compiler.size import READABLE_WORDS, program_size
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth.backend import Backend, Candidate, Rejected
 from headcode.synth.occam import FrontPoint, pareto
 from headcode.synth.occam import choose as occam_choose

@@ -10,8 +10,6 @@ Every file is written to a temporary name, then moved into place.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,17 +17,12 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler.size import program_size
+from headcode.files import save_figure, write_json, write_text
+from headcode.runtime.model.heads import HeadRef
 from headcode.synth.backend import Candidate
 from headcode.synth.occam import TOLERANCE
 
 IOU_GOOD = 0.75
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _f(x: float | None) -> float | None:
@@ -38,7 +31,7 @@ def _f(x: float | None) -> float | None:
 
 def report_dict(model: str, corpus: str, unit: str, results: dict[str, Candidate]) -> dict[str, Any]:
     heads = []
-    for h in sorted(results, key=_head_key):
+    for h in sorted(results, key=HeadRef.parse):
         c = results[h]
         heads.append({
             "head": h, "program": c.program, "expression": expression(c.source),
@@ -81,11 +74,6 @@ def expression(source: str) -> str:
         return ast.unparse(ret.value)
     except (SyntaxError, StopIteration):
         return " ".join(source.split())
-
-
-def _head_key(h: str) -> tuple[int, int]:
-    layer, head = h[1:].split(".H")
-    return int(layer), int(head)
 
 
 def program_file(c: Candidate) -> str:
@@ -136,13 +124,6 @@ def _heatmap_lines(rep: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
-def _savefig(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
-
-
 def plots(out: Path, results: dict[str, Candidate],
           example: Callable[[str, str], tuple[np.ndarray, np.ndarray]] | None, n_each: int = 3) -> list[Path]:
     """Histogram of test IoU and, when ``example`` gives ``(true, program)`` for a head and its
@@ -159,13 +140,13 @@ def plots(out: Path, results: dict[str, Candidate],
     ax.set_xlabel("test IoU")
     ax.set_ylabel("heads")
     fig.tight_layout()
-    _savefig(fig, out / "plots" / "iou_test_hist.png")
+    save_figure(fig, out / "plots" / "iou_test_hist.png", dpi=90)
     plt.close(fig)
     written.append(out / "plots" / "iou_test_hist.png")
     if example is None:
         return written
     ranked = sorted((c for c in results.values() if "test" in c.iou), key=lambda c: c.iou["test"])
-    by_head = sorted(ranked, key=lambda c: _head_key(c.head))
+    by_head = sorted(ranked, key=lambda c: HeadRef.parse(c.head))
     sample = by_head[:: max(1, len(by_head) // n_each)][:n_each] if by_head else []
     picks: Sequence[tuple[str, Candidate]] = [("worst", c) for c in ranked[:n_each]] + \
         [("best", c) for c in ranked[::-1][:n_each]] + [("sample", c) for c in sample]
@@ -181,7 +162,7 @@ def plots(out: Path, results: dict[str, Candidate],
                      f"{c.output_error.get('test', float('nan')):.3f}\n{c.description[:110]}", fontsize=8)
         fig.tight_layout()
         path = out / "plots" / f"{tag}_{c.head}.png"
-        _savefig(fig, path)
+        save_figure(fig, path, dpi=90)
         plt.close(fig)
         written.append(path)
     return written
@@ -196,6 +177,6 @@ def write_report(out: Path, model: str, corpus: str, unit: str, results: dict[st
     rep = report_dict(model, corpus, unit, results)
     written = plots(out, results, example)
     rep["plots"] = [p.name for p in written if p.name != "iou_test_hist.png"]
-    write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
+    write_json(out / "report.json", rep)
     write_text(out / "report.md", markdown(rep))
     return rep

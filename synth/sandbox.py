@@ -28,7 +28,7 @@ import numpy as np
 from headcode.compiler.check import check_source
 from headcode.compiler.compile import uncompiled
 from headcode.compiler.head import CompiledHead, check_head_data
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 from headcode.synth import sandbox_worker as W
 from headcode.synth.sandbox_worker import (  # noqa: F401 - re-exported: the sandbox's public face
     Limits,

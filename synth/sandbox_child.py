@@ -41,7 +41,7 @@ import numpy as np
 from headcode.compiler import check, pattern, tables
 from headcode.compiler import program as program_mod
 from headcode.compiler.compile import compile_in_process
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 from headcode.synth import sandbox_os
 
 ALLOWED_IMPORTS = check.ALLOWED_IMPORTS

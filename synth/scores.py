@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import SPLITS, HeadPatterns
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import SPLITS, HeadPatterns
 
 
 def row_iou(p: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
+from headcode.compiler import predicates as P
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
 
 MAX_OFFSET = 8
 
@@ -60,7 +61,7 @@ def summarise(patterns: HeadPatterns, head: HeadRef, n_texts: int = 25, pairs_pe
         np.add.at(offset, np.minimum(d, MAX_OFFSET + 1), a[q, k])
         first += float(a[:, 0].sum())
         same += float((a * (t.ids[:, None] == t.ids[None, :])).sum())
-        punct += float(a[:, t.is_punct].sum())
+        punct += float(a[:, t.has(P.punct)].sum())
         sstart += float(a[:, t.sentence_begin].sum())
         rows += T
         # the strongest pairs, skipping the trivial first row

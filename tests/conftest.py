@@ -71,7 +71,7 @@ def tiny_dir(request, tiny_gpt2_dir, tiny_llama_dir):
 @pytest.fixture(scope="session")
 def default_model():
     """The real bundled SmolLM2-135M (GGUF de-quantised once into the user cache)."""
-    from headcode.runtime.loading import load_model
+    from headcode.runtime.model.loading import load_model
 
     return load_model("smollm2-135m")
 

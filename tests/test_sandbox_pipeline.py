@@ -36,7 +36,7 @@ def test_the_program_is_harmful_elsewhere(tmp_path):
     marker = tmp_path / "elsewhere"
     code = (f"import numpy\nfrom headcode.compiler.program import namespace\nns = namespace()\n"
             f"exec({harmful(str(marker))!r}, ns)\n"
-            "from headcode.runtime.tokens import Tokens\nns['attend'](Tokens.synthetic(['a', 'b']))\n")
+            "from headcode.runtime.text.tokens import Tokens\nns['attend'](Tokens.synthetic(['a', 'b']))\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert marker.read_text() == "ran"
 

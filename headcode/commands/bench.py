@@ -4,7 +4,7 @@
   headcode bench --quick --out bench.json               # a smoke run (seconds after the model loads)
   headcode bench --surrogates out/explain/surrogates.safetensors --out bench.json
 
-The same cases as ``pytest benchmarks/ --benchmark-only`` (both read ``headcode.benchmarking``):
+The same cases as ``pytest benchmarks/ --benchmark-only`` (both read ``headcode.benchmarks.cases``):
 one head (Numba; the torch reference at short lengths; Triton with a GPU) against SDPA, eager
 attention, FlexAttention (compiled) and a copy of V; one layer's attention, prefill and greedy
 generation with 10/25/50% of heads replaced against the base model; compile time per program;
@@ -21,16 +21,12 @@ records the machine (CPU, cores, torch/numba/triton/transformers versions, GPU).
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from headcode.io import write_json
+from headcode.pipeline.bench import GROUPS
 
 HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
-GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis")
-FORMAT_VERSION = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,92 +75,16 @@ def table(cases: list[dict[str, Any]]) -> str:
                      + "  " + r[5] for r in rows)
 
 
-def _groups(only: str | None) -> set[str]:
-    from headcode.errors import HeadcodeError
-
-    if only is None:
-        return set(GROUPS)
-    chosen = {g.strip() for g in only.split(",") if g.strip()}
-    bad = chosen - set(GROUPS)
-    if bad or not chosen:
-        raise HeadcodeError(f"--only {only!r}: choose among {', '.join(GROUPS)}")
-    return chosen
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from headcode.pipeline.bench import BenchSettings, parse_groups, run_benchmarks
 
-    groups = _groups(args.only)
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    try:
-        return _run(args, groups)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: argparse.Namespace, groups: set[str]) -> int:
-    from headcode import benchmarking as bm
-
-    settings = bm.Settings.quick() if args.quick else bm.Settings.full()
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    t_start = time.perf_counter()
-    cases: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    if "head" in groups:
-        log("one head: compiled program vs neural head")
-        c, s = bm.head_cases(settings, log)
-        cases += c
-        skipped += s
-    if "memory" in groups:
-        log(f"memory: one head at T={bm.MEMORY_T}")
-        cases.append(bm.memory_case())
-    model_name = None
-    if groups & {"compile", "model", "decode", "synthesis"}:
-        from headcode.benchmarking_model import model_cases, synthesis_case
-        from headcode.runtime.loading import load_model
-        from headcode.runtime.tokens import vocabulary_pieces
-
-        log(f"loading {args.model}")
-        lm = load_model(args.model)
-        model_name = lm.name
-        plan = None
-        if args.surrogates:
-            from headcode.compiler.export import load_plan
-            from headcode.runtime.surrogate import check_plan
-
-            plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
-            check_plan(plan, lm)
-        if "compile" in groups:
-            log("compile time per program")
-            cases += bm.compile_cases(vocabulary_pieces(lm.tokenizer), lm.fingerprint, settings)
-        if "model" in groups:
-            log("layer, prefill and generation: base vs heads replaced")
-            cases += model_cases(lm, settings, plan, log)
-        if "decode" in groups:
-            from headcode.benchmarking_decode import DecodeSettings, decode_cases
-
-            log("decoding and prefill through the headcode cache: base vs whole KV groups replaced")
-            cases += decode_cases(lm, DecodeSettings.quick() if args.quick else DecodeSettings.full(), plan, log)
-        if "synthesis" in groups:
-            log("synthesis throughput (offline backend)")
-            cases.append(synthesis_case(lm, settings))
-    report = {
-        "format": "headcode-bench", "version": FORMAT_VERSION, "model": model_name or args.model,
-        "surrogates": args.surrogates, "quick": bool(args.quick), "groups": sorted(groups),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - t_start, 1),
-        "machine": bm.machine_info(), "settings": asdict(settings) | {"neural_baseline": bm.NEURAL_BASELINE},
-        "cases": cases, "skipped": skipped,
-    }
-    write_json(report, args.out)
-    print(table(cases))
-    for s in skipped:
+    res = run_benchmarks(BenchSettings(out=Path(args.out), model=args.model,
+                                       surrogates=Path(args.surrogates) if args.surrogates else None,
+                                       quick=args.quick, only=parse_groups(args.only), threads=args.threads))
+    print(table(res.report["cases"]))
+    for s in res.report["skipped"]:
         print(f"skipped {s['name']}: {s['reason']}")
-    m = report["machine"]
+    m = res.report["machine"]
     print(f"machine: {m['cpu']}, {m['usable_cores']} cores, torch {m['torch']}, numba {m['numba']}, "
-          f"GPU {m['gpu'] or 'none'} -> {args.out}")
+          f"GPU {m['gpu'] or 'none'} -> {res.out}")
     return 0

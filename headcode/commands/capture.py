@@ -30,20 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from headcode.pipeline.capture import CaptureSettings, capture_corpus
 
-    from headcode.runtime.capture import capture
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.heads import parse_heads
-    from headcode.runtime.loading import load_model
-
-    lm = load_model(args.model)
-    heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
-    corpus = load_corpus(args.corpus, args.unit).take(args.max_texts)
-    toks = corpus.tokens(lm.tokenizer, args.max_tokens)
-    hp = capture(lm, toks, heads=heads, splits=corpus.splits, unit=args.unit, batch_size=args.batch_size,
-                 dtype=np.float32 if args.exact else np.float16)
+    hp = capture_corpus(CaptureSettings(model=args.model, corpus=args.corpus, unit=args.unit, heads=args.heads,
+                                        max_texts=args.max_texts, max_tokens=args.max_tokens,
+                                        batch_size=args.batch_size, exact=args.exact))
     hp.save(args.out)
-    print(json.dumps({"out": args.out, "model": lm.name, "texts": len(toks), "heads": len(heads),
-                      "tokens": int(sum(len(t) for t in toks))}))
+    print(json.dumps({"out": args.out, "model": hp.model, "texts": len(hp.tokens), "heads": len(hp.heads),
+                      "tokens": int(sum(len(t) for t in hp.tokens))}))
     return 0

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headcode.io import write_json
-
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
 
@@ -46,67 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="report file (.json)")
     p.add_argument("--save-plan", default=None,
                    help="also write a plan with only the heads replaced at --fraction (for serve, bench)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    from headcode.errors import HeadcodeError
-
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise HeadcodeError(f"--curve {text!r}: give fractions separated by commas, e.g. 0,0.1,0.25,0.5") from e
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.compiler.export import load_plan
-    from headcode.errors import HeadcodeError
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
-    from headcode.runtime.heads import HeadRef
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.surrogate import build_surrogates, check_plan
+    from headcode.pipeline.evaluate import EvaluateSettings, evaluate_plan, parse_fractions, summary
 
-    if not 0.0 <= args.fraction <= 1.0:
-        raise HeadcodeError(f"--fraction {args.fraction} is not in [0, 1]: give the share of all heads")
     qa = tuple(t.strip() for t in args.qa.split(",") if t.strip()) if args.qa else ()
-    lm = load_model(args.model)
-    plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
-    check_plan(plan, lm)
-    layers = build_surrogates(plan, lm, backend=args.backend)
-    heads = {HeadRef(l, h): fn for l, fns in layers.items() for h, fn in fns.items()}
-    programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
-    corpus = load_corpus(args.text, args.unit).take(args.max_texts)
-    toks = corpus.tokens(lm.tokenizer, args.max_tokens)
-    texts = {s: [t.ids for t, sp in zip(toks, corpus.splits) if sp == s] for s in ("fit", "select", "test")}
-    settings = EvalSettings(fraction=args.fraction, curve=_floats(args.curve), qa_tasks=qa, qa_limit=args.qa_limit,
-                            batch_size=args.batch_size, measure_factor=args.measure_factor,
-                            measure_texts=args.measure_texts,
-                            measure_tokens=args.measure_tokens, rounds=args.rounds, progress=not args.quiet)
-    plot = args.plot or str(Path(args.out).with_suffix(".png"))
-    info = {"surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit, "backend": args.backend,
-            "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
-    report = run_evaluation(lm, heads, texts, settings, programs=programs, plot=plot, info=info)
-    if args.save_plan:
-        from headcode.compiler.export import save_plan
-        from headcode.runtime.select_plan import subset_plan
-
-        save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), args.save_plan)
-        report["saved_plan"] = str(args.save_plan)
-    write_json(report, args.out)
-    print(summary(report))
+    res = evaluate_plan(EvaluateSettings(
+        surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, fraction=args.fraction,
+        text=args.text, unit=args.unit, max_texts=args.max_texts, max_tokens=args.max_tokens, qa=qa,
+        qa_limit=args.qa_limit, curve=parse_fractions(args.curve), measure_texts=args.measure_texts,
+        measure_tokens=args.measure_tokens, measure_factor=args.measure_factor, rounds=args.rounds,
+        backend=args.backend, batch_size=args.batch_size, plot=Path(args.plot) if args.plot else None,
+        save_plan=Path(args.save_plan) if args.save_plan else None, progress=not args.quiet))
+    print(summary(res.report))
     return 0
-
-
-def summary(report: dict) -> str:
-    """A few lines: perplexity of each variant (and its increase over base) and QA accuracy."""
-    ppl, inc = report["perplexity"], report["perplexity_increase"]
-    lines = [f"{report['model']}: {len(report['heads_replaced'])}/{report['total_heads']} heads replaced "
-             f"(fraction {report['fraction']:g}); perplexity on the test split:"]
-    lines += [f"  {k:>14}  {v:9.3f}  {100 * inc[k]:+7.2f}%" for k, v in ppl.items()]
-    for task, r in report.get("qa", {}).items():
-        accs = "  ".join(f"{k} {100 * v['acc']:.1f}" for k, v in r.items() if isinstance(v, dict))
-        lines.append(f"  {task} (n={r['n']}): {accs}")
-    if report.get("plot"):
-        lines.append(f"plot: {report['plot']}")
-    return "\n".join(lines)

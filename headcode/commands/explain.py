@@ -18,10 +18,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from headcode.errors import HeadcodeError
-
 HELP = "explain heads as programs (offline search or an OpenAI-compatible model) with a report"
 
 
@@ -43,78 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _patterns(args: argparse.Namespace, out: Path):
-    """Captured patterns: --patterns, the cache in DIR, or a fresh capture (then cached)."""
-    from headcode.runtime.heads import parse_heads
-    from headcode.runtime.patterns import HeadPatterns
-
-    if args.patterns:
-        hp = HeadPatterns.load(args.patterns)
-        layers = max(h.layer for h in hp.heads) + 1
-        per = max(h.head for h in hp.heads) + 1
-        heads = parse_heads(args.heads, layers, per) if args.heads else hp.heads
-        return hp, hp.model, heads
-    cache, meta_path = out / "patterns.safetensors", out / "run.json"
-    meta = {"model": args.model, "corpus": args.corpus, "unit": args.unit, "heads": args.heads,
-            "max_texts": args.max_texts, "max_tokens": args.max_tokens}
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in meta} != meta:
-            raise HeadcodeError(f"{out} holds a run with other settings ({old}); use another --out")
-    if cache.exists() and meta_path.exists():
-        hp = HeadPatterns.load(str(cache))
-        return hp, hp.model, hp.heads
-    from headcode.runtime.capture import capture
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.loading import load_model
-    from headcode.synth.report import write_text
-
-    lm = load_model(args.model)
-    heads = parse_heads(args.heads, lm.n_layers, lm.n_heads)
-    corpus = load_corpus(args.corpus, args.unit).take(args.max_texts)
-    toks = corpus.tokens(lm.tokenizer, args.max_tokens)
-    hp = capture(lm, toks, heads=heads, splits=corpus.splits, unit=args.unit,
-                 progress=not args.no_progress, dtype=np.float16)  # half the memory; scores need no more
-    out.mkdir(parents=True, exist_ok=True)
-    hp.save(str(cache))
-    write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-    return hp, lm.name, heads
-
-
-def make_backend(args: argparse.Namespace):
-    if args.backend == "offline":
-        from headcode.synth.offline import OfflineBackend
-
-        return OfflineBackend(progress=not args.no_progress)
-    from headcode.synth.llm import LLMOptions, OpenAIBackend
-
-    return OpenAIBackend(LLMOptions(base_url=args.base_url, model=args.llm, rounds=args.rounds))
-
-
 def run(args: argparse.Namespace) -> int:
-    from headcode.synth.explain import explain_heads
-    from headcode.synth.report import write_report
+    from headcode.pipeline.explain import ExplainSettings, explain_model
 
-    if args.max_programs < 1:
-        raise HeadcodeError("--max-programs must be at least 1")
-    out = Path(args.out)
-    hp, model_name, heads = _patterns(args, out)
-    if not hp.texts("fit") or not hp.texts("select") or not hp.texts("test"):
-        raise HeadcodeError("the captured texts must cover the fit, select and test splits: "
-                            "use a larger corpus or a larger --max-texts")
-    backend = make_backend(args)
-    results = explain_heads(hp, backend, heads, state_dir=out / "state", max_programs=args.max_programs,
-                            progress=not args.no_progress)
-    if not results:
-        raise HeadcodeError("no head could be explained (see the messages above)")
-    test_text = hp.texts("test")[0]
-
-    def example(head: str, source: str):
-        from headcode.runtime.heads import HeadRef
-
-        return hp.attention(test_text, HeadRef.parse(head)), backend.attention(source, [test_text])[0]
-
-    rep = write_report(out, model_name, args.corpus if not args.patterns else args.patterns, hp.unit,
-                       results, example)
-    print(json.dumps({"out": str(out), **rep["summary"]}))
+    res = explain_model(ExplainSettings(
+        out=Path(args.out), model=args.model, corpus=args.corpus, unit=args.unit, heads=args.heads,
+        backend=args.backend, base_url=args.base_url, llm=args.llm, max_programs=args.max_programs,
+        max_texts=args.max_texts, max_tokens=args.max_tokens, rounds=args.rounds, patterns=args.patterns,
+        progress=not args.no_progress))
+    print(json.dumps({"out": str(res.out), **res.summary}))
     return 0

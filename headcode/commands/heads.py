@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.runtime.loading import load_model
+    from headcode.runtime.model.loading import load_model
 
     lm = load_model(args.model)
     info = {"model": lm.name, "architecture": type(lm.model).__name__, "layers": lm.n_layers,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headcode.io import write_json
+from headcode.files import write_json
 
 HELP = "choose the heads to replace (optionally whole KV groups) and write a plan with only them"
 
@@ -54,20 +54,20 @@ def summary(report: dict, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.compiler.export import load_plan, save_plan
+    from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.select_plan import SelectSettings, select_plan
+    from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import plan_for_model
+    from headcode.runtime.text.corpus import load_corpus
 
     if not 0.0 < args.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {args.fraction} is not in (0, 1]: give the share of all heads")
     if Path(args.out).resolve() == Path(args.surrogates).resolve():
         raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
     lm = load_model(args.model)
-    plan = load_plan(args.surrogates, expected_fingerprint=lm.fingerprint)
-    corpus = load_corpus(args.text, args.unit).take(args.max_texts)
-    select = [t.ids for t, sp in zip(corpus.tokens(lm.tokenizer, args.max_tokens), corpus.splits) if sp == "select"]
+    plan = plan_for_model(args.surrogates, lm)
+    select = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)["select"]
     settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,
                               measure_factor=args.measure_factor, measure_texts=args.measure_texts,
                               measure_tokens=args.measure_tokens, rounds=args.rounds, batch_size=args.batch_size,
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
     report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,
               "plan": str(args.out)}
     save_plan(sel.plan, args.out)
-    write_json(report, args.report or str(Path(args.out).with_suffix(".json")))
+    write_json(args.report or Path(args.out).with_suffix(".json"), report)
     print(summary(report, args.out))
     return 0

@@ -34,48 +34,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
-def _read(path: str, what: str) -> str:
-    from headcode.errors import HeadcodeError
-
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise HeadcodeError(f"cannot read the {what} {path} ({e.strerror or e})") from e
-
-
 def run(args: argparse.Namespace) -> int:
-    from headcode.api import load_surrogate_model
-    from headcode.errors import HeadcodeError
-    from headcode.runtime.serving import Generator
-    from headcode.server import ServedModel, build_app, listen, run_server
+    from headcode.pipeline.serve import ServeSettings, start_server
 
-    if args.max_tokens < 1:
-        raise HeadcodeError(f"--max-tokens {args.max_tokens}: give a positive number of tokens")
-    if args.heads and not args.surrogates:
-        raise HeadcodeError("--heads picks heads of a plan: give --surrogates FILE too")
-    template = _read(args.chat_template, "chat template") if args.chat_template else None
-    sock = listen(args.host, args.port)  # before loading: a busy port fails in a second, not after the model
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()] if args.heads else None
-    try:
-        lm, handle = load_surrogate_model(args.model, args.surrogates, heads=heads, backend=args.backend)
-    except BaseException:
-        sock.close()
-        raise
-    replaced = tuple(str(h) for h in handle.heads) if handle is not None else ()
-    name = lm.name if "/" not in lm.name else Path(lm.name).name
-    served = ServedModel(id=args.name or (f"{name}+{Path(args.surrogates).stem}" if args.surrogates else name),
-                         base_model=lm.name, plan=args.surrogates, heads=replaced,
-                         total_heads=lm.n_layers * lm.n_heads, max_tokens=args.max_tokens)
-    gen = Generator(lm.model, lm.tokenizer, chat_template=template)
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    print(f"headcode: serving {served.id!r} ({len(replaced)} of {served.total_heads} heads replaced by programs) "
-          f"at http://{host}:{port}/v1", flush=True)
-    if not getattr(lm.tokenizer, "chat_template", None):
+    heads = tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None
+    server = start_server(ServeSettings(
+        model=args.model, surrogates=Path(args.surrogates) if args.surrogates else None, heads=heads,
+        host=args.host, port=args.port, name=args.name,
+        chat_template=Path(args.chat_template) if args.chat_template else None, max_tokens=args.max_tokens,
+        backend=args.backend, log_level=args.log_level))
+    served = server.served
+    print(f"headcode: serving {served.id!r} ({len(served.heads)} of {served.total_heads} heads replaced by "
+          f"programs) at {server.url}", flush=True)
+    if not server.has_chat_template:
         print("headcode: the tokenizer has no chat template: /v1/chat/completions answers 400 "
               "(give one with --chat-template FILE)", file=sys.stderr, flush=True)
-    try:
-        run_server(build_app(gen, served), sock, args.log_level)
-    finally:
-        gen.close()
+    server.run()
     return 0

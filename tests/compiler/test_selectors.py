@@ -20,7 +20,7 @@ from headcode.compiler.program_to_ir import flatten
 from headcode.compiler.selectors import REGISTRY, Selector, registered
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
 from headcode.kernels.program_head.stream_triton import TritonLayerState
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 
 BACKENDS = ("torch", "numba", "triton")
 DECODERS = {"decode-numba": LayerState, "decode-triton": lambda prog, B, D: TritonLayerState(prog, B, D, "cpu")}

@@ -74,9 +74,9 @@ def test_a_model_decodes_through_triton_states(tiny_llama_dir):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
     from test_surrogate import TEXTS, make_plan
 
-    from headcode.runtime.loading import load_model
-    from headcode.runtime.surrogate import surrogates_applied
-    from headcode.runtime.surrogate_cache import HeadcodeCache
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import surrogates_applied
+    from headcode.runtime.surrogate.cache import HeadcodeCache
 
     lm = load_model(tiny_llama_dir)
     lm.model.to(DEV)

@@ -40,7 +40,7 @@ def test_bad_input_is_one_line_and_nonzero(argv, needle, tiny_gpt2_dir, tmp_path
 
 
 def test_capture_writes_patterns(tiny_gpt2_dir, tmp_path, capsys):
-    from headcode.runtime.patterns import HeadPatterns
+    from headcode.runtime.model.patterns import HeadPatterns
 
     txt = tmp_path / "c.txt"
     txt.write_text("\n\n".join(f"Story {i}. The cat sat on the mat, and the dog ran {i} times." for i in range(12)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.corpus import load_corpus, sentences, split_of
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.corpus import load_corpus, sentences, split_of
+from headcode.runtime.text.tokens import Tokens
 
 
 def _write(tmp_path, n=40):

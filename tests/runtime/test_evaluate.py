@@ -10,14 +10,20 @@ import pytest
 import torch
 
 from headcode.cli import main
-from headcode.runtime.capture import capture
-from headcode.runtime.evaluate import Question, choice_logprobs, head_output_means, qa_accuracy, token_loss
-from headcode.runtime.evaluate_run import EvalSettings, run_evaluation
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.selection import rank_heads
-from headcode.runtime.surrogate_heads import MeanHead, pattern_heads
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.evaluation.measures import (
+    Question,
+    choice_logprobs,
+    head_output_means,
+    qa_accuracy,
+    token_loss,
+)
+from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
+from headcode.runtime.evaluation.selection import rank_heads
+from headcode.runtime.model.capture import capture
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
+from headcode.runtime.text.tokens import Tokens
 
 PARAGRAPHS = [
     "Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",
@@ -126,14 +132,18 @@ def test_evaluate_command_writes_report(tiny_gpt2_dir, tmp_path):
     assert r["texts"]["test"] > 0 and (tmp_path / "eval.png").is_file()
 
 
-def test_demo_names_a_missing_step_and_prints_a_table():
-    from headcode.commands.demo import _step, summary_table
-    from headcode.errors import HeadcodeError
+def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_path):
+    from headcode.compiler.export import load_plan
+    from headcode.pipeline.demo import DemoSettings, run_demo, summary_table
 
-    with pytest.raises(HeadcodeError, match="`no_such_step` step is not available"):
-        _step("no_such_step", [])
-    with pytest.raises(HeadcodeError, match="does not take the arguments"):
-        _step("evaluate", ["--no-such-flag"])
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    res = run_demo(DemoSettings(out=tmp_path / "demo", model=tiny_gpt2_dir, corpus=str(corpus), max_texts=3,
+                                progress=False))
+    assert res.explain.heads == 8 and res.compile.compiled + res.compile.refused == 8
+    assert set(load_plan(res.compile.out).heads) == {h.head for h in res.compile.heads if h.compiled}
+    assert json.loads(res.evaluate.out.read_text()) == res.evaluate.report  # the report written is the one returned
+    assert all(p.exists() for p in res.outputs) and set(res.seconds) == {"load", "explain", "compile", "evaluate"}
     row = {"k": 2, "actual_fraction": 0.25, "surrogate": 11.0, "mean_ablation": 15.0}
     table = summary_table({"perplexity": {"base": 10.0}, "curve": [row],
                            "qa": {"piqa": {"n": 5, "base": {"acc": 0.6}, "surrogate": {"acc": 0.4}}}})

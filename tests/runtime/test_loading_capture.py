@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.capture import capture
-from headcode.runtime.heads import HeadRef, parse_heads
-from headcode.runtime.loading import load_model
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.model.capture import capture
+from headcode.runtime.model.heads import HeadRef, parse_heads
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.text.tokens import Tokens
 
 TEXTS = ["Once upon a time, there was a little cat named Tom.",
          "Tom liked to play in the park. One day, Tom saw a big red ball!",
@@ -85,7 +85,7 @@ def test_capture_values_are_the_heads_kv_values(tiny_llama_dir):
 
 
 def test_patterns_save_load_roundtrip(tiny_gpt2_dir, tmp_path):
-    from headcode.runtime.patterns import HeadPatterns
+    from headcode.runtime.model.patterns import HeadPatterns
 
     lm = load_model(tiny_gpt2_dir)
     toks = [Tokens.from_text(lm.tokenizer, t) for t in TEXTS]
@@ -183,7 +183,7 @@ def test_an_unknown_hub_id_fails_fast_with_one_line(monkeypatch):
     import sys
     import time
 
-    from headcode.runtime import loading
+    from headcode.runtime.model import loading
 
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
     t0 = time.monotonic()

@@ -12,14 +12,14 @@ from headcode.api import from_pretrained
 from headcode.cli import main
 from headcode.compiler import SurrogatePlan, compile_source, save_plan
 from headcode.compiler.export import load_plan
-from headcode.runtime.capture import capture
-from headcode.runtime.evaluate import token_loss
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups
-from headcode.runtime.surrogate import apply_plan
-from headcode.runtime.surrogate_heads import MeanHead, pattern_heads
-from headcode.runtime.tokens import Tokens, vocabulary_pieces
+from headcode.runtime.evaluation.measures import token_loss
+from headcode.runtime.evaluation.selection_groups import cache_saving, kv_groups, rank_groups
+from headcode.runtime.model.capture import capture
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.apply import apply_plan
+from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
+from headcode.runtime.text.tokens import Tokens, vocabulary_pieces
 from tests.runtime.test_evaluate import PARAGRAPHS
 
 PROGRAMS = [
@@ -111,7 +111,7 @@ def test_group_ranking_chooses_the_groups_that_cost_least(tiny_llama_dir):
     base = token_loss(lm.model, sub, lm.tokenizer).mean
     brute = {}
     for grp in kv_groups(fns, lm.n_heads, lm.n_kv_heads):  # each group alone, measured the plain way
-        with apply_plan(lm.model, {grp.layer: {h.head: fns[h] for h in grp.heads}}):
+        with apply_plan(lm.model, {h: fns[h] for h in grp.heads}):
             brute[grp] = token_loss(lm.model, sub, lm.tokenizer).mean - base
     assert len(brute) == 4
     r = rank_groups(lm, fns, texts, budget=2, n_measure=4, measure_texts=4)

@@ -9,12 +9,12 @@ from headcode.api import from_pretrained
 from headcode.compiler import SurrogatePlan, compile_source
 from headcode.compiler.export import save_plan
 from headcode.errors import HeadcodeError
-from headcode.runtime.capture import capture
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.surrogate import apply_plan, build_surrogates, surrogates_applied
-from headcode.runtime.surrogate_heads import UniformHead, pattern_heads
-from headcode.runtime.tokens import Tokens, vocabulary_pieces
+from headcode.runtime.model.capture import capture
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, surrogates_applied
+from headcode.runtime.surrogate.replacements import UniformHead, pattern_heads
+from headcode.runtime.text.tokens import Tokens, vocabulary_pieces
 
 TEXTS = ["Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",
          "One day, Tom saw a big red ball! He ran to the ball and kicked it.",
@@ -53,7 +53,7 @@ def test_exact_patterns_reproduce_the_model(tiny_dir):
             ours = logits(lm.model, ids)
         torch.testing.assert_close(ours, base, rtol=0, atol=1e-4)
     # the replacement is really used: other weights give other logits
-    with apply_plan(lm.model, {0: {h: UniformHead() for h in range(4)}}):
+    with apply_plan(lm.model, {HeadRef(0, h): UniformHead() for h in range(4)}):
         other = logits(lm.model, ids)
     assert (other - base).abs().max() > 1e-3
 

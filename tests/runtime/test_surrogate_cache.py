@@ -15,11 +15,11 @@ from transformers import DynamicCache
 from headcode.errors import HeadcodeError
 from headcode.kernels.program_head.naive import program_head_naive
 from headcode.kernels.program_head.spec import EVERY, HeadSpec
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.loading import load_model
-from headcode.runtime.surrogate import apply_plan, build_surrogates, surrogates_applied
-from headcode.runtime.surrogate_cache import HeadcodeCache, cache_nbytes
-from headcode.runtime.surrogate_heads import CompiledHeadFn, UniformHead
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.loading import load_model
+from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, surrogates_applied
+from headcode.runtime.surrogate.cache import HeadcodeCache, cache_nbytes
+from headcode.runtime.surrogate.replacements import CompiledHeadFn, UniformHead
 
 STEPS = 64
 # half the heads of every layer, as whole KV groups (Llama: group 1 = heads 2, 3; GPT-2: one head per group)
@@ -99,10 +99,10 @@ def test_half_the_heads_as_whole_groups_halve_the_cache(tiny_dir):
 
 def test_a_hand_written_loop_and_a_head_that_must_be_recomputed(tiny_llama_dir):
     lm = load_model(tiny_llama_dir)
-    layers = build_surrogates(make_plan(lm), lm)
-    layers[0][1] = UniformHead()  # not a compiled program: recomputed from its group's cached values
+    heads = build_surrogates(make_plan(lm), lm)
+    heads[HeadRef(0, 1)] = UniformHead()  # not a compiled program: recomputed from its group's cached values
     seq = lm.tokenizer(TEXTS[1], return_tensors="pt").input_ids
-    with apply_plan(lm.model, layers) as handle, torch.no_grad():
+    with apply_plan(lm.model, heads) as handle, torch.no_grad():
         full = lm.model(input_ids=seq).logits
         cache = handle.new_cache()
         out = lm.model(input_ids=seq[:, :6], cache=cache, use_cache=True)

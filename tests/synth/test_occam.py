@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from headcode.compiler.size import program_size
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns, pack
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns, pack
 from headcode.synth.occam import FrontPoint, choose, pareto, within_budget
 from headcode.synth.offline import OfflineBackend, OfflineOptions
 from headcode.synth.ranking import rank_head, score_source

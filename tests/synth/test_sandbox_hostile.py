@@ -13,7 +13,7 @@ from headcode.compiler import SurrogatePlan, load_plan, save_plan
 from headcode.compiler.check import check_source
 from headcode.compiler.head import CompiledHead, Term
 from headcode.errors import HeadcodeError
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 from headcode.synth import sandbox as S
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat"]), Tokens.synthetic(["<s>", " a", " b"])]
@@ -81,7 +81,7 @@ def test_plan_carrying_code_loads_without_running_it(tmp_path):
     back = load_plan(path)
     for i, h in enumerate(HOSTILE):
         assert back.heads[f"L{i}.H0"].source == h.source and back.heads[f"L{i}.H1"].source == h.source
-    from headcode.runtime.surrogate import build_surrogates
+    from headcode.runtime.surrogate.apply import build_surrogates
 
     fns = build_surrogates({k: v for k, v in back.heads.items() if v.compiled}, None)
     assert len(fns) == len(HOSTILE)

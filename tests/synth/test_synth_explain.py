@@ -41,7 +41,7 @@ def test_report_schema_and_files(planted, tmp_path):
     i = planted.texts("test")[0]
 
     def example(head, src):
-        from headcode.runtime.heads import HeadRef
+        from headcode.runtime.model.heads import HeadRef
         return planted.attention(i, HeadRef.parse(head)), b.attention(src, [i])[0]
 
     write_report(tmp_path, "synthetic", "planted", "paragraph", res, example)

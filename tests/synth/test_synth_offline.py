@@ -1,7 +1,7 @@
 import numpy as np
 
 from headcode.compiler.program import Program
-from headcode.runtime.patterns import HeadPatterns
+from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth.fit import RowStack, greedy_path, rows_iou
 from headcode.synth.offline import OfflineBackend
 from headcode.synth.ranking import rank_head

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 from headcode.synth.sandbox import Limits, run_programs
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It"]), Tokens.synthetic(["<s>", " a", " b"])]

@@ -1,8 +1,8 @@
 """``headcode select``'s work: choose the heads to replace on the select split and keep only them
 in the plan, so that the file itself says which heads a served or benchmarked model replaces.
 
-Heads are chosen by what replacing them does to the loss (``runtime.selection``), or as whole
-KV groups (``runtime.selection_groups``) so that the KV cache shrinks; the report gives the
+Heads are chosen by what replacing them does to the loss (``runtime.evaluation.selection``), or as whole
+KV groups (``runtime.evaluation.selection_groups``) so that the KV cache shrinks; the report gives the
 select-split loss with all chosen heads in place and the KV-cache bytes per token saved.
 Only compiled heads are candidates: a served plan runs kernels over tables, never Python.
 """
@@ -17,10 +17,10 @@ import numpy as np
 
 from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import loss_with, rank_heads
-from headcode.runtime.selection_groups import cache_saving, kv_groups, rank_groups
-from headcode.runtime.surrogate import build_surrogates, check_plan
+from headcode.runtime.evaluation.selection import loss_with, rank_heads
+from headcode.runtime.evaluation.selection_groups import cache_saving, kv_groups, rank_groups
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import build_surrogates
 
 
 @dataclass(frozen=True)
@@ -54,15 +54,14 @@ def subset_plan(plan: SurrogatePlan, heads: Sequence[HeadRef | str]) -> Surrogat
 
 def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndarray],
                 s: SelectSettings = SelectSettings()) -> Selection:
-    """Choose ``s.fraction`` of the model's heads among the plan's compiled ones."""
+    """Choose ``s.fraction`` of the model's heads among the plan's compiled ones (``plan`` checked
+    against ``loaded`` already: ``surrogate.plan_for_model``)."""
     if not 0.0 < s.fraction <= 1.0:
         raise HeadcodeError(f"fraction {s.fraction} is not in (0, 1]: give the share of all heads to replace")
-    check_plan(plan, loaded)
     compiled = plan.compiled_heads()
     if not compiled:
         raise HeadcodeError("the plan has no compiled heads to choose from: run `headcode compile` first")
-    layers = build_surrogates(compiled, loaded, s.backend)
-    fns = {HeadRef(l, h): fn for l, per in layers.items() for h, fn in per.items()}
+    fns = build_surrogates(compiled, loaded, s.backend)
     total = loaded.n_layers * loaded.n_heads
     k = int(round(s.fraction * total))
     group = loaded.n_heads // loaded.n_kv_heads

@@ -8,15 +8,15 @@ vectors, ``[K, T, D]`` float16 per text) are kept for the output error.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.tokens import Tokens
+from headcode.files import replacing
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.text.tokens import Tokens
 
 SPLITS = ("fit", "select", "test")
 FORMAT_VERSION = 1
@@ -97,9 +97,8 @@ class HeadPatterns:
             "kv_of_head": list(self.kv_of_head), "texts": [t.text for t in self.tokens],
             "pieces": [list(t.pieces) for t in self.tokens],
         }
-        tmp = f"{path}.tmp{os.getpid()}"
-        save_file(tensors, tmp, metadata={"headcode": json.dumps(meta)})
-        os.replace(tmp, path)
+        with replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"headcode": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: str) -> HeadPatterns:

@@ -1,4 +1,6 @@
-"""``HeadRef``: one query head, printed ``L3.H7`` and parsed from the same text."""
+"""``HeadRef``: one query head, printed ``L3.H7`` and parsed from the same text; and head lists
+(``L3.H7,L5,L2-4``). The one place that reads head names: plan keys, program file names
+(``L3.H7.py``), report rows and ``--heads`` all go through it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from dataclasses import dataclass
 
 from headcode.errors import HeadcodeError
 
-_RE = re.compile(r"^L(\d+)\.H(\d+)$")
+_HEAD = re.compile(r"^L(\d+)\.H(\d+)$")
+_LAYERS = re.compile(r"^L(\d+)(?:-(\d+))?$")
 
 
 @dataclass(frozen=True, order=True)
@@ -19,11 +22,20 @@ class HeadRef:
         return f"L{self.layer}.H{self.head}"
 
     @classmethod
-    def parse(cls, text: str) -> HeadRef:
-        m = _RE.match(text.strip())
-        if not m:
+    def match(cls, text: str) -> HeadRef | None:
+        """The head ``text`` names (``L3.H7``, surrounding spaces ignored), or ``None``."""
+        m = _HEAD.match(text.strip())
+        return cls(int(m.group(1)), int(m.group(2))) if m else None
+
+    @classmethod
+    def parse(cls, text: str | HeadRef) -> HeadRef:
+        """``L3.H7`` (or a ``HeadRef``, returned as it is); ``HeadcodeError`` for anything else."""
+        if isinstance(text, HeadRef):
+            return text
+        ref = cls.match(str(text))
+        if ref is None:
             raise HeadcodeError(f"bad head {text!r}: write heads as L<layer>.H<head>, e.g. L3.H7")
-        return cls(int(m.group(1)), int(m.group(2)))
+        return ref
 
     def check(self, n_layers: int, n_heads: int) -> HeadRef:
         if not (0 <= self.layer < n_layers and 0 <= self.head < n_heads):
@@ -41,7 +53,7 @@ def parse_heads(spec: str | None, n_layers: int, n_heads: int) -> tuple[HeadRef,
     out: list[HeadRef] = []
     for part in spec.split(","):
         part = part.strip()
-        m = re.match(r"^L(\d+)(?:-(\d+))?$", part)
+        m = _LAYERS.match(part)
         if m:
             lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
             if not (0 <= lo <= hi < n_layers):

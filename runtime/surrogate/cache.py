@@ -1,4 +1,4 @@
-"""``HeadcodeCache``: a transformers ``Cache`` for a model with surrogate heads (DESIGN.md, semantics 8).
+"""``HeadcodeCache``: a transformers ``Cache`` for a model with surrogate heads (docs/architecture.md, semantics 8).
 
 Per layer with replaced heads (``HeadcodeLayer``) it keeps:
 - keys only of the KV groups that still have a neural head, values of those groups (and of

@@ -1,7 +1,7 @@
 """Attention capture: the post-softmax attention of chosen query heads on some texts.
 
 Capture goes through the same registered attention function as the surrogate runtime
-(``runtime.attention``), batched with right padding (a causal row of a real token never
+(``runtime.model.attention``), batched with right padding (a causal row of a real token never
 sees a pad), storing only each text's real lower triangle, packed: all 270 heads of the
 default model on 200 paragraphs of ~150 tokens take 2.4 GB in float32, 1.2 GB in float16.
 """
@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import NAME, use_headcode_attention
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.patterns import HeadPatterns
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.model.attention import use_headcode_attention
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.model.patterns import HeadPatterns
+from headcode.runtime.text.tokens import Tokens
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -49,11 +50,6 @@ def attached(modules: Sequence[torch.nn.Module], attr: str, fns: Sequence[Any]):
                 delattr(m, attr)
 
 
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # similar lengths pad little
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | None = None,
             splits: Sequence[str] | None = None, unit: str = "paragraph", batch_size: int = 8,
             with_values: bool = True, progress: bool = True, dtype: Any = np.float32) -> HeadPatterns:
@@ -71,8 +67,7 @@ def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | No
         h.check(loaded.n_layers, loaded.n_heads)
     splits = tuple(splits) if splits is not None else ("test",) * len(tokens)
     model = loaded.model
-    if model.config._attn_implementation != NAME:
-        use_headcode_attention(model)
+    use_headcode_attention(model)
     mods = attention_modules(model)
     layers = sorted({h.layer for h in heads})
     group = loaded.n_heads // loaded.n_kv_heads
@@ -101,17 +96,9 @@ def capture(loaded: Any, tokens: Sequence[Tokens], heads: Sequence[HeadRef] | No
                         values[ti][k] = v[b, kvh, :T]
         return hook
 
-    batches = _batches([len(t) for t in tokens], batch_size)
-    pad = loaded.tokenizer.pad_token_id
-    pad = 0 if pad is None else pad
+    batches = PaddedBatches([t.ids for t in tokens], batch_size, pad_id(loaded.tokenizer))
     with attached([mods[l] for l in layers], "_headcode_capture", [hook_for(l) for l in layers]), torch.no_grad():
-        for idx in tqdm(batches, desc="capture", unit="batch", disable=not progress):
-            T = max(len(tokens[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                ids[b, : len(tokens[i])] = torch.from_numpy(tokens[i].ids)
-                mask[b, : len(tokens[i])] = 1
+        for idx, ids, mask in tqdm(batches, desc="capture", unit="batch", disable=not progress):
             current[:] = idx
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     return HeadPatterns(loaded.name, unit, heads, tuple(tokens), splits, tuple(packed), kv_of_head,

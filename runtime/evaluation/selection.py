@@ -26,13 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.attention import NAME, neural_attention, use_headcode_attention
-from headcode.runtime.capture import attached, attention_modules
-from headcode.runtime.evaluate import _batches, _logprobs, _pad, _pad_id, token_loss
-from headcode.runtime.heads import HeadRef
-from headcode.runtime.surrogate import apply_plan
-from headcode.runtime.surrogate_heads import HeadFn
-from headcode.runtime.surrogate_history import TokenHistory
+from headcode.runtime.evaluation.measures import _logprobs, token_loss
+from headcode.runtime.model.attention import neural_attention, use_headcode_attention
+from headcode.runtime.model.batching import PaddedBatches, pad_id
+from headcode.runtime.model.capture import attached, attention_modules
+from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.apply import apply_plan
+from headcode.runtime.surrogate.history import TokenHistory
+from headcode.runtime.surrogate.replacements import HeadFn
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,7 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
     fixed = dict(fixed or {})
     heads = {h: fn for h, fn in heads.items() if h not in fixed}
     model = loaded.model
-    if model.config._attn_implementation != NAME:
-        use_headcode_attention(model)
+    use_headcode_attention(model)
     order = sorted(heads)
     alpha = torch.zeros(len(order), dtype=torch.float32, requires_grad=True)
     slot = {h: i for i, h in enumerate(order)}
@@ -102,12 +102,10 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
     model.requires_grad_(False)
     hook = history.attach(model)
     n_tok = 0
-    pad = _pad_id(loaded.tokenizer)
     try:
         with attached([mods[l] for l in layers], "_headcode_surrogate", probes):
-            for idx in tqdm(_batches([len(t) for t in texts], batch_size), desc="estimate", unit="batch",
-                            disable=not progress, leave=False):
-                ids, mask = _pad([texts[i] for i in idx], pad)
+            for _, ids, mask in tqdm(PaddedBatches(texts, batch_size, pad_id(loaded.tokenizer)), desc="estimate",
+                                     unit="batch", disable=not progress, leave=False):
                 lp = _logprobs(model, ids, mask)
                 m = mask[:, 1:].bool()
                 (-lp[m].sum()).backward()
@@ -124,10 +122,7 @@ def estimate_effects(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequen
 
 def loss_with(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], batch_size: int = 8) -> float:
     """Mean token loss on ``texts`` with ``fns`` in place (the base model for none)."""
-    layers: dict[int, dict[int, HeadFn]] = {}
-    for h, fn in fns.items():
-        layers.setdefault(h.layer, {})[h.head] = fn
-    with apply_plan(loaded.model, layers):
+    with apply_plan(loaded.model, fns):
         return token_loss(loaded.model, texts, loaded.tokenizer, batch_size).mean
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from headcode.benchmarking import MODEL_PROGRAMS, Settings, case, median_ms, source_of
+from headcode.benchmarks.cases import MODEL_PROGRAMS, Settings, case, median_ms
 from headcode.errors import HeadcodeError
-from headcode.runtime.heads import HeadRef
+from headcode.runtime.model.heads import HeadRef
 
 _SENTENCES = (
     "Once upon a time, there was a little cat named Tom.", "Tom liked to play in the park with his red ball.",
@@ -36,7 +36,7 @@ _SENTENCES = (
 def bench_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
     """``n`` short stories and where they came from: the bundled corpus when it is installed,
     else texts made here from a fixed pool of sentences (deterministic)."""
-    from headcode.runtime.corpus import documents
+    from headcode.runtime.text.corpus import documents
 
     try:
         docs = documents("stories")
@@ -74,12 +74,12 @@ def n_replaced(fraction: float, total: int) -> int:
 def programs_plan(loaded: Any) -> Any:
     """A ``SurrogatePlan`` with a program for every head (``MODEL_PROGRAMS`` compiled once each)."""
     from headcode.compiler import SurrogatePlan, compile_source
-    from headcode.runtime.tokens import vocabulary_pieces
+    from headcode.runtime.text.tokens import vocabulary_pieces
 
     pieces = vocabulary_pieces(loaded.tokenizer)
-    compiled = [compile_source(source_of(b), pieces, loaded.fingerprint, name=f"model_{i}", model_id=loaded.name,
-                               strict=True) for i, b in enumerate(MODEL_PROGRAMS)]
-    heads = {f"L{l}.H{h}": compiled[(l * loaded.n_heads + h) % len(compiled)]
+    compiled = [compile_source(c.source, pieces, loaded.fingerprint, name=c.name, model_id=loaded.name, strict=True)
+                for c in MODEL_PROGRAMS]
+    heads = {str(HeadRef(l, h)): compiled[(l * loaded.n_heads + h) % len(compiled)]
              for l in range(loaded.n_layers) for h in range(loaded.n_heads)}
     return SurrogatePlan(model_id=loaded.name, fingerprint=loaded.fingerprint, heads=heads)
 
@@ -113,7 +113,7 @@ def generate_fn(loaded: Any, ids: torch.Tensor, new_tokens: int) -> Callable[[],
 def layer_fn(loaded: Any, layer: int, ids: torch.Tensor) -> Callable[[], Any]:
     """Layer ``layer``'s attention block (projections, attention, output projection) on the inputs
     it gets in a forward pass of ``ids`` (run once here, which also records the token history)."""
-    from headcode.runtime.capture import attention_modules
+    from headcode.runtime.model.capture import attention_modules
 
     mod = attention_modules(loaded.model)[layer]
     seen: dict[str, Any] = {}
@@ -135,7 +135,7 @@ def layer_fn(loaded: Any, layer: int, ids: torch.Tensor) -> Callable[[], Any]:
 
 def _with_heads(loaded: Any, plan: Any, heads: Sequence[HeadRef], make: Callable[[], Callable[[], Any]],
                 repeat: int, warmup: int) -> float:
-    from headcode.runtime.surrogate import surrogates_applied
+    from headcode.runtime.surrogate.apply import surrogates_applied
 
     with surrogates_applied(loaded, plan, heads=list(heads)):
         return median_ms(make(), repeat, warmup)
@@ -195,9 +195,9 @@ def model_cases(loaded: Any, settings: Settings, plan: Any = None,
 
 def synthesis_case(loaded: Any, settings: Settings) -> dict[str, Any]:
     """Heads explained per minute by the offline backend (capture excluded) on the stories corpus."""
-    from headcode.runtime.capture import capture
-    from headcode.runtime.corpus import load_corpus
-    from headcode.runtime.tokens import Tokens
+    from headcode.runtime.model.capture import capture
+    from headcode.runtime.text.corpus import load_corpus
+    from headcode.runtime.text.tokens import Tokens
     from headcode.synth.explain import explain_heads
     from headcode.synth.offline import OfflineBackend
 

@@ -8,7 +8,7 @@ so every path below sees the causal and padding mask.
 Per attention module, two optional attachments change what happens:
 - ``module._headcode_capture(probs [B, H, q, kv], value [B, KV, kv, D])``: called with the
   post-softmax attention of all query heads (capture);
-- ``module._headcode_surrogate``: takes over the whole layer (see ``runtime.surrogate``):
+- ``module._headcode_surrogate``: takes over the whole layer (see ``runtime.surrogate.apply``):
   ``surrogate(module, query, key, value, attention_mask, scaling, dropout) -> out [B, H, q, D]``.
   It computes the kept heads with ``neural_attention`` and the replaced ones from their
   programs; ``query``/``key`` may then hold only the heads still computed (sliced projections).
@@ -100,7 +100,12 @@ def register() -> str:
     return NAME
 
 
-def use_headcode_attention(model: torch.nn.Module) -> None:
-    """Switch a loaded model to headcode's attention (and its mask)."""
-    register()
-    model.set_attn_implementation(NAME)
+def use_headcode_attention(model: torch.nn.Module) -> str:
+    """Switch a model to headcode's attention (and its mask), if it is not using it already: the
+    one way capture, head selection and surrogate plans convert a model. Returns the attention
+    implementation the model had (to switch back to)."""
+    before = model.config._attn_implementation
+    if before != NAME:
+        register()
+        model.set_attn_implementation(NAME)
+    return before

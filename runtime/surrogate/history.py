@@ -12,7 +12,7 @@ so calling either the LM or its base model works) records them:
 - the 2D ``attention_mask`` (when it covers the whole history) gives each row's first real
   position ``start`` (left padding); right padding needs nothing (causal programs never see it).
 
-A ``HeadcodeCache`` (``runtime.surrogate_cache``) keeps what its surrogate heads need itself:
+A ``HeadcodeCache`` (``runtime.surrogate.cache``) keeps what its surrogate heads need itself:
 the hook hands it each call's ids (``observe_tokens``) and records it as the current cache, and
 the history above is not used. It is what ``generate`` uses once a plan is applied.
 

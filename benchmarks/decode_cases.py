@@ -13,39 +13,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from headcode.benchmarking import case, median_ms
-from headcode.benchmarking_model import programs_plan, text_ids
-from headcode.runtime.heads import HeadRef
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    contexts: tuple[int, ...]
-    batches: tuple[int, ...]
-    fractions: tuple[float, ...]
-    prefill_lengths: tuple[int, ...]
-    steps: int            # decoding steps per timed run
-    repeat: int
-    warmup: int
-
-    @classmethod
-    def full(cls) -> DecodeSettings:
-        return cls((512, 2048, 4096), (1, 8), (0.25, 0.5), (1024, 4096), steps=16, repeat=3, warmup=1)
-
-    @classmethod
-    def quick(cls) -> DecodeSettings:
-        return cls((64,), (1, 2), (0.5,), (64,), steps=4, repeat=2, warmup=1)
+from headcode.benchmarks.cases import Settings, case, median_ms
+from headcode.benchmarks.model_cases import programs_plan, text_ids
+from headcode.runtime.model.heads import HeadRef
 
 
 def group_heads(loaded: Any, fraction: float, pool: Sequence[HeadRef] | None = None) -> list[HeadRef]:
     """``round(fraction * groups)`` whole KV groups, evenly spaced in layer-major order (only groups
     whose heads are all in ``pool`` when given): every query head of each."""
-    from headcode.runtime.selection_groups import kv_groups
+    from headcode.runtime.evaluation.selection_groups import kv_groups
 
     every = [HeadRef(layer, h) for layer in range(loaded.n_layers) for h in range(loaded.n_heads)]
     groups = kv_groups(every if pool is None else pool, loaded.n_heads, loaded.n_kv_heads)
@@ -82,7 +62,7 @@ def decode_fn(loaded: Any, cache: Any, nxt: torch.Tensor, steps: int) -> Callabl
 
 def attention_share(loaded: Any, run: Callable[[], Any]) -> float:
     """Share of ``run()``'s wall time spent inside the attention modules (forward hooks)."""
-    from headcode.runtime.capture import attention_modules
+    from headcode.runtime.model.capture import attention_modules
 
     spent = [0.0]
     t0: dict[int, float] = {}
@@ -112,25 +92,25 @@ def limit(share: float, a: float) -> float:
     return 1.0 / max(1e-9, 1.0 - share * a)
 
 
-def decode_cases(loaded: Any, settings: DecodeSettings, plan: Any = None,
+def decode_cases(loaded: Any, settings: Settings, plan: Any = None,
                  log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Decode tokens/s at each context and batch, prefill at each length, cache bytes per token:
     base vs each share of heads replaced as whole KV groups."""
     from transformers import DynamicCache
 
-    from headcode.benchmarking_model import plan_pool
-    from headcode.runtime.surrogate import surrogates_applied
-    from headcode.runtime.surrogate_cache import cache_nbytes
+    from headcode.benchmarks.model_cases import plan_pool
+    from headcode.runtime.surrogate.apply import surrogates_applied
+    from headcode.runtime.surrogate.cache import cache_nbytes
 
     source = "file" if plan is not None else "programs"
     plan = plan if plan is not None else programs_plan(loaded)
     pool = plan_pool(plan)
     total = loaded.n_layers * loaded.n_heads
-    r, w, N = settings.repeat, settings.warmup, settings.steps
+    r, w, N = settings.decode_repeat, 1, settings.decode_steps
     cases: list[dict[str, Any]] = []
-    chosen = {f: group_heads(loaded, f, pool) for f in settings.fractions}
-    for C in settings.contexts:
-        for B in settings.batches:
+    chosen = {f: group_heads(loaded, f, pool) for f in settings.decode_fractions}
+    for C in settings.decode_contexts:
+        for B in settings.decode_batches:
             ids = batch_ids(loaded, B, C)
             cache = DynamicCache(config=loaded.model.config)
             run = decode_fn(loaded, cache, prefill(loaded, ids, cache), N)

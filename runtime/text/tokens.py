@@ -33,10 +33,6 @@ class Tokens:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
-    @property
-    def T(self) -> int:
-        return len(self)
-
     def has(self, pred: P.Pred) -> np.ndarray:
         """``[T] bool``: the predicate on each token (cached per predicate name)."""
         cache = self.__dict__.setdefault("_pred_cache", {})
@@ -51,27 +47,7 @@ class Tokens:
         end = int(self.offsets[:n, 1].max()) if n else 0
         return Tokens(self.text[:end], self.ids[:n].copy(), self.pieces[:n], self.offsets[:n].copy())
 
-    # cheap per-token features -------------------------------------------------------
-    @property
-    def is_punct(self) -> np.ndarray:
-        return self.has(P.punct)
-
-    @property
-    def is_word_start(self) -> np.ndarray:
-        return self.has(P.word_start)
-
-    @property
-    def is_capitalised(self) -> np.ndarray:
-        return self.has(P.capitalised)
-
-    @property
-    def is_sentence_end(self) -> np.ndarray:
-        return self.has(P.sentence_end)
-
-    @property
-    def is_newline(self) -> np.ndarray:
-        return self.has(P.newline)
-
+    # positional features (prefix scans: causal) ----------------------------------------
     @cached_property
     def sentence_begin(self) -> np.ndarray:
         """``[T] bool``: position 0, and every token right after a sentence end or newline."""

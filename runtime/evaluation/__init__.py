@@ -1,0 +1,1 @@
+"""headcode.runtime.evaluation: evaluation and head selection."""

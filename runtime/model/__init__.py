@@ -1,0 +1,1 @@
+"""headcode.runtime.model: model loading and attention plumbing."""

@@ -1,0 +1,1 @@
+"""headcode.runtime.surrogate.apply: the surrogate runtime: programs in place of heads."""

@@ -1,0 +1,1 @@
+"""headcode.runtime.text: text data: tokens, corpora and their splits."""
