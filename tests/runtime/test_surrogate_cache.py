@@ -197,8 +197,8 @@ def test_heads_built_from_primitives_decode_like_their_reference(tiny_dir):
     dense reference each step; a head that is not a compiled program is recomputed beside them."""
     lm = load_model(tiny_dir)
     specs = [_spec_of_primitives(lm.model.config.vocab_size, terms, h) for h, terms in enumerate(PRIMITIVE_HEADS)]
-    layers = {0: {0: _ReferenceHead(specs[0]), 2: _ReferenceHead(specs[1])},
-              1: {1: _ReferenceHead(specs[2]), 3: UniformHead()}}
+    layers = {HeadRef(0, 0): _ReferenceHead(specs[0]), HeadRef(0, 2): _ReferenceHead(specs[1]),
+              HeadRef(1, 1): _ReferenceHead(specs[2]), HeadRef(1, 3): UniformHead()}
     lm.tokenizer.padding_side = "left"
     enc = lm.tokenizer(TEXTS, return_tensors="pt", padding=True)
     kw = dict(attention_mask=enc.attention_mask, max_new_tokens=16, min_new_tokens=16)
