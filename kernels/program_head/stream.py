@@ -45,28 +45,23 @@ _SHIFTED = ("ev_tab", "key_tab", "query_tab")  # table rows, renumbered into the
 
 @dataclass(frozen=True, eq=False)
 class LayerProgram:
-    """The terms of ``H`` heads flattened: ``head[j]`` owns term ``j``, ``slot[j]`` is its row in
+    """The terms of ``H`` heads flattened into one ``HeadSpec`` (``terms``: tables concatenated, each
+    term's table rows renumbered into them): ``head[j]`` owns term ``j``, ``slot[j]`` is its row in
     the state arrays of its kind, ``rslot[j]`` its ring (a pointer with shift < 0; else -1);
-    tables concatenated (term table rows shifted); ``group[h]`` is the KV group whose values head
-    ``h`` reads. ``pc``/``pf``: the term columns packed for the kernels (``stream_cpu``)."""
+    ``group[h]`` is the KV group whose values head ``h`` reads. ``pc``/``pf``: the term columns
+    packed for the kernels (``stream_cpu``)."""
 
-    kinds: np.ndarray
-    ev_tab: np.ndarray
-    ev_lag: np.ndarray
-    ev_start: np.ndarray
-    strict: np.ndarray
-    shift: np.ndarray
-    rates: np.ndarray
-    key_tab: np.ndarray
-    query_tab: np.ndarray
-    weights: np.ndarray
+    terms: HeadSpec
     head: np.ndarray
     slot: np.ndarray
     rslot: np.ndarray
     group: np.ndarray
-    tables: np.ndarray
     counts: tuple[int, int, int, int]   # terms with ACC, VEC, RING, MAP state
     ring_len: int
+
+    @property
+    def tables(self) -> np.ndarray:
+        return self.terms.tables
 
     @property
     def n_heads(self) -> int:
@@ -75,14 +70,15 @@ class LayerProgram:
     @cached_property
     def pc(self) -> np.ndarray:
         """``[J, N_ICOLS]`` int64: the integer columns in ``stream_cpu``'s order."""
-        cols = (self.kinds, self.ev_tab, self.ev_lag, self.ev_start, self.strict, self.shift, self.key_tab,
-                self.query_tab, self.head, self.slot, self.rslot)
+        t = self.terms
+        cols = (t.kinds, t.ev_tab, t.ev_lag, t.ev_start, t.strict, t.shift, t.key_tab, t.query_tab, self.head,
+                self.slot, self.rslot)
         return np.ascontiguousarray(np.stack(cols, axis=1).reshape(-1, N_ICOLS), dtype=np.int64)
 
     @cached_property
     def pf(self) -> np.ndarray:
         """``[J, N_FCOLS]`` float64: rates and weights."""
-        return np.ascontiguousarray(np.stack([self.rates, self.weights], axis=1).reshape(-1, N_FCOLS))
+        return np.ascontiguousarray(np.stack([self.terms.rates, self.terms.weights], axis=1).reshape(-1, N_FCOLS))
 
     @classmethod
     def build(cls, specs: Sequence[HeadSpec], groups: Sequence[int], vocab: int = 0) -> LayerProgram:
@@ -115,8 +111,9 @@ class LayerProgram:
         tables = np.concatenate(tabs) if off else np.zeros((1, vocab), np.uint8)
         arrs = {k: np.asarray(v, np.float64 if k in ("rates", "weights") else np.int64).reshape(-1)
                 for k, v in cols.items()}
-        return cls(**arrs, group=_i64(groups), tables=np.ascontiguousarray(tables),
-                   counts=(counts[0], counts[1], counts[2], counts[3]), ring_len=ring_len)
+        terms = HeadSpec(**{k: arrs.pop(k) for k in names}, tables=np.ascontiguousarray(tables))
+        return cls(terms=terms, **arrs, group=_i64(groups), counts=(counts[0], counts[1], counts[2], counts[3]),
+                   ring_len=ring_len)
 
 
 class LayerState:

@@ -356,7 +356,7 @@ class TritonLayerState:
         q = self.length + torch.arange(n, device=dev)
         prev = torch.cat([self.prev_id[:, None], ids[:, :-1]], dim=1)
         prev = torch.where(q[None, :] > start[:, None], prev, torch.full_like(prev, -1)).contiguous()
-        J, H, D = int(self.prog.kinds.shape[0]), self.prog.n_heads, self.dim
+        J, H, D = self.prog.terms.n_terms, self.prog.n_heads, self.dim
         di = torch.empty(B, n, J, 5, dtype=torch.long, device=dev)   # wr, cpd, cps, rd0, rd1
         df = torch.empty(B, n, J, 5, device=dev)                     # mul, add, c0, c1, dw
         n_acc, n_vec, n_ring, n_map = self.prog.counts
