@@ -112,7 +112,8 @@ def _ids(tokenizer: Any, texts: Sequence[str], max_tokens: int, whole: bool) -> 
 
 def _until(tokenizer: Any, texts: Sequence[str], max_tokens: int, max_texts: int | None,
            test_tokens: int | None) -> list[np.ndarray]:
-    """The first texts of a test split: all (``max_texts`` at most), or until ``test_tokens`` tokens."""
+    """The first texts of a test split: all (``max_texts`` at most), or until ``test_tokens`` tokens are
+    predicted (every token after the first of each text)."""
     if test_tokens is None:
         return _ids(tokenizer, list(texts)[:max_texts], max_tokens, whole=False)
     out, n = [], 0
@@ -121,14 +122,14 @@ def _until(tokenizer: Any, texts: Sequence[str], max_tokens: int, max_texts: int
             if n >= test_tokens:
                 return out
             out.append(ids)
-            n += len(ids)
+            n += len(ids) - 1
     return out
 
 
 def eval_texts(corpus: Corpus, tokenizer: Any, max_texts: int | None = None, max_tokens: int = 256,
                extra: Sequence[TestText] = (), test_tokens: int | None = None) -> EvalTexts:
     """Fit and select texts of ``corpus`` (``max_texts`` each at most, none overlapping a test text),
-    its test split (``max_texts``, or the first texts reaching ``test_tokens`` tokens) and ``extra``."""
+    its test split (``max_texts``, or the first texts reaching ``test_tokens`` predicted tokens) and ``extra``."""
     test_strings = [t for x in extra for t in x.texts]
     keep = {s: corpus.split(s) for s in ("fit", "select")}
     dropped = 0

@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more test text (repeatable): a text file, all of it test, or a corpus name "
                         "(stories, lambada: its test split); heads are still chosen on --text's select split")
     p.add_argument("--test-tokens", type=int, default=None,
-                   help="take test-split texts until this many tokens (e.g. 20000 for LAMBADA); default: "
-                        "--max-texts texts")
+                   help="take test-split texts until this many tokens are predicted (e.g. 20000 for LAMBADA); "
+                        "default: --max-texts texts")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none)")
     p.add_argument("--own-choice", default=",".join(BASELINES),
@@ -160,7 +160,8 @@ def perplexity_table(name: str, r: dict) -> list[str]:
     """One test set: perplexity (and its change over the base model) per variant and share of heads."""
     names = [k for k in r["curve"][0] if k not in ("fraction", "k", "actual_fraction")]
     width = max(17, *(len(n.replace("_own", " (own)")) for n in names))
-    lines = [f"perplexity on {r['source']} ({r['texts']} texts, {r['tokens']:,} tokens; base {r['base']:.3f}):",
+    lines = [f"perplexity on {r['source']} ({r['texts']} texts, {r['predicted_tokens']:,} tokens predicted; "
+             f"base {r['base']:.3f}):",
              "  heads replaced " + " ".join(f"{n.replace('_own', ' (own)'):>{width}}" for n in names)]
     for row in r["curve"]:
         cells = [f"{row[n]:.2f} {_pct(row[n] / r['base'] - 1):>7}" for n in names]
