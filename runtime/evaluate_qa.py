@@ -31,28 +31,28 @@ def score_entry(correct: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray
     return out
 
 
-Scorer = Callable[[Mapping[Any, Any], Sequence[Question], str], list[np.ndarray]]
+Scorer = Callable[[str, str, Mapping[Any, Any], Sequence[Question]], list[np.ndarray]]
 
 
 def qa_with_intervals(tokenizer: Any, tasks: Sequence[str], limit: int | None,
                       variants: Mapping[str, Mapping[str, Mapping[Any, Any]]], score: Scorer,
                       progress: bool = False) -> dict[str, Any]:
     """``variants[label][name]``: the heads replaced (``{HeadRef: HeadFn}``) for variant ``name`` at
-    ``label`` (a share of heads, e.g. ``"0.25"``); ``score(fns, questions, desc)`` gives per question
-    the log-probability of each choice with ``fns`` in place. Returns
+    ``label`` (a share of heads, e.g. ``"0.25"``); ``score(task, name, fns, questions)`` gives per
+    question the log-probability of each choice with ``fns`` in place (``name`` ``base``: none). Returns
     ``{"interval": method, "tasks": {task: {"n", "base", "at": {label: {name: entry}}}}}``."""
     out: dict[str, Any] = {"interval": METHOD, "tasks": {}}
     n_runs = len(tasks) * (1 + sum(len(v) for v in variants.values()))
     bar = tqdm(total=n_runs, desc="qa", unit="run", disable=not progress, leave=False)
     for task in tasks:
         qs = load_questions(tokenizer, task, limit)
-        base = qa_correct(qs, score({}, qs, f"{task} base"))
+        base = qa_correct(qs, score(task, "base", {}, qs))
         bar.update()
         res: dict[str, Any] = {"n": len(qs), "base": score_entry(base, None), "at": {}}
         for label, named in variants.items():
             res["at"][label] = {}
             for name, fns in named.items():
-                c = qa_correct(qs, score(fns, qs, f"{task} {name} {label}"))
+                c = qa_correct(qs, score(task, name, fns, qs))
                 res["at"][label][name] = score_entry(c, base)
                 bar.update()
         out["tasks"][task] = res
@@ -62,7 +62,7 @@ def qa_with_intervals(tokenizer: Any, tasks: Sequence[str], limit: int | None,
 
 def model_scorer(loaded: Any, with_heads: Callable, batch_size: int, progress: bool) -> Scorer:
     """A ``Scorer`` over ``loaded``: ``with_heads(fns, work)`` runs ``work()`` with ``fns`` in place."""
-    def score(fns: Mapping[Any, Any], qs: Sequence[Question], desc: str) -> list[np.ndarray]:
+    def score(task: str, name: str, fns: Mapping[Any, Any], qs: Sequence[Question]) -> list[np.ndarray]:
         return with_heads(fns, lambda: choice_logprobs(loaded.model, qs, loaded.tokenizer, batch_size,
-                                                       progress, desc))
+                                                       progress, f"{task} {name} ({len(fns)} heads)"))
     return score

@@ -23,6 +23,7 @@ import numpy as np
 from headcode.errors import HeadcodeError
 from headcode.runtime.evaluate import head_output_means, token_loss
 from headcode.runtime.evaluate_qa import model_scorer, qa_with_intervals
+from headcode.runtime.evaluate_state import EvalState, heads_key, ranking_from_json, ranking_to_json
 from headcode.runtime.heads import HeadRef
 from headcode.runtime.heldout import TestSet
 from headcode.runtime.selection import Ranking, rank_heads
@@ -74,22 +75,33 @@ def _ppl(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray]
                                                  s.progress, desc).perplexity)
 
 
+def _kind(name: str) -> str:
+    return name[: -len(OWN)] if name.endswith(OWN) else name
+
+
 def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[np.ndarray],
-                 means: Any, s: EvalSettings) -> dict[str, Ranking]:
+                 means: Any, s: EvalSettings, state: EvalState | None = None) -> dict[str, Ranking]:
     """Rankings on the select split, for the headline budget: ``surrogate`` over the plan's heads,
     and ``<baseline>_own`` for each baseline in ``s.own_choice`` over every head of the model."""
     total = loaded.n_layers * loaded.n_heads
     k_main = _n_heads(s.fraction, total)
     every = [HeadRef(layer, h) for layer in range(loaded.n_layers) for h in range(loaded.n_heads)]
 
-    def rank(fns: Mapping[HeadRef, HeadFn]) -> Ranking:
-        return rank_heads(loaded, fns, select, n_measure=int(np.ceil(s.measure_factor * k_main)),
-                          measure_texts=s.measure_texts, measure_tokens=s.measure_tokens,
-                          batch_size=s.batch_size, progress=s.progress, budget=k_main, rounds=s.rounds)
+    state = state or EvalState(None, "")
 
-    out = {"surrogate": rank(heads)}
+    def rank(name: str, fns: Mapping[HeadRef, HeadFn]) -> Ranking:
+        done = state.get(f"ranking|{name}|{heads_key(fns)}")
+        if done is not None:
+            return ranking_from_json(done)
+        r = rank_heads(loaded, fns, select, n_measure=int(np.ceil(s.measure_factor * k_main)),
+                       measure_texts=s.measure_texts, measure_tokens=s.measure_tokens,
+                       batch_size=s.batch_size, progress=s.progress, budget=k_main, rounds=s.rounds)
+        state.put(f"ranking|{name}|{heads_key(fns)}", ranking_to_json(r))
+        return r
+
+    out = {"surrogate": rank("surrogate", heads)}
     for b in s.own_choice:
-        out[b + OWN] = rank(dict(baseline_heads(b, every, means)))
+        out[b + OWN] = rank(b + OWN, dict(baseline_heads(b, every, means)))
     return out
 
 
@@ -107,21 +119,28 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
 
 
 def perplexity_curves(loaded: Any, tests: Sequence[TestSet], rows: Sequence[tuple[float, dict]],
-                      s: EvalSettings) -> dict[str, dict]:
+                      s: EvalSettings, state: EvalState | None = None) -> dict[str, dict]:
     """Per test set: its size, the base perplexity and one row per fraction (every variant's
     perplexity; with no head replaced, every variant is the base model)."""
     total = loaded.n_layers * loaded.n_heads
+    state = state or EvalState(None, "")
     out = {}
     for t in tests:
         if t.n_predicted == 0:
             raise HeadcodeError(f"test set {t.name} ({t.source}) has no text with two or more tokens")
-        base = _ppl(loaded, {}, t.texts, s, f"ppl {t.name} base")
+
+        def ppl(name: str, fns: Mapping[HeadRef, HeadFn], desc: str, t: TestSet = t) -> float:
+            key = f"ppl|{t.name}|{t.n_tokens}|{_kind(name)}|{heads_key(fns)}"
+            done = state.get(key)
+            return float(done) if done is not None else state.put(key, _ppl(loaded, fns, t.texts, s, desc))
+
+        base = ppl("base", {}, f"ppl {t.name} base")
         curve = []
         for f, variants in rows:
             k = len(variants["surrogate"])
             row: dict[str, Any] = {"fraction": f, "k": k, "actual_fraction": k / total}
             for name, fns in variants.items():
-                row[name] = base if not fns else _ppl(loaded, fns, t.texts, s, f"ppl {t.name} {name} {f:g}")
+                row[name] = base if not fns else ppl(name, fns, f"ppl {t.name} {name} {f:g}")
             curve.append(row)
         out[t.name] = {"source": t.source, "texts": len(t.texts), "tokens": t.n_tokens,
                        "predicted_tokens": t.n_predicted, "base": base, "curve": curve}
@@ -129,12 +148,21 @@ def perplexity_curves(loaded: Any, tests: Sequence[TestSet], rows: Sequence[tupl
 
 
 def _qa(loaded: Any, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef, HeadFn], means: Any,
-        s: EvalSettings) -> dict[str, Any]:
+        s: EvalSettings, state: EvalState | None = None) -> dict[str, Any]:
     total = loaded.n_layers * loaded.n_heads
+    state = state or EvalState(None, "")
     fractions = [s.fraction] + [f for f in s.qa_at if f != s.fraction]
     variants = {f"{f:g}": variants_at(_n_heads(f, total), rankings, heads, means, s, s.qa_baselines)
                 for f in fractions}
-    score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.batch_size, s.progress)
+    model_score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.batch_size, s.progress)
+
+    def score(task: str, name: str, fns: Mapping[HeadRef, HeadFn], qs: Sequence) -> list[np.ndarray]:
+        key = f"qa|{task}|{len(qs)}|{_kind(name)}|{heads_key(fns)}"
+        done = state.get(key)
+        if done is None:
+            done = state.put(key, [np.asarray(x).tolist() for x in model_score(task, name, fns, qs)])
+        return [np.asarray(x, dtype=np.float64) for x in done]
+
     return qa_with_intervals(loaded.tokenizer, s.qa_tasks, s.qa_limit, variants, score, s.progress)
 
 
@@ -191,10 +219,11 @@ def _plots(sets: Mapping[str, dict], plot: str, model: str) -> list[str]:
 def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[str, Sequence[np.ndarray]],
                    settings: EvalSettings = EvalSettings(), programs: Mapping[HeadRef, str] | None = None,
                    plot: str | None = None, info: Mapping[str, Any] | None = None,
-                   tests: Sequence[TestSet] | None = None) -> dict:
+                   tests: Sequence[TestSet] | None = None, state: EvalState | None = None) -> dict:
     """The evaluation report (a JSON-ready dict). ``heads``: every head the plan can replace;
     ``texts``: token ids per split (``fit``, ``select``, ``test``); ``tests``: the test sets (default:
-    the ``test`` split alone), the first one being the headline."""
+    the ``test`` split alone), the first one being the headline; ``state``: finished pieces kept for
+    resuming (``runtime.evaluate_state``)."""
     s = settings
     t0 = time.time()
     select = list(texts.get("select", ()))
@@ -206,12 +235,12 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
     means = None
     if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
         means = head_output_means(loaded, list(texts.get("fit", ())) or select, s.batch_size, s.progress)
-    rankings = choose_heads(loaded, heads, select, means, s)
+    rankings = choose_heads(loaded, heads, select, means, s, state)
     t_rank = time.time()
     rows = [(f, variants_at(_n_heads(f, total), rankings, heads, means, s)) for f in sorted(set(s.curve) | {s.fraction})]
-    sets = perplexity_curves(loaded, tests, rows, s)
+    sets = perplexity_curves(loaded, tests, rows, s, state)
     t_ppl = time.time()
-    qa = _qa(loaded, rankings, heads, means, s) if s.qa_tasks else {"interval": None, "tasks": {}}
+    qa = _qa(loaded, rankings, heads, means, s, state) if s.qa_tasks else {"interval": None, "tasks": {}}
     first = sets[tests[0].name]
     main = next(c for c in first["curve"] if c["fraction"] == s.fraction)
     ppl = {"base": first["base"], **{k: v for k, v in main.items() if k not in ("fraction", "k", "actual_fraction")}}

