@@ -202,6 +202,7 @@ def _heads_json(rankings: Mapping[str, Ranking], k: int, programs: Mapping[HeadR
          "select_loss_increase": r.measured.get(h), "select_loss_estimate": r.estimate.get(h)} for h in chosen]}
     out["own_choice"] = {
         name[: -len(OWN)]: {"heads": [str(h) for h in o.take(len(chosen))],
+                            "select_loss_increase": [o.measured.get(h) for h in o.take(len(chosen))],
                             "shared_with_surrogate": len(set(o.take(len(chosen))) & set(chosen)),
                             "select_base_loss": o.base_loss, "method": o.method}
         for name, o in rankings.items() if name.endswith(OWN)}
