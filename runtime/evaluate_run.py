@@ -40,7 +40,7 @@ class EvalSettings:
     fraction: float = 0.25                  # of all heads, the headline budget (heads are ranked for it)
     curve: tuple[float, ...] = CURVE        # fractions for the plot
     baselines: tuple[str, ...] = BASELINES  # at the surrogates' heads
-    own_choice: tuple[str, ...] = BASELINES  # also at the heads of their own choosing
+    own_choice: tuple[str, ...] = ("mean_ablation",)  # also at the heads of their own choosing
     qa_tasks: tuple[str, ...] = ()
     qa_limit: int | None = 200              # documents per task
     qa_at: tuple[float, ...] = ()           # QA at these fractions too (the headline always)

@@ -46,8 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default: --max-texts texts")
     p.add_argument("--baselines", default=",".join(BASELINES),
                    help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none)")
-    p.add_argument("--own-choice", default=",".join(BASELINES),
-                   help="baselines also measured at the heads their own criterion chooses (default: all three)")
+    p.add_argument("--own-choice", default="mean_ablation",
+                   help="baselines also measured at the heads their own criterion chooses (default mean_ablation; "
+                        "each is one more choice of heads on the select split)")
     p.add_argument("--qa-at", default="", help="QA also at these fractions, e.g. 0.5 (the --fraction always)")
     p.add_argument("--qa-baselines", default="mean_ablation",
                    help="baselines measured on QA, at the surrogates' heads and their own (default mean_ablation)")

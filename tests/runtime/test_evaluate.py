@@ -43,7 +43,8 @@ def test_evaluate_with_exact_patterns_equals_base(tiny_llama_dir, tmp_path):
     toks, splits, texts = _split_texts(lm)
     heads = pattern_heads(capture(lm, toks, splits=splits, progress=False))
     plot = str(tmp_path / "curve.png")
-    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False)
+    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False,
+                     own_choice=("mean_ablation", "first_token", "uniform"))
     r = run_evaluation(lm, heads, texts, s, programs={h: "exact" for h in heads}, plot=plot)
     json.dumps(r)  # JSON-ready
     for key in ("model", "total_heads", "fraction", "heads_replaced", "perplexity", "perplexity_increase",
