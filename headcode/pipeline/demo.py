@@ -25,6 +25,11 @@ class DemoSettings:
     fraction: float = 0.25           # share of all heads to replace
     qa: tuple[str, ...] = ()         # QA tasks (none: faster)
     qa_limit: int = 100
+    # choosing the heads to replace is most of the evaluation's time: the demo measures fewer
+    # candidates, on fewer select texts, in fewer rounds than `headcode evaluate` does by default
+    rounds: int = 2
+    measure_texts: int = 4
+    measure_factor: float = 1.2
     progress: bool = True
 
 
@@ -57,7 +62,9 @@ def run_demo(s: DemoSettings) -> DemoResult:
     t3 = time.perf_counter()
     evaluated = evaluate_plan(EvaluateSettings(surrogates=compiled.out, out=out / "eval.json", model=s.model,
                                                fraction=s.fraction, text=s.corpus, max_texts=s.max_texts, qa=s.qa,
-                                               qa_limit=s.qa_limit, progress=s.progress), loaded=lm)
+                                               qa_limit=s.qa_limit, rounds=s.rounds, measure_texts=s.measure_texts,
+                                               measure_factor=s.measure_factor, own_choice=(), progress=s.progress),
+                               loaded=lm)
     t4 = time.perf_counter()
     return DemoResult(explained, compiled, evaluated,
                       {"load": t1 - t0, "explain": t2 - t1, "compile": t3 - t2, "evaluate": t4 - t3})

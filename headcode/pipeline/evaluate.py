@@ -1,6 +1,9 @@
-"""Evaluate a surrogate plan: choose the heads to replace on the select split, then perplexity
-on the test split (base, surrogates and three baselines at the same heads), zero-shot QA, and a
-plot of perplexity against the share of heads replaced (``runtime.evaluation.report``)."""
+"""Evaluate a surrogate plan: choose the heads to replace on the select split, then perplexity on
+test text only — the corpus's test split and each ``test_text`` (a file: all of it test; a corpus
+name: its test split) — for the base model, the surrogates and baselines at the same heads and at
+the heads each baseline's own criterion chooses; zero-shot QA with 95% intervals; a plot of
+perplexity against the share of heads replaced (``runtime.evaluation.report``). An interrupted run
+resumes from ``OUT.state.json``."""
 
 from __future__ import annotations
 
@@ -34,6 +37,12 @@ class EvaluateSettings:
     plot: Path | None = None         # default: next to out, .png
     save_plan: Path | None = None    # also write a plan with only the heads replaced at `fraction`
     progress: bool = True
+    test_text: tuple[str, ...] = ()  # more test text: files (all of it test) or corpus names (their test split)
+    test_tokens: int | None = None   # take test texts until this many tokens are predicted (e.g. 20000)
+    baselines: tuple[str, ...] = ("mean_ablation", "first_token", "uniform")  # at the surrogates' heads
+    own_choice: tuple[str, ...] = ("mean_ablation",)  # baselines also at the heads they choose themselves
+    qa_at: tuple[float, ...] = ()    # QA also at these fractions (always at `fraction`)
+    qa_baselines: tuple[str, ...] = ("mean_ablation",)  # baselines measured on QA
 
 
 @dataclass(frozen=True)
@@ -46,38 +55,79 @@ class EvaluateResult:
         return self.report.get("plot")
 
 
+def _problems(s: EvaluateSettings) -> list[str]:
+    from headcode.runtime.evaluation.report import BASELINES
+
+    out = [] if 0.0 <= s.fraction <= 1.0 else [f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads"]
+    out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*s.curve, *s.qa_at) if not 0.0 <= f <= 1.0]
+    out += [f"unknown baseline {b!r} (use {', '.join(BASELINES)} or none)"
+            for b in (*s.baselines, *s.own_choice, *s.qa_baselines) if b not in BASELINES]
+    if s.test_tokens is not None and s.test_tokens < 2:
+        out.append(f"--test-tokens {s.test_tokens}: give at least 2 (e.g. 20000)")
+    return out
+
+
+def state_key(s: EvaluateSettings, fingerprint: str) -> str:
+    """What decides every finished piece of a run: the plan's bytes, the model, the texts and the
+    settings of the choice of heads. A resumed run reuses pieces only under the same key."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(Path(s.surrogates).read_bytes())
+    keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "fraction",
+            "measure_texts", "measure_tokens", "measure_factor", "rounds", "batch_size", "backend")
+    h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys]).encode())
+    return h.hexdigest()
+
+
 def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     """Write the evaluation report of ``s.surrogates`` on ``s.model`` to ``s.out`` (and the plot).
-    ``loaded``: the model, when already loaded. With ``progress``: one bar, counting forward passes."""
+    ``loaded``: the model, when already loaded. Every bad setting is named in one error before
+    anything loads. With ``progress``: one bar, counting forward passes."""
     from headcode.compiler.export import save_plan
     from headcode.files import write_json
     from headcode.progress import forward_passes
+    from headcode.runtime.evaluation.heldout import eval_texts, read_test_text
     from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
     from headcode.runtime.evaluation.select_plan import subset_plan
+    from headcode.runtime.evaluation.state import EvalState
     from headcode.runtime.model.heads import HeadRef
     from headcode.runtime.model.loading import load_model
     from headcode.runtime.surrogate.apply import build_surrogates, plan_for_model
     from headcode.runtime.text.corpus import load_corpus
 
-    if not 0.0 <= s.fraction <= 1.0:
-        raise HeadcodeError(f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads")
+    reasons = _problems(s)
+    tests = []
+    for spec in s.test_text:
+        try:
+            tests.append(read_test_text(spec, s.unit))
+        except HeadcodeError as e:
+            reasons.append(str(e))
+    if reasons:
+        raise HeadcodeError("; ".join(reasons))
+    corpus = load_corpus(s.text, s.unit)
     lm = loaded if loaded is not None else load_model(s.model)
     plan = plan_for_model(s.surrogates, lm)
     heads = build_surrogates(plan, lm, backend=s.backend)
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
-    texts = load_corpus(s.text, s.unit).take(s.max_texts).ids_by_split(lm.tokenizer, s.max_tokens)
-    settings = EvalSettings(fraction=s.fraction, curve=s.curve, qa_tasks=s.qa, qa_limit=s.qa_limit,
+    et = eval_texts(corpus, lm.tokenizer, s.max_texts, s.max_tokens, tests, s.test_tokens)
+    state = EvalState(f"{s.out}.state.json", state_key(s, lm.fingerprint))
+    settings = EvalSettings(fraction=s.fraction, curve=s.curve, baselines=s.baselines, own_choice=s.own_choice,
+                            qa_tasks=s.qa, qa_limit=s.qa_limit, qa_at=s.qa_at, qa_baselines=s.qa_baselines,
                             batch_size=s.batch_size, measure_factor=s.measure_factor, measure_texts=s.measure_texts,
                             measure_tokens=s.measure_tokens, rounds=s.rounds, progress=False)
-    plot = str(s.plot or Path(s.out).with_suffix(".png"))
     info = {"surrogates": str(s.surrogates), "corpus": s.text, "unit": s.unit, "backend": s.backend,
+            "test_text": list(s.test_text), "dropped_for_overlap": et.dropped_for_overlap,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
     with forward_passes(lm.model, "evaluate", enabled=s.progress):
-        report = run_evaluation(lm, heads, texts, settings, programs=programs, plot=plot, info=info)
+        report = run_evaluation(lm, heads, et.splits(), settings, programs=programs,
+                                plot=str(s.plot or Path(s.out).with_suffix(".png")), info=info, tests=et.tests,
+                                state=state)
     if s.save_plan:
         save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), s.save_plan)
         report["saved_plan"] = str(s.save_plan)
     write_json(s.out, report)
+    state.remove()
     return EvaluateResult(Path(s.out), report)
 
 
@@ -89,15 +139,48 @@ def parse_fractions(text: str) -> tuple[float, ...]:
         raise HeadcodeError(f"--curve {text!r}: give fractions separated by commas, e.g. 0,0.1,0.25,0.5") from e
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%" if abs(x) < 10 else f"x{1 + x:.1f}"
+
+
+def perplexity_table(name: str, r: dict) -> list[str]:
+    """One test set: perplexity (and its change over the base model) per variant and share of heads."""
+    names = [k for k in r["curve"][0] if k not in ("fraction", "k", "actual_fraction")]
+    width = max(17, *(len(n.replace("_own", " (own)")) for n in names))
+    lines = [f"perplexity on {r['source']} ({r['texts']} texts, {r['predicted_tokens']:,} tokens predicted; "
+             f"base {r['base']:.3f}):",
+             "  heads replaced " + " ".join(f"{n.replace('_own', ' (own)'):>{width}}" for n in names)]
+    for row in r["curve"]:
+        cells = [f"{row[n]:.2f} {_pct(row[n] / r['base'] - 1):>7}" for n in names]
+        lines.append(f"  {row['k']:>4} ({100 * row['actual_fraction']:4.1f}%) " + " ".join(f"{c:>{width}}" for c in cells))
+    return lines
+
+
+def qa_table(report: dict) -> list[str]:
+    """Per task and share of heads: accuracy [95% CI] and the difference from base [95% CI], points."""
+    if not report.get("qa_at"):
+        return []
+    lines = [f"QA accuracy, points [95% interval]; {report['qa_interval']}:"]
+    for task, at in report["qa_at"].items():
+        b = report["qa"][task]["base"]
+        lines.append(f"  {task} (n={report['qa'][task]['n']}): base {100 * b['acc']:.1f} "
+                     f"[{100 * b['acc_ci95'][0]:.1f}, {100 * b['acc_ci95'][1]:.1f}]")
+        for label, variants in at.items():
+            for name, v in variants.items():
+                lo, hi = v["acc_diff_ci95"]
+                lines.append(f"    {100 * float(label):4.0f}% {name:>20}: {100 * v['acc']:5.1f} "
+                             f"[{100 * v['acc_ci95'][0]:.1f}, {100 * v['acc_ci95'][1]:.1f}]  "
+                             f"vs base {100 * v['acc_diff']:+5.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    return lines
+
+
 def summary(report: dict) -> str:
-    """A few lines: perplexity of each variant (and its increase over base) and QA accuracy."""
-    ppl, inc = report["perplexity"], report["perplexity_increase"]
-    lines = [f"{report['model']}: {len(report['heads_replaced'])}/{report['total_heads']} heads replaced "
-             f"(fraction {report['fraction']:g}); perplexity on the test split:"]
-    lines += [f"  {k:>14}  {v:9.3f}  {100 * inc[k]:+7.2f}%" for k, v in ppl.items()]
-    for task, r in report.get("qa", {}).items():
-        accs = "  ".join(f"{k} {100 * v['acc']:.1f}" for k, v in r.items() if isinstance(v, dict))
-        lines.append(f"  {task} (n={r['n']}): {accs}")
-    if report.get("plot"):
-        lines.append(f"plot: {report['plot']}")
+    """Tables: perplexity per test set (every variant, every share of heads), then QA with intervals."""
+    lines = [f"{report['model']}: heads chosen on the select split of {report.get('corpus', 'the corpus')}; "
+             f"headline {len(report['heads_replaced'])}/{report['total_heads']} heads (fraction {report['fraction']:g})"]
+    for name, r in report["test_sets"].items():
+        lines += perplexity_table(name, r)
+    lines += qa_table(report)
+    for p in report.get("plots", []):
+        lines.append(f"plot: {p}")
     return "\n".join(lines)

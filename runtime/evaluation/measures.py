@@ -165,9 +165,16 @@ def choice_logprobs(model: torch.nn.Module, questions: Sequence[Question], token
     return scores
 
 
-def qa_accuracy(questions: Sequence[Question], scores: Sequence[np.ndarray]) -> dict[str, float]:
-    """``acc`` (argmax of summed log-probability) and ``acc_per_char`` (divided by characters)."""
+def qa_correct(questions: Sequence[Question], scores: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per question, 0/1: ``acc`` (argmax of summed log-probability) and ``acc_per_char``
+    (argmax of log-probability per character of the choice)."""
     acc = [float(np.argmax(s) == q.gold) for q, s in zip(questions, scores)]
     per_char = [float(np.argmax(s / np.maximum(np.asarray(q.n_chars), 1)) == q.gold)
                 for q, s in zip(questions, scores)]
-    return {"n": len(acc), "acc": float(np.mean(acc)), "acc_per_char": float(np.mean(per_char))}
+    return {"acc": np.asarray(acc), "acc_per_char": np.asarray(per_char)}
+
+
+def qa_accuracy(questions: Sequence[Question], scores: Sequence[np.ndarray]) -> dict[str, float]:
+    """``acc`` (argmax of summed log-probability) and ``acc_per_char`` (divided by characters)."""
+    c = qa_correct(questions, scores)
+    return {"n": len(questions), "acc": float(np.mean(c["acc"])), "acc_per_char": float(np.mean(c["acc_per_char"]))}

@@ -1,10 +1,13 @@
-"""The evaluation behind ``headcode evaluate``: choose heads on the select split, report the
-test split's perplexity for the model with surrogates and with baselines at the same heads,
-zero-shot QA, and a plot of perplexity against the fraction of heads replaced.
+"""The evaluation behind ``headcode evaluate``: choose heads on the select split, report each test
+set's perplexity for the model with surrogates and with baselines, zero-shot QA with 95%
+intervals, and a plot of perplexity against the share of heads replaced.
 
-Held-out means held-out: head means for mean-ablation come from the fit split (the select
-split when there is no fit text), the choice of heads from the select split, and every
-reported number from the test split (perplexity) or the QA tasks.
+Baselines are measured twice: at the heads chosen for the surrogates (``mean_ablation``, …) and
+at the heads each baseline's own criterion chooses (``mean_ablation_own``, …): the same
+loss-based choice on the select split (``runtime.selection``), with the baseline in place of the
+program. Held-out means held-out: head means for mean-ablation come from the fit split (the
+select split when there is no fit text), every choice of heads from the select split, and every
+reported number from a test set (``runtime.heldout``) or the QA tasks.
 """
 
 from __future__ import annotations
@@ -12,35 +15,37 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from headcode.errors import HeadcodeError
 from headcode.files import save_figure
-from headcode.runtime.evaluation.measures import (
-    choice_logprobs,
-    head_output_means,
-    load_questions,
-    qa_accuracy,
-    token_loss,
-)
+from headcode.runtime.evaluation.heldout import TestSet
+from headcode.runtime.evaluation.measures import head_output_means, token_loss
+from headcode.runtime.evaluation.qa import model_scorer, qa_with_intervals
 from headcode.runtime.evaluation.selection import Ranking, rank_heads
+from headcode.runtime.evaluation.state import EvalState, heads_key, ranking_from_json, ranking_to_json
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.surrogate.apply import apply_plan
 from headcode.runtime.surrogate.replacements import HeadFn, baseline_heads
 
 BASELINES = ("mean_ablation", "first_token", "uniform")
 CURVE = (0.0, 0.1, 0.25, 0.5)
+OWN = "_own"  # suffix of a baseline at the heads of its own choosing
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    fraction: float = 0.25                  # of all heads, the headline budget
+    fraction: float = 0.25                  # of all heads, the headline budget (heads are ranked for it)
     curve: tuple[float, ...] = CURVE        # fractions for the plot
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[str, ...] = BASELINES  # at the surrogates' heads
+    own_choice: tuple[str, ...] = ("mean_ablation",)  # also at the heads of their own choosing
     qa_tasks: tuple[str, ...] = ()
-    qa_limit: int | None = 100              # documents per task
+    qa_limit: int | None = 200              # documents per task
+    qa_at: tuple[float, ...] = ()           # QA at these fractions too (the headline always)
+    qa_baselines: tuple[str, ...] = ("mean_ablation",)
     batch_size: int = 8
     measure_factor: float = 1.5             # heads measured alone: this x the headline budget
     measure_texts: int = 8                  # select texts used for the measured stage
@@ -68,8 +73,100 @@ def _ppl(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray]
                                                  s.progress, desc).perplexity)
 
 
+def _kind(name: str) -> str:
+    return name[: -len(OWN)] if name.endswith(OWN) else name
+
+
+def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[np.ndarray],
+                 means: Any, s: EvalSettings, state: EvalState | None = None) -> dict[str, Ranking]:
+    """Rankings on the select split, for the headline budget: ``surrogate`` over the plan's heads,
+    and ``<baseline>_own`` for each baseline in ``s.own_choice`` over every head of the model."""
+    total = loaded.n_layers * loaded.n_heads
+    k_main = _n_heads(s.fraction, total)
+    every = [HeadRef(layer, h) for layer in range(loaded.n_layers) for h in range(loaded.n_heads)]
+
+    state = state or EvalState(None, "")
+
+    def rank(name: str, fns: Mapping[HeadRef, HeadFn]) -> Ranking:
+        done = state.get(f"ranking|{name}|{heads_key(fns)}")
+        if done is not None:
+            return ranking_from_json(done)
+        r = rank_heads(loaded, fns, select, n_measure=int(np.ceil(s.measure_factor * k_main)),
+                       measure_texts=s.measure_texts, measure_tokens=s.measure_tokens,
+                       batch_size=s.batch_size, progress=s.progress, budget=k_main, rounds=s.rounds)
+        state.put(f"ranking|{name}|{heads_key(fns)}", ranking_to_json(r))
+        return r
+
+    out = {"surrogate": rank("surrogate", heads)}
+    for b in s.own_choice:
+        out[b + OWN] = rank(b + OWN, dict(baseline_heads(b, every, means)))
+    return out
+
+
+def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef, HeadFn], means: Any,
+                s: EvalSettings, baselines: Sequence[str] | None = None) -> dict[str, dict[HeadRef, HeadFn]]:
+    """Heads replaced by each variant at a budget of ``k`` heads: the surrogates at their heads, each
+    baseline at those same heads, and each baseline ranked by its own criterion at its own ``k``."""
+    chosen = rankings["surrogate"].take(min(k, len(heads)))
+    out = {"surrogate": {h: heads[h] for h in chosen}}
+    for b in (s.baselines if baselines is None else baselines):
+        out[b] = dict(baseline_heads(b, chosen, means))
+    for b in (s.own_choice if baselines is None else [b for b in baselines if b in s.own_choice]):
+        out[b + OWN] = dict(baseline_heads(b, rankings[b + OWN].take(len(chosen)), means))
+    return out
+
+
+def perplexity_curves(loaded: Any, tests: Sequence[TestSet], rows: Sequence[tuple[float, dict]],
+                      s: EvalSettings, state: EvalState | None = None) -> dict[str, dict]:
+    """Per test set: its size, the base perplexity and one row per fraction (every variant's
+    perplexity; with no head replaced, every variant is the base model)."""
+    total = loaded.n_layers * loaded.n_heads
+    state = state or EvalState(None, "")
+    out = {}
+    for t in tests:
+        if t.n_predicted == 0:
+            raise HeadcodeError(f"test set {t.name} ({t.source}) has no text with two or more tokens")
+
+        def ppl(name: str, fns: Mapping[HeadRef, HeadFn], desc: str, t: TestSet = t) -> float:
+            key = f"ppl|{t.name}|{t.n_tokens}|{_kind(name)}|{heads_key(fns)}"
+            done = state.get(key)
+            return float(done) if done is not None else state.put(key, _ppl(loaded, fns, t.texts, s, desc))
+
+        base = ppl("base", {}, f"ppl {t.name} base")
+        curve = []
+        for f, variants in rows:
+            k = len(variants["surrogate"])
+            row: dict[str, Any] = {"fraction": f, "k": k, "actual_fraction": k / total}
+            for name, fns in variants.items():
+                row[name] = base if not fns else ppl(name, fns, f"ppl {t.name} {name} {f:g}")
+            curve.append(row)
+        out[t.name] = {"source": t.source, "texts": len(t.texts), "tokens": t.n_tokens,
+                       "predicted_tokens": t.n_predicted, "base": base, "curve": curve}
+    return out
+
+
+def _qa(loaded: Any, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef, HeadFn], means: Any,
+        s: EvalSettings, state: EvalState | None = None) -> dict[str, Any]:
+    total = loaded.n_layers * loaded.n_heads
+    state = state or EvalState(None, "")
+    fractions = [s.fraction] + [f for f in s.qa_at if f != s.fraction]
+    variants = {f"{f:g}": variants_at(_n_heads(f, total), rankings, heads, means, s, s.qa_baselines)
+                for f in fractions}
+    model_score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.batch_size, s.progress)
+
+    def score(task: str, name: str, fns: Mapping[HeadRef, HeadFn], qs: Sequence) -> list[np.ndarray]:
+        key = f"qa|{task}|{len(qs)}|{_kind(name)}|{heads_key(fns)}"
+        done = state.get(key)
+        if done is None:
+            done = state.put(key, [np.asarray(x).tolist() for x in model_score(task, name, fns, qs)])
+        return [np.asarray(x, dtype=np.float64) for x in done]
+
+    return qa_with_intervals(loaded.tokenizer, s.qa_tasks, s.qa_limit, variants, score, s.progress)
+
+
 def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str:
-    """Perplexity against the fraction of heads replaced, one line per variant (PNG)."""
+    """Perplexity against the fraction of heads replaced, one line per variant (PNG); a baseline at
+    its own heads is dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,97 +174,94 @@ def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [100 * c["actual_fraction"] for c in curve]
-    for name in ("surrogate",) + BASELINES:
+    for name in ("surrogate",) + BASELINES + tuple(b + OWN for b in BASELINES):
         ys = [c.get(name) for c in curve]
         if all(y is not None for y in ys):
-            ax.plot(xs, ys, marker="o", label=name.replace("_", " "))
+            ax.plot(xs, ys, marker="o", linestyle="--" if name.endswith(OWN) else "-",
+                    label=name.replace(OWN, " (own heads)").replace("_", " "))
     ax.axhline(base, color="grey", linestyle=":", label="base model")
     ax.set_xlabel("heads replaced (%)")
-    ax.set_ylabel("perplexity (test split)")
+    ax.set_ylabel("perplexity (test text)")
     ax.set_yscale("log")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _qa(loaded: Any, variants: Mapping[str, Mapping[HeadRef, HeadFn]], s: EvalSettings) -> dict:
-    out: dict[str, dict] = {}
-    for task in s.qa_tasks:
-        qs = load_questions(loaded.tokenizer, task, s.qa_limit)
-        res: dict[str, Any] = {"n": len(qs)}
-        for name, fns in variants.items():
-            scores = _with(loaded, fns, lambda qs=qs, desc=f"{task} {name}": choice_logprobs(
-                loaded.model, qs, loaded.tokenizer, 2 * s.batch_size, s.progress, desc))
-            acc = qa_accuracy(qs, scores)
-            res[name] = {"acc": acc["acc"], "acc_per_char": acc["acc_per_char"]}
-        out[task] = res
+def _heads_json(rankings: Mapping[str, Ranking], k: int, programs: Mapping[HeadRef, str] | None) -> dict:
+    r = rankings["surrogate"]
+    chosen = r.take(k)
+    out: dict[str, Any] = {"heads_replaced": [
+        {"head": str(h), "program": (programs or {}).get(h),
+         "select_loss_increase": r.measured.get(h), "select_loss_estimate": r.estimate.get(h)} for h in chosen]}
+    out["own_choice"] = {
+        name[: -len(OWN)]: {"heads": [str(h) for h in o.take(len(chosen))],
+                            "select_loss_increase": [o.measured.get(h) for h in o.take(len(chosen))],
+                            "shared_with_surrogate": len(set(o.take(len(chosen))) & set(chosen)),
+                            "select_base_loss": o.base_loss, "method": o.method}
+        for name, o in rankings.items() if name.endswith(OWN)}
+    return out
+
+
+def _plots(sets: Mapping[str, dict], plot: str, model: str) -> list[str]:
+    out = []
+    for i, (name, r) in enumerate(sets.items()):
+        p = plot if i == 0 else str(Path(plot).with_name(f"{Path(plot).stem}-{i}{Path(plot).suffix or '.png'}"))
+        out.append(plot_curve(r["curve"], r["base"], p, f"{model}: {name}"))
     return out
 
 
 def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[str, Sequence[np.ndarray]],
                    settings: EvalSettings = EvalSettings(), programs: Mapping[HeadRef, str] | None = None,
-                   plot: str | None = None, info: Mapping[str, Any] | None = None) -> dict:
+                   plot: str | None = None, info: Mapping[str, Any] | None = None,
+                   tests: Sequence[TestSet] | None = None, state: EvalState | None = None) -> dict:
     """The evaluation report (a JSON-ready dict). ``heads``: every head the plan can replace;
-    ``texts``: token ids per split (``fit``, ``select``, ``test``)."""
+    ``texts``: token ids per split (``fit``, ``select``, ``test``); ``tests``: the test sets (default:
+    the ``test`` split alone), the first one being the headline; ``state``: finished pieces kept for
+    resuming (``runtime.evaluate_state``)."""
     s = settings
     t0 = time.time()
-    test, select = list(texts.get("test", ())), list(texts.get("select", ()))
-    if not test:
+    select = list(texts.get("select", ()))
+    tests = list(tests) if tests is not None else [TestSet("test", "test split", tuple(texts.get("test", ())))]
+    if not tests or not tests[0].texts:
         raise HeadcodeError("the corpus has no test-split text to measure perplexity on: use a larger corpus")
     total = loaded.n_layers * loaded.n_heads
     k_main = _n_heads(s.fraction, total)
-    fractions = sorted(set(s.curve) | {s.fraction})
-    ks = {f: min(_n_heads(f, total), len(heads)) for f in fractions}
-    ranking: Ranking = rank_heads(loaded, heads, select, n_measure=int(np.ceil(s.measure_factor * k_main)),
-                                  measure_texts=s.measure_texts, measure_tokens=s.measure_tokens,
-                                  batch_size=s.batch_size, progress=s.progress, budget=k_main, rounds=s.rounds)
-    t_rank = time.time()
     means = None
-    if "mean_ablation" in s.baselines:
-        mean_texts = list(texts.get("fit", ())) or select
-        means = head_output_means(loaded, mean_texts, s.batch_size, s.progress)
-    base = _ppl(loaded, {}, test, s, "ppl base")
-    curve = []
-    for f in fractions:
-        chosen = ranking.take(ks[f])
-        row: dict[str, Any] = {"fraction": f, "k": len(chosen), "actual_fraction": len(chosen) / total}
-        row["surrogate"] = _ppl(loaded, {h: heads[h] for h in chosen}, test, s, f"ppl surrogate {f:g}")
-        for b in s.baselines:
-            row[b] = _ppl(loaded, dict(baseline_heads(b, chosen, means)), test, s, f"ppl {b} {f:g}")
-        curve.append(row)
-    main = next(c for c in curve if c["fraction"] == s.fraction)
-    chosen = ranking.take(ks[s.fraction])
+    if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
+        means = head_output_means(loaded, list(texts.get("fit", ())) or select, s.batch_size, s.progress)
+    rankings = choose_heads(loaded, heads, select, means, s, state)
+    t_rank = time.time()
+    rows = [(f, variants_at(_n_heads(f, total), rankings, heads, means, s)) for f in sorted(set(s.curve) | {s.fraction})]
+    sets = perplexity_curves(loaded, tests, rows, s, state)
     t_ppl = time.time()
-    variants = {"base": {}, "surrogate": {h: heads[h] for h in chosen}}
-    if "mean_ablation" in s.baselines:
-        variants["mean_ablation"] = dict(baseline_heads("mean_ablation", chosen, means))
-    qa = _qa(loaded, variants, s)
-    ppl = {"base": base, "surrogate": main["surrogate"], **{b: main[b] for b in s.baselines}}
+    qa = _qa(loaded, rankings, heads, means, s, state) if s.qa_tasks else {"interval": None, "tasks": {}}
+    first = sets[tests[0].name]
+    main = next(c for c in first["curve"] if c["fraction"] == s.fraction)
+    ppl = {"base": first["base"], **{k: v for k, v in main.items() if k not in ("fraction", "k", "actual_fraction")}}
     report = {
         **dict(info or {}),
-        "model": loaded.name,
-        "tokenizer_fingerprint": loaded.fingerprint,
+        "model": loaded.name, "tokenizer_fingerprint": loaded.fingerprint,
         "texts": {k: len(v) for k, v in texts.items()},
         "tokens": {k: int(sum(len(t) for t in v)) for k, v in texts.items()},
-        "total_heads": total,
-        "available_heads": len(heads),
-        "fraction": s.fraction,
-        "heads_requested": k_main,
-        "heads_replaced": [
-            {"head": str(h), "program": (programs or {}).get(h),
-             "select_loss_increase": ranking.measured.get(h), "select_loss_estimate": ranking.estimate.get(h)}
-            for h in chosen],
+        "total_heads": total, "available_heads": len(heads), "fraction": s.fraction, "heads_requested": k_main,
+        **_heads_json(rankings, min(k_main, len(heads)), programs),
         "perplexity": ppl,
-        "perplexity_increase": {k: v / base - 1.0 for k, v in ppl.items()},
-        "curve": curve,
-        "qa": qa,
-        "selection": {"split": "select", "method": ranking.method, "base_loss": ranking.base_loss,
-                      "measured_heads": len(ranking.measured)},
+        "perplexity_increase": {k: v / first["base"] - 1.0 for k, v in ppl.items()},
+        "curve": first["curve"],
+        "test_sets": sets,
+        "qa": {t: {"n": r["n"], "base": r["base"], **r["at"][f"{s.fraction:g}"]} for t, r in qa["tasks"].items()},
+        "qa_at": {t: r["at"] for t, r in qa["tasks"].items()},
+        "qa_interval": qa["interval"],
+        "selection": {"split": "select", "method": rankings["surrogate"].method,
+                      "base_loss": rankings["surrogate"].base_loss,
+                      "measured_heads": len(rankings["surrogate"].measured)},
         "seconds": {"selection": t_rank - t0, "perplexity": t_ppl - t_rank, "qa": time.time() - t_ppl},
     }
     if plot:
-        report["plot"] = plot_curve(curve, base, plot, f"{loaded.name}: perplexity vs heads replaced")
+        report["plots"] = _plots(sets, plot, loaded.name)
+        report["plot"] = report["plots"][0]
     return report

@@ -6,6 +6,7 @@ lines), and ``hf:<dataset>`` through ``datasets`` when a hub is reachable.
 
 Splits are assigned per *document* (a story, a passage, a paragraph of a file) by a seeded
 hash, so the sentences of one story never straddle two splits: held-out means held-out.
+LAMBADA passages that share a sentence (overlapping windows of one novel) share a split.
 Units: ``paragraph`` (the whole document) or ``sentence``.
 """
 
@@ -16,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,30 @@ def _lambada() -> list[str]:
     return [r["request"]["context"] + r["request"]["continuation"] for r in read_requests("lambada", "bpb_0shot")]
 
 
+def overlap_keys(docs: Sequence[str], min_chars: int = 40) -> list[str]:
+    """Per document, the key its split is drawn from: documents that share a sentence of at least
+    ``min_chars`` characters (LAMBADA has overlapping passages of one novel) share the key of the
+    first of them, so they land in one split."""
+    parent = list(range(len(docs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seen: dict[str, int] = {}
+    for d, doc in enumerate(docs):
+        for s in sentences(doc):
+            if len(s) < min_chars:
+                continue
+            other = seen.setdefault(s, d)
+            a, b = root(other), root(d)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return [docs[root(d)] for d in range(len(docs))]
+
+
 def _text_file(path: Path) -> list[str]:
     try:
         raw = path.read_text(encoding="utf-8")
@@ -146,12 +172,13 @@ def load_corpus(name: str = "stories", unit: str = "paragraph", seed: int = 0,
     if unit not in UNITS:
         raise HeadcodeError(f"unknown unit {unit!r}: use one of {', '.join(UNITS)}")
     docs = documents(name)
+    keys = overlap_keys(docs) if name == "lambada" else docs
     texts: list[str] = []
     splits: list[str] = []
     doc_ids: list[int] = []
     for d, doc in enumerate(docs):
         doc = doc[:max_chars]
-        s = split_of(doc, seed)
+        s = split_of(keys[d][:max_chars], seed)
         for piece in (sentences(doc) if unit == "sentence" else [doc]):
             texts.append(piece)
             splits.append(s)

@@ -49,14 +49,16 @@ def test_evaluate_with_exact_patterns_equals_base(tiny_llama_dir, tmp_path):
     toks, splits, texts = _split_texts(lm)
     heads = pattern_heads(capture(lm, toks, splits=splits, progress=False))
     plot = str(tmp_path / "curve.png")
-    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False)
+    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False,
+                     own_choice=("mean_ablation", "first_token", "uniform"))
     r = run_evaluation(lm, heads, texts, s, programs={h: "exact" for h in heads}, plot=plot)
     json.dumps(r)  # JSON-ready
     for key in ("model", "total_heads", "fraction", "heads_replaced", "perplexity", "perplexity_increase",
                 "curve", "qa", "selection", "plot"):
         assert key in r
     assert r["total_heads"] == 8 and len(r["heads_replaced"]) == 4
-    assert set(r["perplexity"]) == {"base", "surrogate", "mean_ablation", "first_token", "uniform"}
+    baselines = {"mean_ablation", "first_token", "uniform"}
+    assert set(r["perplexity"]) == {"base", "surrogate"} | baselines | {b + "_own" for b in baselines}
     assert math.isclose(r["perplexity"]["surrogate"], r["perplexity"]["base"], rel_tol=1e-5)
     for row in r["curve"]:
         assert math.isclose(row["surrogate"], r["perplexity"]["base"], rel_tol=1e-5)
@@ -127,7 +129,11 @@ def test_evaluate_command_writes_report(tiny_gpt2_dir, tmp_path):
     assert len(r["heads_replaced"]) == 2 and r["qa"]["arc_easy"]["n"] == 3
     chosen = load_plan(tmp_path / "chosen.safetensors")
     assert list(chosen.heads) == [h["head"] for h in r["heads_replaced"]]
-    assert set(r["qa"]["arc_easy"]) == {"n", "base", "surrogate", "mean_ablation"}
+    assert set(r["qa"]["arc_easy"]) == {"n", "base", "surrogate", "mean_ablation", "mean_ablation_own"}
+    sur = r["qa"]["arc_easy"]["surrogate"]
+    assert sur["acc_ci95"][0] <= sur["acc"] <= sur["acc_ci95"][1]
+    assert sur["acc_diff_ci95"][0] <= sur["acc_diff"] <= sur["acc_diff_ci95"][1]
+    assert "Wilson" in r["qa_interval"] and "paired bootstrap" in r["qa_interval"]
     assert all(h["program"].startswith("def attend") for h in r["heads_replaced"])
     assert r["texts"]["test"] > 0 and (tmp_path / "eval.png").is_file()
 
