@@ -60,8 +60,8 @@ def _problems(s: EvaluateSettings) -> list[str]:
 
     out = [] if 0.0 <= s.fraction <= 1.0 else [f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads"]
     out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*s.curve, *s.qa_at) if not 0.0 <= f <= 1.0]
-    out += [f"unknown baseline {b!r} (use {', '.join(BASELINES)} or none)"
-            for b in (*s.baselines, *s.own_choice, *s.qa_baselines) if b not in BASELINES]
+    for flag, names in (("--baselines", s.baselines), ("--own-choice", s.own_choice), ("--qa-baselines", s.qa_baselines)):
+        out += [f"{flag}: unknown baseline {b!r} (use {', '.join(BASELINES)} or none)" for b in names if b not in BASELINES]
     if s.test_tokens is not None and s.test_tokens < 2:
         out.append(f"--test-tokens {s.test_tokens}: give at least 2 (e.g. 20000)")
     return out
