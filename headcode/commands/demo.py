@@ -6,7 +6,7 @@ with them in place, then a short summary table and where the results are.
 
 One progress bar per step; the outputs land in DIR/explain/ (programs, report, plan) and
 DIR/eval.json (with its plot). The default workload (40 texts per split, no QA) is sized to
-finish in well under 15 minutes on two CPU cores. Explain is resumable, so running the demo
+finish in about 12 minutes on two quiet CPU cores (setup included). Explain is resumable, so running the demo
 again continues an interrupted run.
 """
 

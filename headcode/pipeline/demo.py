@@ -21,7 +21,7 @@ class DemoSettings:
     model: str = DEFAULT_MODEL
     corpus: str = "stories"
     heads: str | None = None         # heads to explain (default all)
-    max_texts: int = 40              # texts per split: well under 15 minutes on two CPU cores
+    max_texts: int = 40              # texts per split: about 12 minutes on two CPU cores
     fraction: float = 0.25           # share of all heads to replace
     qa: tuple[str, ...] = ()         # QA tasks (none: faster)
     qa_limit: int = 100
