@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.pipeline.demo import DemoSettings, run_demo, summary_table
+    from headcode.pipeline.demo import DemoSettings, run_demo
+    from headcode.pipeline.evaluate import summary
 
     qa = tuple(t.strip() for t in args.qa.split(",") if t.strip()) if args.qa else ()
     res = run_demo(DemoSettings(out=Path(args.out), model=args.model, corpus=args.corpus, heads=args.heads,
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{res.explain.heads} heads explained (mean test IoU {res.explain.summary.get('mean_iou_test') or 0:.3f}, "
           f"median program size {res.explain.summary.get('median_size')}); {res.compile.compiled} compiled, "
           f"{res.compile.refused} refused")
-    print(summary_table(res.evaluate.report))
+    print(summary(res.evaluate.report))
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items()))
     print(f"results in {args.out}:")
     for p in res.outputs:

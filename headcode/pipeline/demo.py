@@ -68,21 +68,3 @@ def run_demo(s: DemoSettings) -> DemoResult:
     t4 = time.perf_counter()
     return DemoResult(explained, compiled, evaluated,
                       {"load": t1 - t0, "explain": t2 - t1, "compile": t3 - t2, "evaluate": t4 - t3})
-
-
-def summary_table(report: dict) -> str:
-    """Perplexity per variant at each share of heads replaced, and QA accuracy."""
-    variants = [k for k in ("surrogate", "mean_ablation", "first_token", "uniform") if k in report["curve"][0]]
-    head = f"{'heads replaced':>16} " + " ".join(f"{v.replace('_', ' '):>14}" for v in variants)
-    lines = [f"perplexity on held-out text (base {report['perplexity']['base']:.3f})", head]
-    seen = set()
-    for row in report["curve"]:
-        if row["k"] in seen:  # fewer heads explained than the budget: the same row again
-            continue
-        seen.add(row["k"])
-        lines.append(f"{row['k']:>6} ({100 * row['actual_fraction']:4.1f}%)  "
-                     + " ".join(f"{row[v]:>14.3f}" for v in variants))
-    for task, r in report.get("qa", {}).items():
-        lines.append(f"{task} (n={r['n']}): " + ", ".join(
-            f"{k} {100 * v['acc']:.1f}%" for k, v in r.items() if isinstance(v, dict)))
-    return "\n".join(lines)
