@@ -16,7 +16,18 @@ The rules (an allow-list at every level, so a construct nobody thought of is ref
   patterns, predicates), numpy (a few submodules) and the allowed modules, and of the
   builtin value types; minus ``DENIED_ATTRIBUTES`` (file I/O such as ``np.save``,
   ``ctypes``, ``str.format`` which reads attributes by name, frame and code objects);
-- imports: only ``ALLOWED_IMPORTS``, absolute, no ``*``.
+- imports: only ``ALLOWED_IMPORTS``, absolute, no ``*``;
+- bindings: what a name holds at run time is decided by the source *anywhere*, reached or
+  not, so no binding of any kind (assignment, loop or comprehension target, walrus,
+  parameter, ``def``, ``except ... as``, import alias) may take the name of a builtin or of
+  the program API — ``if False: eval = repr`` would otherwise make a later ``eval(...)``
+  look like a call of a program-defined name. (``import numpy as np`` rebinds ``np`` to the
+  module it already is, and is allowed.) Default argument values are literals only: a
+  mutable default is state that survives from one call to the next, so a predicate with
+  one answers differently when explain scores it and when compile tabulates it.
+
+What a program may call is a positive list, ``compiler/language.py`` (how it was chosen is
+written there).
 
 We wrote this rather than use RestrictedPython. RestrictedPython 9.0 supports Python 3.11
 (checked with ``pip download``), and it refuses ``_`` names and a few frame attributes, but
@@ -31,34 +42,18 @@ from __future__ import annotations
 
 import ast
 import builtins
-import collections
-import dataclasses
-import functools
-import itertools
-import math
 import re
-import string
-import types
 from collections.abc import Iterable
 
-ALLOWED_IMPORTS = ("numpy", "math", "re", "itertools", "collections", "functools", "string")
+from headcode.compiler.language import (  # noqa: F401 - re-exported: the language's lists
+    ALLOWED_IMPORTS,
+    BUILTIN_NAMES,
+    DENIED_METHODS,
+    SAFE_BUILTINS,
+    allowed_attributes,
+)
 
-SAFE_BUILTINS = frozenset("""
-    abs all any bool callable chr dict divmod enumerate filter float frozenset int isinstance iter
-    len list map max min next ord pow print range repr reversed round set slice sorted str sum
-    tuple zip True False None BaseException Exception ValueError TypeError IndexError KeyError ZeroDivisionError
-    ArithmeticError LookupError RuntimeError StopIteration
-""".split())
-
-# attribute names refused even where some allowed object has them
-DENIED_ATTRIBUTES = frozenset("""
-    format format_map Formatter vformat get_field load loads save savez savez_compressed savetxt
-    loadtxt genfromtxt fromfile tofile dump dumps memmap fromregex DataSource ctypes ctypeslib cffi
-    capsule lib testing f2py distutils os sys show_config show_runtime info source lookfor who
-    get_include gi_frame gi_code gi_yieldfrom cr_frame cr_code ag_frame ag_code f_back f_globals
-    f_locals f_builtins f_code tb_frame tb_next co_code mro register seterrcall geterrcall
-    exec eval open system set_printoptions setbufsize set_string_function
-""".split())
+DENIED_ATTRIBUTES = DENIED_METHODS
 
 _ALLOWED_NODES = (
     ast.Module, ast.FunctionDef, ast.arguments, ast.arg, ast.Return, ast.Assign, ast.AugAssign,
@@ -70,40 +65,6 @@ _ALLOWED_NODES = (
     ast.Tuple, ast.Slice, ast.NamedExpr, ast.JoinedStr, ast.FormattedValue,
     ast.Load, ast.Store, ast.boolop, ast.operator, ast.unaryop, ast.cmpop,
 )
-
-
-def _public(obj: object) -> set[str]:
-    """Public attribute names of ``obj`` whose values are not modules (modules are gates to
-    everything they import: ``re.enum.sys``)."""
-    out = set()
-    d = getattr(obj, "__dict__", {})
-    for name in dir(obj):
-        if name.startswith("_"):
-            continue
-        if isinstance(obj, types.ModuleType):
-            v = d.get(name)  # a lazily loaded numpy submodule is not in __dict__: skip it
-            if v is None or isinstance(v, types.ModuleType):
-                continue
-        out.add(name)
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def allowed_attributes() -> frozenset[str]:
-    import numpy as np
-
-    from headcode.compiler import pattern, predicates
-    from headcode.runtime.text.tokens import Tokens
-
-    objs: list[object] = [Tokens, pattern.Pattern, predicates.Pred, np, np.ndarray, np.generic, np.dtype,
-                          np.ufunc, np.random, np.random.Generator, np.linalg, np.fft, math, re,
-                          re.Pattern, re.Match, itertools, functools, collections, collections.Counter,
-                          collections.deque, collections.defaultdict, collections.OrderedDict, string,
-                          str, bytes, list, dict, set, frozenset, tuple, int, float, complex, range,
-                          slice, bool]
-    names = set().union(*(_public(o) for o in objs)) | {"random", "linalg", "fft"}
-    names |= {f.name for f in dataclasses.fields(Tokens)}  # fields without defaults are not in dir()
-    return frozenset(names - DENIED_ATTRIBUTES)
 
 
 def api_names() -> frozenset[str]:
@@ -127,6 +88,58 @@ def _bound(tree: ast.AST) -> set[str]:
         elif isinstance(n, ast.ExceptHandler) and n.name:
             out.add(n.name)
     return out
+
+
+def _binding_names(n: ast.AST) -> Iterable[tuple[str, ast.AST]]:
+    """(name, node) for every name ``n`` binds (imports: see ``_rebinding_reasons``)."""
+    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+        yield n.id, n
+    elif isinstance(n, ast.arg):
+        yield n.arg, n
+    elif isinstance(n, ast.FunctionDef):
+        yield n.name, n
+    elif isinstance(n, ast.ExceptHandler) and n.name:
+        yield n.name, n
+
+
+_MODULE_ALIASES = {"np": "numpy", "numpy": "numpy"}  # api names that *are* a module
+
+
+def _rebinding_reasons(tree: ast.AST, reserved: frozenset[str]) -> Iterable[str]:
+    for parent in ast.walk(tree):
+        if isinstance(parent, ast.Import):  # `import numpy as np` binds np to numpy: allowed
+            for a in parent.names:
+                bound = a.asname or a.name.split(".")[0]
+                if bound in reserved and _MODULE_ALIASES.get(bound) != a.name:
+                    yield f"{_where(parent)}: `import {a.name} as {bound}` rebinds `{bound}`, a name of the language"
+            continue
+        if isinstance(parent, ast.ImportFrom):
+            for a in parent.names:
+                bound = a.asname or a.name
+                if bound in reserved:
+                    yield f"{_where(parent)}: importing `{a.name}` as `{bound}` rebinds a name of the language"
+            continue
+        for name, node in _binding_names(parent):
+            if name in reserved:
+                yield (f"{_where(node)}: `{name}` is a builtin or program-API name and cannot be rebound "
+                       "(choose another name)")
+
+
+def _literal(n: ast.AST) -> bool:
+    if isinstance(n, ast.Constant):
+        return True
+    if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)):
+        return _literal(n.operand)
+    return isinstance(n, ast.Tuple) and all(_literal(e) for e in n.elts)
+
+
+def _default_reasons(tree: ast.AST) -> Iterable[str]:
+    for n in ast.walk(tree):
+        if isinstance(n, ast.arguments):
+            for d in [*n.defaults, *(d for d in n.kw_defaults if d is not None)]:
+                if not _literal(d):
+                    yield (f"{_where(d)}: a default argument value must be a literal (a mutable default "
+                           "keeps state from one call to the next)")
 
 
 def _where(n: ast.AST) -> str:
@@ -192,8 +205,11 @@ def check_source(source: str, max_chars: int = 200_000) -> list[str]:
     reasons = []
     if not any(isinstance(n, ast.FunctionDef) for n in tree.body):
         reasons.append("program source defines no function (expected `def attend(t): ...`)")
-    known = SAFE_BUILTINS | api_names() | _bound(tree)
+    api = api_names()
+    known = SAFE_BUILTINS | api | _bound(tree)
     attrs = allowed_attributes()
+    reasons.extend(_rebinding_reasons(tree, BUILTIN_NAMES | api))
+    reasons.extend(_default_reasons(tree))
     for n in ast.walk(tree):
         reasons.extend(_node_reasons(n, known, attrs))
     def line(r: str) -> int:
@@ -207,5 +223,3 @@ def safe_builtins() -> dict[str, object]:
     """The builtins a program runs with (in the sandbox): ``SAFE_BUILTINS`` only."""
     return {k: getattr(builtins, k) for k in SAFE_BUILTINS if hasattr(builtins, k)}
 
-
-assert set(ALLOWED_IMPORTS) == {m.__name__ for m in (math, re, itertools, collections, functools, string)} | {"numpy"}

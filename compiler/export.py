@@ -29,8 +29,11 @@ from safetensors.numpy import save_file
 from headcode.compiler.head import CompiledHead, SurrogatePlan, check_head_data
 from headcode.errors import HeadcodeError
 from headcode.files import replacing
+from headcode.safe_json import UnsafeJSON, loads_bounded
 
 FORMAT = "headcode-surrogates"
+MAX_META_BYTES = 64 << 20  # a plan's JSON metadata: 270 heads take ~1 MB
+MAX_META_DEPTH = 32         # heads -> head -> terms -> term -> value: 5 deep
 FORMAT_VERSION = "2"  # 2: terms lower through the selector registry; no head-level boundary tables
 
 
@@ -94,7 +97,7 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
                                     f"expected {expected_fingerprint}): recompile for this model")
             if expected_model is not None and model != expected_model:
                 raise HeadcodeError(f"{path} was compiled for model {model!r}, not {expected_model!r}")
-            heads_meta = json.loads(meta["heads"])
+            heads_meta = loads_bounded(meta["heads"], MAX_META_BYTES, MAX_META_DEPTH)
             if not isinstance(heads_meta, dict):
                 raise HeadcodeError(f"{path} is not a valid surrogate plan: its heads are not a JSON object")
             heads = {}
@@ -109,7 +112,10 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
                 heads[key] = CompiledHead.from_meta_json(d, tables)
     except HeadcodeError:
         raise
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
+    except UnsafeJSON as e:
+        raise HeadcodeError(f"cannot read surrogate plan {path}: its metadata is not JSON headcode reads "
+                            f"({e}); recompile it with `headcode compile`") from e
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, RecursionError, MemoryError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise HeadcodeError(f"cannot read surrogate plan {path}: not a valid or complete safetensors "
                             f"file ({type(e).__name__}: {msg})") from e

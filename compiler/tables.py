@@ -20,7 +20,7 @@ _CACHE: OrderedDict[tuple[str, str, int], np.ndarray] = OrderedDict()
 
 
 class TableError(ValueError):
-    """A predicate raised on some vocabulary piece."""
+    """A predicate raised on some vocabulary piece, or is not a function of the piece alone."""
 
 
 def cacheable(pred: Pred) -> bool:
@@ -34,7 +34,9 @@ def cacheable(pred: Pred) -> bool:
 
 
 def vocab_table(pred: Pred, pieces: Sequence[str], fingerprint: str) -> np.ndarray:
-    """``[len(pieces)] bool`` (read-only); ``TableError`` if the predicate raises on a piece."""
+    """``[len(pieces)] bool`` (read-only); ``TableError`` if the predicate raises on a piece or
+    answers differently when asked again in the other order (state kept between calls: the
+    table explain scores and the one compile builds would differ)."""
     key = (fingerprint, pred.name, len(pieces))
     hit = _CACHE.get(key) if cacheable(pred) else None
     if hit is not None:
@@ -42,9 +44,14 @@ def vocab_table(pred: Pred, pieces: Sequence[str], fingerprint: str) -> np.ndarr
         return hit
     try:
         table = pred.table(pieces)
+        again = pred.table(pieces[::-1])[::-1]  # a second pass, in the other order
     except Exception as e:  # noqa: BLE001 - any failure of user code becomes a compile reason
         bad = next((p for p in pieces if _raises(pred, p)), None)
         raise TableError(f"predicate {pred.name} raised {type(e).__name__}: {e} (on piece {bad!r})") from e
+    if not np.array_equal(table, again):
+        bad = pieces[int(np.flatnonzero(table != again)[0])]
+        raise TableError(f"predicate {pred.name} is not a function of the token alone: asked twice about "
+                         f"{bad!r} it answered differently (it keeps state between calls)")
     table.setflags(write=False)
     if cacheable(pred):
         _CACHE[key] = table

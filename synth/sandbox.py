@@ -2,28 +2,34 @@
 
 Every program is first checked here, from outside, before any of it runs
 (``compiler.check.check_source``: an AST allow-list; all reasons at once). What passes runs
-in a worker process (``sandbox_child``) that has locked itself down with OS layers
-(``sandbox_os``: rlimits, no new privileges, own network namespace, empty read-only root,
-uid ``nobody``) and Python layers (safe builtins, import allow-list, audit hook).
+in a worker process (``sandbox_child``) of its own — started for that program, killed after
+it — that has locked itself down with OS layers (``sandbox_os``: rlimits, no new privileges,
+own network namespace, empty read-only root, uid ``nobody``, a seccomp filter that also
+refuses signalling other processes; it dies with its host) and Python layers (safe
+builtins, import allow-list, audit hook).
 
-- ``run_programs(sources, texts)``: each program's ``[T, T]`` scores, or why not. Traced
-  programs are evaluated from their IR; free-form ones on prefixes only (causal).
+- ``run_programs(sources, texts)``: each program's ``[T, T]`` scores, or why not. A program
+  that compiles to selectors is compiled in the worker against the texts' distinct pieces,
+  and scored *here* from token ids by the kernels' reference — the same tables and terms
+  ``compile`` builds, so what explain scores is what a plan runs. A free-form one is run on
+  prefixes sent one at a time (row q from tokens <= q; the worker never holds a later token).
 - ``compile_in_sandbox(source, pieces, fingerprint)``: the program traced, validated and
   lowered in the worker; the host gets the head as data and validates it.
 
-Workers (``sandbox_worker``) are reused: starting one costs ~0.1 s. A request that runs past its
-time limit — also in C code, where no Python-level alarm can fire — is answered by killing
-the worker from here (``SIGKILL``) and starting a fresh one for the next request. Replies
-are ``.npz`` frames read with ``allow_pickle=False`` and validated again here.
+A request that runs past its time limit — also in C code, where no Python-level alarm can
+fire — is answered by killing the worker from here (``SIGKILL``). Replies are read as hostile
+bytes (``synth.frames``): a malformed one costs its program, never the host.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from headcode.compiler.check import check_source
 from headcode.compiler.compile import uncompiled
@@ -34,8 +40,6 @@ from headcode.synth.sandbox_worker import (  # noqa: F401 - re-exported: the san
     Limits,
     Worker,
     WorkerGone,
-    _call,
-    _key,
     python_layers_off,
 )
 
@@ -52,7 +56,7 @@ def _check(source: str) -> list[str]:
     return check_source(source) if W._PYTHON_LAYERS[0] else []
 
 
-def _validate(status: dict, arrays: dict[str, np.ndarray], texts: Sequence[Tokens]) -> SandboxResult:
+def _validate(status: dict, arrays: dict[str, np.ndarray], texts: Sequence[Tokens], mode: str) -> SandboxResult:
     if not status.get("ok"):
         return SandboxResult(False, (), str(status.get("reason", "failed"))[:600])
     mats = []
@@ -65,35 +69,80 @@ def _validate(status: dict, arrays: dict[str, np.ndarray], texts: Sequence[Token
         if np.any(np.triu(m, 1)):
             return SandboxResult(False, (), "scores above the diagonal (the future): refused")
         mats.append(m)
-    return SandboxResult(True, tuple(mats), "", str(status.get("mode", "")))
+    return SandboxResult(True, tuple(mats), "", mode)
 
 
-def _run_share(sources: Sequence[str], texts: list[Tokens], key: str, limits: Limits) -> list[SandboxResult]:
-    out: list[SandboxResult] = []
-    w = None
-    try:
-        for src in sources:
-            w = w if w is not None and w.alive() else W._POOL.acquire(limits)
-            try:
-                status, arrays = _call(w, {"op": "run", "source": src, "texts_key": key}, "texts", key,
-                                       "texts", texts, limits.time_s)
-                out.append(_validate(status, arrays, texts))
-            except WorkerGone as e:
-                out.append(SandboxResult(False, (), str(e).replace("time limit exceeded",
-                                                                   f"time limit exceeded ({limits.time_s:g} s)")))
-                w = None
-    finally:
-        if w is not None:
-            W._POOL.release(w)
+def _head_scores(status: dict, arrays: dict[str, np.ndarray], pieces: list[str],
+                 texts: Sequence[Tokens]) -> list[np.ndarray]:
+    """The worker's head (compiled against ``pieces``) scored here, from token ids: ``[T, T]``
+    raw scores per text. ``ValueError`` if the head is malformed."""
+    from headcode.kernels.program_head.naive import program_scores_naive
+
+    tables = arrays.get("tables")
+    bad = check_head_data(status.get("head"), tables, len(pieces))
+    if bad:
+        raise ValueError("the sandbox returned a malformed head: " + "; ".join(bad[:3]))
+    head = CompiledHead.from_meta_json(dict(status["head"], source=""), tables)
+    index = {p: i for i, p in enumerate(pieces)}
+    out = []
+    for t in texts:
+        ids = torch.tensor([[index[p] for p in t.pieces]], dtype=torch.long)
+        out.append(program_scores_naive(head.spec, ids)[0].numpy() if len(t) else np.zeros((0, 0)))
     return out
+
+
+def _prefix_scores(w: Worker, source: str, texts: Sequence[Tokens], deadline: float) -> list[np.ndarray]:
+    """A free-form program's rows, one prefix per request: row q sees tokens <= q only."""
+    out = []
+    for t in texts:
+        m = np.zeros((len(t), len(t)))
+        for q in range(len(t)):
+            status, arrays = w.request({"op": "row", "source": source, "prefix": t.prefix(q + 1)},
+                                       max(0.05, deadline - time.monotonic()))
+            if not status.get("ok"):
+                raise _Failed(str(status.get("reason", "failed")))
+            row = arrays.get("row")
+            if row is None or row.shape != (q + 1,) or row.dtype.kind != "f":
+                raise _Failed(f"returned a row of shape {getattr(row, 'shape', None)} on a prefix of {q + 1} tokens")
+            m[q, :q + 1] = row
+        out.append(m)
+    return out
+
+
+class _Failed(Exception):
+    """The program failed in its worker (the message is the reason)."""
+
+
+def _run_one(source: str, texts: list[Tokens], pieces: list[str], limits: Limits) -> SandboxResult:
+    w = W._POOL.acquire(limits)
+    deadline = time.monotonic() + limits.time_s
+    try:
+        status, arrays = w.request({"op": "score", "source": source, "pieces": pieces,
+                                    "fingerprint": "explain"}, limits.time_s)
+        if not status.get("ok"):
+            return SandboxResult(False, (), str(status.get("reason", "failed"))[:600])
+        if status.get("traced"):
+            return _validate({"ok": True}, {f"s{i}": m for i, m in enumerate(_head_scores(status, arrays, pieces, texts))},
+                             texts, "traced")
+        mats = _prefix_scores(w, source, texts, deadline)
+        return _validate({"ok": True}, {f"s{i}": m for i, m in enumerate(mats)}, texts, "prefix")
+    except WorkerGone as e:
+        return SandboxResult(False, (), str(e).replace("time limit exceeded",
+                                                       f"time limit exceeded ({limits.time_s:g} s)"))
+    except (_Failed, ValueError) as e:
+        return SandboxResult(False, (), str(e)[:600])
+    finally:
+        W._POOL.release(w)
 
 
 def run_programs(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits | None = None,
                  workers: int = 1, chunk: int = 4) -> list[SandboxResult]:
     """Run each program source on every text in the sandbox; one result per source, in order.
-    ``workers`` programs run at once (each in its own process); ``chunk`` is kept for callers."""
+    Each program runs in a fresh worker process; ``workers`` run at once. ``chunk`` is kept
+    for callers."""
     limits = limits or Limits()
-    sources = list(sources)
+    sources, texts = list(sources), list(texts)
+    pieces = sorted({p for t in texts for p in t.pieces})
     results: list[SandboxResult | None] = [None] * len(sources)
     todo = []
     for i, src in enumerate(sources):
@@ -104,29 +153,17 @@ def run_programs(sources: Sequence[str], texts: Sequence[Tokens], limits: Limits
             results[i] = SandboxResult(True, (), "")
         else:
             todo.append(i)
-    texts = list(texts)
-    key = _key([(t.ids.tobytes(), t.pieces, t.text) for t in texts])
-    shares = [todo[j::max(1, workers)] for j in range(max(1, min(workers, len(todo))))]
-    if len(shares) == 1:
-        parts = [_run_share([sources[i] for i in shares[0]], texts, key, limits)]
-    else:
-        with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-            parts = list(pool.map(lambda s: _run_share([sources[i] for i in s], texts, key, limits), shares))
-    for share, part in zip(shares, parts):
-        for i, r in zip(share, part):
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
+        for i, r in zip(todo, pool.map(lambda i: _run_one(sources[i], texts, pieces, limits), todo)):
             results[i] = r
     return [r for r in results if r is not None]
 
 
 def clear_table_caches() -> None:
-    """Empty the vocabulary-table cache of every idle worker (benchmarks of a cold compile)."""
+    """Empty this process's vocabulary-table cache (workers are fresh per program: theirs start empty)."""
     from headcode.compiler.tables import clear_cache
 
     clear_cache()
-    with W._POOL.lock:
-        idle = list(W._POOL.idle)
-    for w in idle:
-        w.request({"op": "clear_tables"}, 5.0)
 
 
 def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
@@ -139,12 +176,10 @@ def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, nam
     if reasons:
         return uncompiled(label, source, ["refused: " + r for r in reasons], len(pieces), fingerprint, model_id)
     pieces = list(pieces)
-    key = f"{fingerprint}:{len(pieces)}:{_key(pieces)}"
     w = W._POOL.acquire(limits)
     try:
-        status, arrays = _call(w, {"op": "compile", "source": source, "name": name, "vocab_key": key,
-                                   "fingerprint": fingerprint, "model_id": model_id}, "vocabs", key,
-                               "pieces", pieces, limits.time_s)
+        status, arrays = w.request({"op": "compile", "source": source, "name": name, "pieces": pieces,
+                                    "fingerprint": fingerprint, "model_id": model_id}, limits.time_s)
     except WorkerGone as e:
         return uncompiled(label, source, [f"sandbox: {e}"], len(pieces), fingerprint, model_id)
     finally:

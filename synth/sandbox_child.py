@@ -1,7 +1,8 @@
 """The sandbox's worker process: runs untrusted programs and sends back data, never code.
 
-Started by ``headcode.synth.sandbox`` as ``python -I -m headcode.synth.sandbox_child`` and
-reused for many requests. Before reading any program it imports everything it will need,
+Started by ``headcode.synth.sandbox`` as ``python -I -m headcode.synth.sandbox_child`` for one
+program (a fresh process per program: nothing one program does reaches the next), and killed
+after it. It dies with its host (``PR_SET_PDEATHSIG``). Before reading any program it imports everything it will need,
 then locks itself down with the operating-system layers of ``sandbox_os`` (rlimits, no new
 privileges, its own network namespace, an empty read-only root, uid ``nobody``), then adds
 the Python layers: programs run with ``check.safe_builtins`` and an import allow-list, under
@@ -10,11 +11,14 @@ Python layers: the checked source cannot reach them, and the OS layers hold with
 (``tests/synth/test_sandbox_hostile.py`` runs programs with the Python layers switched off).
 
 Protocol: frames of an 8-byte little-endian length and a body. Parent -> child: a pickle
-(the parent is trusted). Child -> parent: an ``.npz`` with a JSON ``status`` and arrays, read
-back with ``allow_pickle=False``. Requests:
+(the parent is trusted). Child -> parent: an uncompressed ``.npz`` with a JSON ``status`` and
+numeric arrays (``synth.frames``), which the host reads as hostile bytes. Requests:
 
-- ``run``: a program's scores on texts. A program that traces to selectors is evaluated from
-  its IR (causal by construction); a free-form one on prefixes only (row q from tokens <= q).
+- ``score``: the program compiled against the distinct pieces of the texts to score (a small
+  vocabulary, no order): the host scores the head from token ids itself — what explain scores
+  is what compile builds. ``traced: false`` for a program that is not a selector pattern.
+- ``row``: a free-form program on one prefix of a text; the host sends prefixes in order, so
+  the process never holds a token after the row it computes.
 - ``compile``: trace, validate and lower a program against a vocabulary (``tok()`` tables
   are computed here); the reply is the head as JSON plus its tables.
 
@@ -25,24 +29,29 @@ from __future__ import annotations
 
 import ast
 import builtins
-import io
-import json
+import ctypes
 import os
 import pickle
 import resource
 import signal
 import struct
 import sys
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from headcode.compiler import check, pattern, tables
+from headcode.compiler import check
 from headcode.compiler import program as program_mod
 from headcode.compiler.compile import compile_in_process
+from headcode.compiler.head import CompiledHead
+from headcode.compiler.ir_to_plan import ir_to_plan
+from headcode.compiler.program_to_ir import program_to_ir
+from headcode.compiler.validate import CompileError, validate
 from headcode.runtime.text.tokens import Tokens
 from headcode.synth import sandbox_os
+from headcode.synth.frames import write_reply
+
+PR_SET_PDEATHSIG = 1
 
 ALLOWED_IMPORTS = check.ALLOWED_IMPORTS
 _BLOCKED_EVENTS = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
@@ -58,10 +67,6 @@ _own_call = [False]  # set while the child itself (not a program) makes an audit
 
 class TimeLimit(BaseException):
     """Raised by the alarm; a BaseException so that ``except Exception`` in a program cannot eat it."""
-
-
-class Missing(Exception):
-    """The parent named texts or a vocabulary this worker no longer holds: it sends them again."""
 
 
 class Refused(Exception):
@@ -99,15 +104,19 @@ def _restricted_import(name: str, globals: Any = None, locals: Any = None, froml
 
 
 class Child:
-    """The worker's state: the cached texts and vocabularies, and which layers are on."""
+    """The worker's state: one program (a worker runs one program, then is killed), built on
+    first use, and which layers are on."""
 
     def __init__(self, python_layers: bool):
         self.python_layers = python_layers
-        self.texts: OrderedDict[str, list[Tokens]] = OrderedDict()
-        self.vocabs: OrderedDict[str, list[str]] = OrderedDict()
+        self.built: tuple[str, str, Any] | None = None  # (source, function name, function)
 
     # building a program ----------------------------------------------------------------------
     def function(self, source: str) -> tuple[str, Any]:
+        if self.built is not None and self.built[0] == source:
+            return self.built[1], self.built[2]
+        if self.built is not None:
+            raise Refused("this worker already ran another program")
         if self.python_layers:
             reasons = check.check_source(source)
             if reasons:
@@ -123,46 +132,39 @@ class Child:
             ns["__builtins__"] = b
         exec(compile(tree, "<program>", "exec"), ns)  # noqa: S102 - this process is the sandbox
         name = "attend" if "attend" in fns else fns[-1]
+        self.built = (source, name, ns[name])
         return name, ns[name]
 
     # requests ----------------------------------------------------------------------------------
-    def run(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
-        texts = self._cached(self.texts, req["texts_key"], req.get("texts"))
-        _, fn = self.function(req["source"])
+    def score(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        """The program compiled against the texts' distinct pieces (a small vocabulary, in no
+        particular order): the host scores that head itself, so explain scores exactly what
+        compile builds and this process never sees a text in order. A program that does not
+        compile to selectors answers ``traced: false``; the host then sends prefixes (``row``)."""
+        name, fn = self.function(req["source"])
+        prog = program_mod.Program(name, req["source"], fn)
         try:
-            expr = program_mod.Program("p", req["source"], fn).trace()
-        except program_mod.Untraceable:
-            expr = None
-        texts = [fresh(t) for t in texts]  # nothing a program does to its texts reaches the next one
-        if expr is not None:  # the IR, not the program: the same scores the compiled head gives
-            mats = [program_mod.raw_scores(lambda x: pattern.Pattern(expr, x), t) for t in texts]
-        else:
-            mats = [program_mod.prefix_scores(fn, t) for t in texts]
-        return {"ok": True, "mode": "traced" if expr is not None else "prefix"}, \
-            {f"s{i}": m for i, m in enumerate(mats)}
+            expr = program_to_ir(prog)
+            terms = validate(expr, name)
+        except (program_mod.Untraceable, CompileError):
+            return {"ok": True, "traced": False}, {}
+        out_terms, names, tabs = ir_to_plan(terms, list(req["pieces"]), req["fingerprint"])
+        head = CompiledHead(name=name, source="", terms=out_terms, table_names=names, tables=tabs,
+                            fingerprint=req["fingerprint"], compiled=True, reasons=())
+        return {"ok": True, "traced": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(tabs)}
+
+    def row(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
+        """Row ``q = len(prefix) - 1`` of a free-form program run on that prefix alone: the
+        host sends a text one prefix at a time, so no later token is in this process."""
+        _, fn = self.function(req["source"])
+        t: Tokens = req["prefix"]
+        return {"ok": True}, {"row": program_mod.raw_scores(fn, t)[len(t) - 1]}
 
     def compile(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
-        pieces = self._cached(self.vocabs, req["vocab_key"], req.get("pieces"))
         name, fn = self.function(req["source"])
         prog = program_mod.Program(req.get("name") or name, req["source"], fn)
-        head = compile_in_process(prog, pieces, req["fingerprint"], req.get("model_id", ""))
+        head = compile_in_process(prog, list(req["pieces"]), req["fingerprint"], req.get("model_id", ""))
         return {"ok": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(head.tables)}
-
-    @staticmethod
-    def _cached(cache: OrderedDict, key: str, value: Any) -> Any:
-        if value is not None:
-            cache[key] = value
-            while len(cache) > 4:
-                cache.popitem(last=False)
-        if key not in cache:
-            raise Missing(key)
-        cache.move_to_end(key)
-        return cache[key]
-
-
-def fresh(t: Tokens) -> Tokens:
-    """A copy of ``t`` with its own arrays and no cached predicate values."""
-    return Tokens(t.text, t.ids.copy(), t.pieces, t.offsets.copy())
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
@@ -183,19 +185,16 @@ def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
         _own_call[0] = False
     signal.setitimer(signal.ITIMER_REAL, time_s)
     try:
-        if req["op"] == "clear_tables":  # benchmarks: time a cold compile
-            tables.clear_cache()
-            status, arrays = {"ok": True}, {}
-        else:
-            status, arrays = child.run(req) if req["op"] == "run" else child.compile(req)
+        op = {"score": child.score, "row": child.row, "compile": child.compile}.get(req["op"])
+        if op is None:
+            raise Refused(f"unknown request {req['op']!r}")
+        status, arrays = op(req)
     except TimeLimit:
         status, arrays = {"ok": False, "reason": f"time limit exceeded ({time_s:g} s)"}, {}
     except MemoryError:
         status, arrays = {"ok": False, "reason": "memory limit exceeded"}, {}
     except Refused as e:
         status, arrays = {"ok": False, "reason": f"refused: {e}"}, {}
-    except Missing as e:
-        status, arrays = {"ok": False, "missing": str(e), "reason": "worker lacks the data"}, {}
     except RecursionError:
         status, arrays = {"ok": False, "reason": "RecursionError: maximum recursion depth exceeded"}, {}
     except Exception as e:  # noqa: BLE001 - any failure of untrusted code is its own, reported
@@ -210,9 +209,7 @@ def handle(child: Child, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def frame(status: dict, arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, status=np.frombuffer(json.dumps(status).encode(), dtype=np.uint8), **arrays)
-    data = buf.getvalue()
+    data = write_reply(status, arrays)
     return struct.pack("<Q", len(data)) + data
 
 
@@ -241,13 +238,31 @@ def _preload() -> None:
     frame({"ok": True}, {"a": np.zeros((1, 1))})
     t = Tokens.synthetic(["<s>", " a", "."])
     _ = t.sentence_index, t.word_index, t.prefix(2)
+    warm = Child(python_layers=False)  # every selector's lowering, the tables, the head's JSON
+    src = "def attend(t):\n    return " + " + ".join(f"{f}(t)" for f in _ZERO_ARG) + "\n"
+    warm.score({"source": src, "pieces": ["<s>", " a", "."], "fingerprint": "warm"})
+
+
+_ZERO_ARG = ("first", "uniform", "same_token", "sentence_start", "word_start", "in_same_sentence",
+             "induction", "clause_start")
+
+
+def die_with_host() -> None:
+    """``PR_SET_PDEATHSIG``: the kernel kills this process when the host thread that started it
+    ends; if the host is already gone (the race before the call), exit now."""
+    parent = os.getppid()
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or parent == 1:
+        os._exit(3)
 
 
 def main() -> None:
+    die_with_host()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # prints of programs go to stderr
     inp = sys.stdin.buffer
     hello = _read(inp)
+    if hello is None or os.getppid() != hello.get("host_pid"):
+        os._exit(3)  # the host that wrote the hello is not our parent any more
     _preload()
     layers = []
     if hello.get("os_layers", True):

@@ -1,21 +1,21 @@
 """The sandbox's worker processes, seen from the host: start, talk to, kill, reuse.
 
 A ``Worker`` is one ``python -I -m headcode.synth.sandbox_child`` process, which locks itself
-down (``sandbox_os``) and then answers requests. ``Worker.request`` sends one pickled request
-(host -> worker is the trusted direction) and waits for the reply with a deadline; past it —
-also when the program hangs in C code, where no Python-level alarm fires — the process group
-is ``SIGKILL``ed from here and ``WorkerGone`` says why. Replies are ``.npz`` frames read with
-``allow_pickle=False``, bounded in size; anything malformed kills the worker. ``_POOL`` keeps a
-few idle workers for reuse (starting one costs ~0.1 s).
+down (``sandbox_os``) and then answers requests for *one* program: ``_POOL.acquire`` always
+starts a fresh process and ``release`` kills it, so no state — a patched module, a cached
+table, numpy's error state, anything an escaped program left behind — passes from one
+program to the next. ``Worker.request`` sends one pickled request (host -> worker is the
+trusted direction) and waits for the reply with a deadline; past it — also when the program
+hangs in C code, where no Python-level alarm fires — the process group is ``SIGKILL``ed from
+here and ``WorkerGone`` says why. Replies are read as hostile bytes (``synth.frames``): any
+malformed reply, whatever it makes the readers raise, kills the worker and costs that
+program its candidacy, never the host.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import io
-import json
 import os
 import pickle
 import select
@@ -28,20 +28,17 @@ import tempfile
 import threading
 import time
 import warnings
-import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from headcode.errors import HeadcodeError
+from headcode.synth.frames import MalformedReply, read_reply
 
 _PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
 GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
-MAX_IDLE = 2        # workers kept for reuse
 MAX_FRAME = 1 << 30  # a reply larger than this is refused (the worker is killed)
-MAX_STATUS = 1 << 20  # bytes of a reply's JSON status
-RETIRE_CPU_S = 1800.0  # a worker that has used this much CPU is not reused (its hard limit is 3600 s)
 
 
 @dataclass(frozen=True)
@@ -87,10 +84,7 @@ class Worker:
     python_layers: bool = True
     layers: tuple[str, ...] = ()
     uid: int = -1
-    cpu_s: float = 0.0
     busy: bool = False
-    _texts: set = field(default_factory=set)
-    _vocabs: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
@@ -99,7 +93,7 @@ class Worker:
         self._buf = bytearray()
         self._err: list[bytes] = []
         threading.Thread(target=self._drain, daemon=True).start()
-        self._send({"root_dir": _empty_root(), "memory_mb": self.memory_mb,
+        self._send({"host_pid": os.getpid(), "root_dir": _empty_root(), "memory_mb": self.memory_mb,
                     "os_layers": self.os_layers, "python_layers": self.python_layers})
         status, _ = self._recv(self.startup_s)
         self.layers, self.uid = tuple(status.get("layers", ())), int(status.get("uid", -1))
@@ -148,16 +142,9 @@ class Worker:
             raise self._gone(f"sandbox process sent a {n}-byte reply, more than {MAX_FRAME}")
         body = self._read_exact(n, deadline)
         try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as z:
-                if z["status"].size > MAX_STATUS:
-                    raise ValueError("status too long")
-                status = json.loads(bytes(z["status"]).decode())
-                arrays = {k: z[k] for k in z.files if k != "status"}
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-            raise self._gone(f"sandbox process sent a malformed reply ({type(e).__name__})") from e
-        if not isinstance(status, dict):
-            raise self._gone("sandbox process sent a malformed reply")
-        return status, arrays
+            return read_reply(body)
+        except MalformedReply as e:
+            raise self._gone(f"program refused: malformed reply from the sandbox process ({str(e)[:80]})") from e
 
     def _gone(self, why: str | None) -> WorkerGone:
         """Kill the process (if alive) and say why it is gone (``None``: it ran out of time)."""
@@ -181,8 +168,6 @@ class Worker:
         self._send(dict(req, time_s=time_s))
         status, arrays = self._recv(time_s + GRACE_S)
         self.busy = False
-        cpu = status.get("cpu_s", 0.0)
-        self.cpu_s = float(cpu) if isinstance(cpu, (int, float)) else RETIRE_CPU_S
         return status, arrays
 
     def alive(self) -> bool:
@@ -198,39 +183,33 @@ class Worker:
 
 
 class _Pool:
-    """Idle workers for reuse, keyed by memory limit."""
+    """Starts a fresh worker per program and kills it after (``release``); ``close`` kills any
+    still running (the host's exit)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.idle: list[Worker] = []
+        self.live: set[Worker] = set()
 
     def acquire(self, limits: Limits) -> Worker:
-        with self.lock:
-            for w in self.idle:
-                if w.memory_mb == limits.memory_mb and w.python_layers == _PYTHON_LAYERS[0]:
-                    self.idle.remove(w)
-                    if w.alive():
-                        return w
-                    w.kill()
-                    break
         try:
-            return Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
+            w = Worker(limits.memory_mb, limits.startup_s, python_layers=_PYTHON_LAYERS[0])
         except WorkerGone as e:
             raise HeadcodeError(f"the sandbox process could not start ({e}); programs cannot run "
                                 "without it: check that python can run here with a "
                                 f"{limits.memory_mb} MB address-space limit") from e
+        with self.lock:
+            self.live.add(w)
+        return w
 
     def release(self, w: Worker) -> None:
         with self.lock:
-            if w.alive() and not w.busy and len(self.idle) < MAX_IDLE and w.cpu_s < RETIRE_CPU_S:
-                self.idle.append(w)
-                return
+            self.live.discard(w)
         w.kill()
 
     def close(self) -> None:
         with self.lock:
-            idle, self.idle = self.idle, []
-        for w in idle:
+            live, self.live = list(self.live), set()
+        for w in live:
             w.kill()
 
 
@@ -248,18 +227,3 @@ def python_layers_off() -> Iterator[None]:
     finally:
         _PYTHON_LAYERS[0] = True
         _POOL.close()
-
-
-def _key(obj: object) -> str:
-    return hashlib.sha1(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).hexdigest()
-
-
-def _call(w: Worker, req: dict, cache: str, key: str, payload_name: str, payload: object,
-          time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
-    """One request; the (large) texts or vocabulary travel only to a worker that lacks them."""
-    seen = w._texts if cache == "texts" else w._vocabs
-    status, arrays = w.request(dict(req, **({payload_name: payload} if key not in seen else {})), time_s)
-    if status.get("missing") == key:  # the worker dropped it from its small cache: send it again
-        status, arrays = w.request(dict(req, **{payload_name: payload}), time_s)
-    seen.add(key)
-    return status, arrays

@@ -77,6 +77,17 @@ def term_matrix(spec: HeadSpec, i: int, ids: torch.Tensor, start: torch.Tensor) 
     return torch.where(tot > 0, m / tot.clamp(min=1e-300), torch.zeros_like(m))
 
 
+def program_scores_naive(spec: HeadSpec, ids: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """``ids [B, T] int64 -> scores [B, T, T]`` float64: the weighted sum of the term matrices,
+    before the row normalisation (what ``attention_from_scores`` of the program gives rows to)."""
+    B, T = ids.shape
+    start_t = torch.zeros(B, dtype=torch.long, device=ids.device) if start is None else start.to(ids.device).long()
+    scores = torch.zeros(B, T, T, dtype=torch.float64, device=ids.device)
+    for i in range(spec.n_terms):
+        scores += float(spec.weights[i]) * term_matrix(spec, i, ids, start_t)
+    return scores
+
+
 def program_head_naive(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
                        n_q: int | None = None) -> torch.Tensor:
     """``ids [B, T] int64, v [B, T, D], start [B] int64 | None -> out [B, n_q, D]`` (v's dtype).
@@ -88,9 +99,7 @@ def program_head_naive(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start
     start_t = torch.zeros(B, dtype=torch.long, device=ids.device) if start is None else start.to(ids.device).long()
     nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), int(ids.min()) if ids.numel() else 0,
                         int(ids.max()) if ids.numel() else 0, start_t.cpu().numpy(), n_q)
-    scores = torch.zeros(B, T, T, dtype=torch.float64, device=ids.device)
-    for i in range(spec.n_terms):
-        scores += float(spec.weights[i]) * term_matrix(spec, i, ids, start_t)
+    scores = program_scores_naive(spec, ids, start_t)
     tot = scores.sum(-1, keepdim=True)
     attn = torch.where(tot > 0, scores / tot.clamp(min=1e-300), torch.zeros_like(scores))
     empty = tot[..., 0] <= 0

@@ -59,29 +59,31 @@ def test_a_child_killed_mid_batch_costs_one_program():
     assert "time limit" in res[0].reason
 
 
-def test_texts_dropped_by_the_worker_are_sent_again():
+def test_each_program_gets_a_fresh_process_killed_after_it(monkeypatch):
+    from headcode.synth import sandbox_worker as SW
+
+    started = []
+    real = SW.Worker.__post_init__
+
+    def spy(self):
+        real(self)
+        started.append(self)
+
+    monkeypatch.setattr(SW.Worker, "__post_init__", spy)
+    res = run_programs([GOOD, GOOD.replace("first", "current")], TEXTS, Limits(memory_mb=1024), workers=1)
+    assert all(r.ok for r in res)
+    assert len({w.proc.pid for w in started}) == 2 and not any(w.alive() for w in started)
+    assert not SW._POOL.live
+
+
+def test_a_worker_runs_one_program_only():
     from headcode.synth import sandbox as S
 
     w = S.Worker(1024)
     try:
-        sets = [[Tokens.synthetic(["<s>"] + [" a"] * n)] for n in range(1, 7)]  # more than it keeps
-        for texts in sets + sets[:1]:
-            key = S._key([t.pieces for t in texts])
-            status, arrays = S._call(w, {"op": "run", "source": GOOD, "texts_key": key}, "texts", key,
-                                     "texts", texts, 2.0)
-            assert status["ok"] and arrays["s0"].shape == (len(texts[0]),) * 2, status
+        ok, _ = w.request({"op": "score", "source": GOOD, "pieces": ["<s>", " a"], "fingerprint": "x"}, 5.0)
+        other, _ = w.request({"op": "score", "source": GOOD.replace("first", "current"), "pieces": ["<s>"],
+                              "fingerprint": "x"}, 5.0)
     finally:
         w.kill()
-
-
-def test_a_worker_interrupted_mid_request_is_not_reused():
-    from headcode.synth import sandbox as S
-    from headcode.synth import sandbox_worker as SW
-
-    w = SW._POOL.acquire(S.Limits(memory_mb=1024))
-    w._send({"op": "run", "source": GOOD, "texts_key": "k", "texts": TEXTS, "time_s": 2.0})
-    w.busy = True  # as if the caller was interrupted before reading the reply
-    SW._POOL.release(w)
-    assert w not in SW._POOL.idle and not w.alive()
-    (r,) = S.run_programs([GOOD], TEXTS[:1], S.Limits(memory_mb=1024))
-    assert r.ok and r.scores[0].shape == (5, 5)  # not the stale reply for two texts
+    assert ok["ok"] and ok["traced"] and not other["ok"] and "another program" in other["reason"]
