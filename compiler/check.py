@@ -223,3 +223,16 @@ def safe_builtins() -> dict[str, object]:
     """The builtins a program runs with (in the sandbox): ``SAFE_BUILTINS`` only."""
     return {k: getattr(builtins, k) for k in SAFE_BUILTINS if hasattr(builtins, k)}
 
+
+def _allowed_import(name: str, globals: object = None, locals: object = None, fromlist: object = (),
+                    level: int = 0) -> object:
+    if level != 0 or name.split(".")[0] not in ALLOWED_IMPORTS:
+        raise ImportError(f"import of {name!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})")
+    return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def program_builtins() -> dict[str, object]:
+    """``safe_builtins`` plus an ``__import__`` that admits ``ALLOWED_IMPORTS`` only: what a
+    checked program runs with wherever it runs (the sandbox adds its audit hook)."""
+    return {**safe_builtins(), "__import__": _allowed_import}
+

@@ -5,10 +5,13 @@ applies the causal mask and normalises rows (``pattern.attention_from_scores``),
 program cannot leak a future token.
 
 ``Program.from_source`` builds the callable *in this process*: it is for programs you wrote
-yourself (tests, the catalogue, library code); the source is still checked first
-(``compiler.check``). Program source from anywhere else (a language model, a program file,
-a plan) never runs in the host: ``headcode.synth.sandbox`` runs it (``run_programs``) and
-compiles it (``compiler.compile_source``).
+yourself (tests, the catalogue, library code), and no generated text reaches it (the
+explain and compile paths only ever hand source to the sandbox). Even so it holds the
+sandbox's language rules: the source is checked first (``compiler.check``) and runs with the
+same restricted builtins and import allow-list as in the worker (``check.program_builtins``).
+Program source from anywhere else (a language model, a program file, a plan) never runs in
+the host: ``headcode.synth.sandbox`` runs it (``run_programs``) and compiles it
+(``compiler.compile_source``).
 """
 
 from __future__ import annotations
@@ -66,9 +69,9 @@ class Program:
             tree = ast.parse(source)
         except SyntaxError as e:
             raise ProgramError(f"syntax error in program source, line {e.lineno}: {e.msg}") from e
-        from headcode.compiler.check import check_source
+        from headcode.compiler import check
 
-        reasons = check_source(source)
+        reasons = check.check_source(source)
         if reasons:
             raise ProgramError("program refused: " + "; ".join(reasons))
         fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
@@ -76,6 +79,7 @@ class Program:
             raise ProgramError("program source defines no function (expected `def attend(t): ...`)")
         fname = "attend" if "attend" in fns else fns[-1]
         ns = namespace()
+        ns["__builtins__"] = check.program_builtins()
         exec(compile(tree, f"<program {name or fname}>", "exec"), ns)  # noqa: S102 - trusted path
         return cls(name or fname, source, ns[fname])
 

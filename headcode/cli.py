@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except HeadcodeError as e:
-        print(f"headcode: error: {e}", file=sys.stderr)
+        from headcode.printable import printable
+
+        print(f"headcode: error: {printable(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("headcode: interrupted (partial work is kept where the command says it resumes)", file=sys.stderr)

@@ -9,6 +9,7 @@ for better ones. The programs are untrusted: they only ever run in ``synth.sandb
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +39,8 @@ class LLMOptions:
     timeout_s: float = 120.0
     limits: Limits = Limits()
     workers: int = 2
+    max_programs_per_reply: int = 8   # programs taken from one reply (the rest are dropped)
+    head_time_s: float = 600.0        # wall-clock budget per head: programs not run by then are refused
 
 
 class OpenAIBackend:
@@ -54,6 +57,7 @@ class OpenAIBackend:
         self.client = openai.OpenAI(base_url=self.options.base_url, api_key=key,
                                     timeout=self.options.timeout_s, max_retries=1)
         self._cache: dict[tuple[str, int], np.ndarray | str] = {}
+        self._deadline = float("inf")
         self.refused: dict[str, str] = {}  # source -> why the sandbox refused it (current head)
         self.log: list[dict] = []  # (head, round, prompt, reply) for inspection
 
@@ -87,8 +91,22 @@ class OpenAIBackend:
         if not todo:
             return
         toks = [self.patterns.tokens[i] for i in texts]
-        results = run_programs(todo, toks, self.options.limits, workers=self.options.workers)
+        step = max(1, self.options.workers)
+        for k in range(0, len(todo), step):  # a batch at a time, so the head's time budget binds
+            part = todo[k:k + step]
+            if time.monotonic() > self._deadline:
+                results = [None] * len(part)
+            else:
+                results = run_programs(part, toks, self.options.limits, workers=self.options.workers)
+            self._keep(part, results, texts)
+
+    def _keep(self, todo: Sequence[str], results: Sequence, texts: Sequence[int]) -> None:
         for src, res in zip(todo, results):
+            if res is None:
+                why = f"refused: the head's time limit ({self.options.head_time_s:g} s) was reached"
+                self.refused[src] = why
+                self._cache.update({(src, i): why for i in texts})
+                continue
             if not res.ok:
                 self.refused[src] = res.reason
             for j, i in enumerate(texts):
@@ -120,6 +138,7 @@ class OpenAIBackend:
         self._cache.clear()
         self.refused = {}
         o = self.options
+        self._deadline = time.monotonic() + o.head_time_s
         fit = patterns.texts("fit")[:o.max_fit_texts]
         messages = [{"role": "system", "content": prompts.SYSTEM},
                     {"role": "user", "content": prompts.first_prompt(summarise(patterns, head),
@@ -129,11 +148,11 @@ class OpenAIBackend:
             reply = self._ask(messages)
             self.log.append({"head": str(head), "round": rnd, "prompt": messages[-1]["content"],
                              "reply": reply})
-            new = [s for s in prompts.code_blocks(reply) if s not in sources]
+            new = [s for s in prompts.code_blocks(reply) if s not in sources][:o.max_programs_per_reply]
             sources += new
             self._run(sources, fit)
             scored = sorted(((self._fit_iou(s, fit, head), s) for s in sources), key=lambda x: -x[0])
-            if rnd == o.rounds or scored[0][0] < 0:
+            if rnd == o.rounds or scored[0][0] < 0 or time.monotonic() > self._deadline:
                 break
             best_iou, best = scored[0]
             att = self.attention(best, fit)

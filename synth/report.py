@@ -18,6 +18,7 @@ import numpy as np
 
 from headcode.compiler.size import program_size
 from headcode.files import save_figure, write_json, write_text
+from headcode.printable import printable
 from headcode.runtime.model.heads import HeadRef
 from headcode.synth.backend import Candidate
 from headcode.synth.occam import TOLERANCE
@@ -108,7 +109,7 @@ def markdown(rep: dict[str, Any]) -> str:
         return "" if x is None else f"{x:.3f}"
 
     for h in rep["heads"]:
-        expr = h["expression"].replace("|", "\\|")
+        expr = printable(h["expression"]).replace("|", "\\|")
         out.append(f"| [{h['head']}](programs/{h['head']}.py) | `{expr}` | {h['description']} | {h['size']} | "
                    f"{g(h['iou']['select'])} | {g(h['iou']['test'])} | {g(h['output_error']['test'])} | "
                    f"{g(h['jsd']['test'])} |")

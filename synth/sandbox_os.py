@@ -18,7 +18,9 @@ skipped and left out of the list, never silently claimed):
 - ``seccomp`` (x86-64): a filter that refuses (``EPERM``) the system calls a scoring process
   never needs and that widen the kernel's attack surface: sockets, ``execve``, ``fork``/``clone``,
   ``ptrace``, namespaces, mounts, ``bpf``, ``io_uring``, ``userfaultfd``, ``perf_event_open``,
-  keyrings, modules; other ABIs (i386 ``int 0x80``, x32) kill the process.
+  keyrings, modules, and every way to signal a process (``kill``, ``tgkill``, ``pidfd_*``, …:
+  workers share the uid ``nobody``, so a worker could otherwise kill another); other ABIs
+  (i386 ``int 0x80``, x32) kill the process.
 """
 
 from __future__ import annotations
@@ -58,9 +60,15 @@ def set_rlimits(memory_mb: int, cpu_s: int, nofile: int = 32) -> None:
 # sethostname setdomainname iopl ioperm syslog fanotify_init kcmp clone3 clone. The worker makes no
 # process or thread after lock-down (numpy runs single-threaded), and RLIMIT_NPROC does not bind uid 0,
 # so clone is refused here too: a root worker that could not drop its uid still cannot fork.
+# Signals to any process: kill tkill tgkill rt_sigqueueinfo rt_tgsigqueueinfo pidfd_open
+# pidfd_send_signal pidfd_getfd. Every worker runs as uid nobody, so without these one could kill
+# another (or a host running as nobody); the worker itself never signals anything (its time
+# limit is a timer the kernel delivers; the host kills it from outside).
+SIGNAL_SYSCALLS_X86_64 = (62, 200, 234, 129, 297, 434, 424, 438)
 DENIED_SYSCALLS_X86_64 = (41, 53, 59, 322, 57, 58, 56, 101, 165, 166, 155, 161, 272, 308, 321, 323, 298,
                           248, 249, 250, 425, 426, 427, 246, 320, 175, 313, 176, 310, 311, 303, 304,
-                          135, 133, 259, 163, 167, 168, 169, 170, 171, 172, 173, 103, 300, 312, 435)
+                          135, 133, 259, 163, 167, 168, 169, 170, 171, 172, 173, 103, 300, 312,
+                          435) + SIGNAL_SYSCALLS_X86_64
 AUDIT_ARCH_X86_64 = 0xC000003E
 _X32_BIT = 0x40000000
 

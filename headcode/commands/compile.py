@@ -32,13 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def line(h) -> str:
-    """One line a head; the full terms are in --json."""
+    """One line a head; the full terms are in --json. Program text is escaped (``printable``)."""
+    from headcode.printable import printable
+
     if h.compiled:
         detail = f"size {h.size}, {len(h.terms)} terms: " + " + ".join(h.terms)
         detail = detail if len(detail) <= 100 else detail[:97] + "..."
     else:
         detail = "; ".join(h.reasons)
-    return f"{h.head:>8}  {'compiled' if h.compiled else 'refused':<10}  {detail}"
+    return printable(f"{h.head:>8}  {'compiled' if h.compiled else 'refused':<10}  {detail}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ HELP = "explain heads as programs (offline search or an OpenAI-compatible model)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from headcode.pipeline.explain import ExplainSettings
+
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
     p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--out", required=True, help="output directory")
@@ -35,6 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-texts", type=int, default=100, help="at most this many texts per split (default 100)")
     p.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens")
     p.add_argument("--rounds", type=int, default=2, help="feedback rounds per head (openai backend)")
+    d = ExplainSettings.__dataclass_fields__
+    p.add_argument("--max-programs-per-reply", type=int, default=d["max_programs_per_reply"].default,
+                   help="programs taken from one model reply; the rest are dropped (openai backend; "
+                        "default %(default)s)")
+    p.add_argument("--head-time-limit", type=float, default=d["head_time_limit"].default,
+                   help="seconds of sandbox time per head; programs not run by then are refused "
+                        "(openai backend; default %(default)s)")
     p.add_argument("--patterns", default=None, help="use this captured patterns file instead of capturing")
     p.add_argument("--no-progress", action="store_true")
 
@@ -46,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out=Path(args.out), model=args.model, corpus=args.corpus, unit=args.unit, heads=args.heads,
         backend=args.backend, base_url=args.base_url, llm=args.llm, max_programs=args.max_programs,
         max_texts=args.max_texts, max_tokens=args.max_tokens, rounds=args.rounds, patterns=args.patterns,
+        max_programs_per_reply=args.max_programs_per_reply, head_time_limit=args.head_time_limit,
         progress=not args.no_progress))
     print(json.dumps({"out": str(res.out), **res.summary}))
     return 0

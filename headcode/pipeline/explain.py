@@ -29,6 +29,8 @@ class ExplainSettings:
     max_texts: int | None = 100      # per split
     max_tokens: int = 256            # per text
     rounds: int = 2                  # feedback rounds per head (openai backend)
+    max_programs_per_reply: int = 8  # programs taken from one reply (openai backend)
+    head_time_limit: float = 600.0   # seconds per head: programs not run by then are refused (openai backend)
     patterns: str | None = None      # a captured patterns file to use instead of capturing
     progress: bool = True
 
@@ -87,7 +89,9 @@ def make_backend(s: ExplainSettings) -> Any:
     if s.backend == "openai":
         from headcode.synth.llm import LLMOptions, OpenAIBackend
 
-        return OpenAIBackend(LLMOptions(base_url=s.base_url, model=s.llm, rounds=s.rounds))
+        return OpenAIBackend(LLMOptions(base_url=s.base_url, model=s.llm, rounds=s.rounds,
+                                        max_programs_per_reply=s.max_programs_per_reply,
+                                        head_time_s=s.head_time_limit))
     raise HeadcodeError(f"unknown backend {s.backend!r}: use offline or openai")
 
 

@@ -67,6 +67,31 @@ HOSTILE: tuple[Hostile, ...] = (
     _h("c_level_spin", "    any(itertools.repeat(0))\n", "killed", head="import itertools\n"),
     _h("huge_pow", "    x = 7 ** (10 ** 10)\n", "time limit", "memory limit", "MemoryError"),
     _h("regex_backtracking", "    re.match(r'(a+)+$', 'a' * 64 + 'b')\n", "time limit", head="import re\n"),
+    # issue 17: helpers that copy attributes by name (the update_wrapper escape, and its shape)
+    _h("update_wrapper_merges_globals", "    def f():\n        return 0\n"
+       "    functools.update_wrapper(f, first, assigned=(), updated=('__globals__',))\n"
+       "    eval('1')\n", "attribute `.update_wrapper`", head="import functools\n"),
+    _h("wraps_by_name", "    w = wraps(first, updated=('__globals__',))\n", "importing `wraps`",
+       head="from functools import wraps\n"),
+    _h("attrgetter_by_name", "    g = operator.attrgetter('__glo' + 'bals__')(first)\n", "import of 'operator'",
+       head="import operator\n"),
+    _h("methodcaller_from_functools", "    m = functools.WRAPPER_UPDATES\n", "attribute `.WRAPPER_UPDATES`",
+       head="import functools\n"),
+    # issue 17: a name rebound in code that never runs makes a later call look program-defined
+    _h("dead_branch_rebinding", "    if False:\n        eval = repr\n    eval('1')\n", "cannot be rebound"),
+    _h("dead_loop_rebinding", "    for open in []:\n        pass\n    open('" + MARKER + "', 'w')\n",
+       "cannot be rebound"),
+    _h("walrus_rebinding", "    while 0:\n        (getattr := repr)\n    getattr(first, 'x')\n", "cannot be rebound"),
+    _h("parameter_rebinding", "    f = lambda eval=repr: eval('1')\n", "cannot be rebound"),
+    _h("api_name_rebinding", "    if False:\n        first = None\n", "cannot be rebound"),
+    # issue 17: raw buffers reinterpreted as object references (a read/write primitive)
+    _h("ndarray_over_a_buffer", "    a = np.ndarray((1,), np.dtype('O'), b'\\x00' * 8)\n    print(a[0])\n",
+       "attribute `.ndarray`", head="import numpy as np\n"),
+    _h("frombuffer_objects", "    a = np.frombuffer(b'\\x00' * 8, dtype='O')\n", "attribute `.frombuffer`",
+       head="import numpy as np\n"),
+    # issue 17: a predicate with a mutable default answers one way when scored, another when tabulated
+    _h("mutable_default_predicate", "    p = tok(lambda s, seen=[]: seen.append(s) or len(seen) < 3)\n",
+       "default argument value must be a literal"),
     # harmless in the sandbox (the write fails there and is caught), harmful anywhere else
     _h("harmful_elsewhere", "    try:\n        f = open('" + MARKER + "', 'a')\n        f.write('ran')\n"
        "        f.close()\n    except Exception:\n        pass\n", "name `open`"),
