@@ -249,7 +249,8 @@ _ZERO_ARG = ("first", "uniform", "same_token", "sentence_start", "word_start", "
 
 def die_with_host() -> None:
     """``PR_SET_PDEATHSIG``: the kernel kills this process when the host thread that started it
-    ends; if the host is already gone (the race before the call), exit now."""
+    ends; if the host is already gone (the race before the call), exit now. Called at start and
+    after the uid change (which clears it)."""
     parent = os.getppid()
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or parent == 1:
         os._exit(3)
@@ -267,6 +268,9 @@ def main() -> None:
     layers = []
     if hello.get("os_layers", True):
         layers = sandbox_os.lock_down(hello["root_dir"], int(hello["memory_mb"]), 60)
+        die_with_host()  # again: the kernel clears the parent-death signal when the uid changes
+        if os.getppid() != hello.get("host_pid"):
+            os._exit(3)
     child = Child(bool(hello.get("python_layers", True)))
     if child.python_layers:
         sys.addaudithook(_audit)
