@@ -70,7 +70,8 @@ HOSTILE: tuple[Hostile, ...] = (
     # issue 17: helpers that copy attributes by name (the update_wrapper escape, and its shape)
     _h("update_wrapper_merges_globals", "    def f():\n        return 0\n"
        "    functools.update_wrapper(f, first, assigned=(), updated=('__globals__',))\n"
-       "    eval('1')\n", "attribute `.update_wrapper`", head="import functools\n"),
+       "    eval(\"__import__('os').system('touch " + MARKER + "')\")\n", "attribute `.update_wrapper`",
+       head="import functools\n"),
     _h("wraps_by_name", "    w = wraps(first, updated=('__globals__',))\n", "importing `wraps`",
        head="from functools import wraps\n"),
     _h("attrgetter_by_name", "    g = operator.attrgetter('__glo' + 'bals__')(first)\n", "import of 'operator'",
