@@ -1,4 +1,4 @@
-"""The sandbox's worker processes, seen from the host: start, talk to, kill, reuse.
+"""The sandbox's worker processes, seen from the host: start, talk to, kill.
 
 A ``Worker`` is one ``python -I -m headcode.synth.sandbox_child`` process, which locks itself
 down (``sandbox_os``) and then answers requests for *one* program: ``_POOL.acquire`` always
@@ -84,7 +84,6 @@ class Worker:
     python_layers: bool = True
     layers: tuple[str, ...] = ()
     uid: int = -1
-    busy: bool = False
 
     def __post_init__(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
@@ -164,10 +163,8 @@ class Worker:
 
     def request(self, req: dict, time_s: float) -> tuple[dict, dict[str, np.ndarray]]:
         """Send ``req`` (with ``time_s``) and wait for the reply; ``WorkerGone`` past ``time_s + GRACE_S``."""
-        self.busy = True  # until the reply is read: a worker interrupted mid-request is never reused
         self._send(dict(req, time_s=time_s))
         status, arrays = self._recv(time_s + GRACE_S)
-        self.busy = False
         return status, arrays
 
     def alive(self) -> bool:
