@@ -122,15 +122,20 @@ class _Handlers:
             if chat:
                 yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                   "finish_reason": None, "logprobs": None}]})
-            for item in self.gen.stream(req):
-                if isinstance(item, str):
-                    yield _sse({**head, "choices": [piece(item, None)]})
-                else:
-                    yield _sse({**head, "choices": [piece(None, item.finish_reason)]})
-                    if usage:
-                        yield _sse({**head, "choices": [], "usage": _usage([item])})
+            try:
+                for item in self.gen.stream(req):
+                    if isinstance(item, str):
+                        yield _sse({**head, "choices": [piece(item, None)]})
+                    else:
+                        yield _sse({**head, "choices": [piece(None, item.finish_reason)]})
+                        if usage:
+                            yield _sse({**head, "choices": [], "usage": _usage([item])})
+            except Exception as e:  # noqa: BLE001 - the 200 is sent: the error goes in the stream, as OpenAI does
+                yield _sse({"error": {"message": f"generation failed: {type(e).__name__}: {e}"[:500],
+                                      "type": "server_error", "param": None, "code": None}})
             yield "data: [DONE]\n\n"
 
+        self.gen.check(req)  # before the 200: a request too long for the context is a 400, not an empty stream
         return StreamingResponse(events(), media_type="text/event-stream")
 
 

@@ -197,3 +197,46 @@ def test_a_bad_plan_fails_at_start_with_one_line(tiny_llama_dir, tmp_path, capsy
     assert "cannot read surrogate plan" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "no-model"), "--port", "0"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_too_long_streaming_request_is_a_400_before_any_200(server):
+    """Issue 20: the context check ran inside the stream, after the 200 was sent (an empty body)."""
+    proc, client, url = server
+    long = "Tom saw a ball. " * 2000
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.completions.create(model="tiny-sym", prompt=long, max_tokens=8, stream=True)
+    with pytest.raises(openai.BadRequestError, match="context"):
+        client.chat.completions.create(model="tiny-sym", messages=[{"role": "user", "content": long}],
+                                       max_tokens=8, stream=True)
+    assert proc.poll() is None
+
+
+class _FailingGenerator:
+    """A generator whose stream breaks after one piece (a fault mid-generation)."""
+
+    max_context = 1 << 20
+
+    def encode(self, text: str) -> tuple[int, ...]:
+        return (1, 2, 3)
+
+    def check(self, req) -> None:
+        return None
+
+    def stream(self, req):
+        yield "Once"
+        raise RuntimeError("the device went away")
+
+
+def test_an_error_mid_stream_sends_an_error_event_then_done():
+    from fastapi.testclient import TestClient
+
+    from headcode.server import ServedModel, build_app
+
+    app = build_app(_FailingGenerator(), ServedModel(id="m", base_model="m"))
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={"model": "m", "prompt": "x", "max_tokens": 4, "stream": True})
+    events = [ln[len("data: "):] for ln in r.text.splitlines() if ln.startswith("data: ")]
+    assert r.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[0])["choices"][0]["text"] == "Once"
+    err = json.loads(events[-2])["error"]
+    assert err["type"] == "server_error" and "device went away" in err["message"]

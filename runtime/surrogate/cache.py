@@ -64,7 +64,7 @@ class HeadcodeLayer(DynamicLayer):
             have = ls.k_rows if which == "k" and n_rows == len(ls.k_rows) else tuple(range(n_rows))
             want = self.key_groups if which == "k" else self.value_groups
             rows = [have.index(g) for g in want]
-            self._idx[key] = None if rows == list(range(n_rows)) else torch.tensor(rows, device=device)
+            self._idx[key] = None if rows == list(range(n_rows)) else torch.tensor(rows, dtype=torch.long, device=device)
         return self._idx[key]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,

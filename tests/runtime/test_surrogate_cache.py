@@ -210,3 +210,17 @@ def test_heads_built_from_primitives_decode_like_their_reference(tiny_dir):
     assert isinstance(_cache_of(ours), HeadcodeCache)
     assert torch.equal(ours.sequences, recompute.sequences)
     torch.testing.assert_close(torch.stack(ours.logits, 1), torch.stack(recompute.logits, 1), rtol=0, atol=1e-4)
+
+
+def test_a_plan_that_replaces_a_whole_layer_decodes_like_recompute(tiny_dir):
+    """Issue 20: every head of layer 0 replaced (``select --whole-groups`` can choose this): the
+    layer keeps no K and no V rows; ``generate`` through ``HeadcodeCache`` still equals recompute."""
+    lm = load_model(tiny_dir)
+    src = "def attend(t):\n    return 0.6 * first(t) + 0.4 * previous(t, 1)\n"
+    plan = make_plan(lm, {HeadRef(0, h): src for h in range(lm.n_heads)})
+    ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
+    with surrogates_applied(lm, plan):
+        ours = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16)
+        recompute = _gen(lm.model, ids, use_cache=False, max_new_tokens=16, min_new_tokens=16)
+    assert isinstance(_cache_of(ours), HeadcodeCache)
+    assert torch.equal(ours.sequences, recompute.sequences)
