@@ -34,7 +34,8 @@ from headcode.safe_json import UnsafeJSON, loads_bounded
 FORMAT = "headcode-surrogates"
 MAX_META_BYTES = 64 << 20  # a plan's JSON metadata: 270 heads take ~1 MB
 MAX_META_DEPTH = 32         # heads -> head -> terms -> term -> value: 5 deep
-FORMAT_VERSION = "2"  # 2: terms lower through the selector registry; no head-level boundary tables
+FORMAT_VERSION = "3"  # 3: a head may carry a surrogate (calibrated weights, constant); 2: no surrogates
+READS = ("1", "2", FORMAT_VERSION)
 
 
 def _digest(a: np.ndarray) -> str:
@@ -88,7 +89,7 @@ def load_plan(path: str | os.PathLike[str], expected_fingerprint: str | None = N
             if meta.get("format") != FORMAT:
                 raise HeadcodeError(f"{path} is a safetensors file but not a headcode surrogate plan")
             version = meta.get("format_version")
-            if version not in (FORMAT_VERSION, "1"):
+            if version not in READS:
                 raise HeadcodeError(f"{path} has surrogate format version {version}, this headcode reads "
                                     f"version {FORMAT_VERSION}: recompile with `headcode compile`")
             model, fp = meta.get("model", ""), meta.get("fingerprint", "")

@@ -6,7 +6,7 @@ does not import the runtime; the runtime converts to ``HeadRef``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -56,6 +56,25 @@ class Term:
                    aux_table=int(d.get("aux_table", -1)))
 
 
+@dataclass(frozen=True)
+class Surrogate:
+    """What runs in the head's place when it differs from the explanation: the same terms with
+    ``weights`` (one per term) fitted for the model, and a ``constant`` output ``[D]`` added after
+    ``A @ V``; ``fitted`` says how (method, data, steps, seed, the select-split KL)."""
+
+    weights: tuple[float, ...]
+    constant: tuple[float, ...] = ()
+    fitted: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"weights": list(self.weights), "constant": list(self.constant), "fitted": self.fitted}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Surrogate:
+        return cls(tuple(float(w) for w in d["weights"]), tuple(float(c) for c in d.get("constant", ())),
+                   str(d.get("fitted", "")))
+
+
 @dataclass(frozen=True, eq=False)
 class CompiledHead:
     """A head's program lowered for the kernels.
@@ -63,6 +82,11 @@ class CompiledHead:
     ``tables [n_tables, vocab] uint8`` (row ``i`` is predicate ``table_names[i]`` over the
     vocabulary). ``compiled=False``: ``reasons`` say why; ``terms`` is
     empty and only ``source`` is usable (through the reference path).
+
+    Two things per head, kept apart: the *explanation* (``terms`` with the weights fitted to the
+    head's own pattern and output: what a reader reads) and, once calibrated, the *surrogate*
+    (``surrogate``: the same terms with weights fitted for the model, plus a constant output:
+    what runs). ``run_spec`` and ``constant`` are what the runtime uses.
     """
 
     name: str
@@ -74,6 +98,7 @@ class CompiledHead:
     compiled: bool = True
     reasons: tuple[str, ...] = ()
     model_id: str = ""
+    surrogate: Surrogate | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -86,15 +111,34 @@ class CompiledHead:
 
     @cached_property
     def spec(self) -> HeadSpec:
-        """The kernel-level arrays (built once per head)."""
+        """The kernel-level arrays of the explanation (built once per head)."""
         return HeadSpec.build([t.primitive() for t in self.terms], self.tables)
+
+    @cached_property
+    def run_spec(self) -> HeadSpec:
+        """The kernel-level arrays of what runs: the surrogate's weights when calibrated."""
+        if self.surrogate is None:
+            return self.spec
+        terms = [dict(t.primitive(), weight=w) for t, w in zip(self.terms, self.surrogate.weights)]
+        return HeadSpec.build(terms, self.tables)
+
+    @property
+    def constant(self) -> tuple[float, ...]:
+        """The output constant added after ``A @ V`` (empty: none)."""
+        return self.surrogate.constant if self.surrogate is not None else ()
+
+    def calibrated(self, weights: Any, constant: Any, fitted: str) -> CompiledHead:
+        """This head with a surrogate (the explanation unchanged)."""
+        return replace(self, surrogate=Surrogate(tuple(float(w) for w in weights),
+                                                 tuple(float(c) for c in constant), fitted))
 
     def meta_json(self) -> dict[str, Any]:
         """Everything but the tables, as JSON-ready values."""
         return dict(name=self.name, source=self.source, terms=[t.to_json() for t in self.terms],
                     table_names=list(self.table_names), fingerprint=self.fingerprint,
                     compiled=self.compiled, reasons=list(self.reasons), model_id=self.model_id,
-                    vocab_size=self.vocab_size)
+                    vocab_size=self.vocab_size) | (
+                        {"surrogate": self.surrogate.to_json()} if self.surrogate is not None else {})
 
     @classmethod
     def from_meta_json(cls, d: dict[str, Any], tables: np.ndarray) -> CompiledHead:
@@ -102,7 +146,8 @@ class CompiledHead:
                    terms=tuple(Term.from_json(t) for t in d["terms"]),
                    table_names=tuple(str(n) for n in d["table_names"]), tables=tables,
                    fingerprint=str(d["fingerprint"]), compiled=bool(d["compiled"]),
-                   reasons=tuple(str(r) for r in d["reasons"]), model_id=str(d.get("model_id", "")))
+                   reasons=tuple(str(r) for r in d["reasons"]), model_id=str(d.get("model_id", "")),
+                   surrogate=Surrogate.from_json(d["surrogate"]) if d.get("surrogate") is not None else None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +191,28 @@ def check_head_data(d: Any, tables: Any, vocab_size: int | None = None) -> list[
         return out + ["terms must be a list of objects"]
     if d.get("compiled") is False and terms:
         out.append("an uncompiled head has terms")
+    if d.get("surrogate") is not None:
+        out += [f"surrogate: {r}" for r in _surrogate_problems(d["surrogate"], len(terms))]
     out += [f"term {i}: {r}" for i, t in enumerate(terms) for r in _term_problems(t, tables, len(names))]
+    return out
+
+
+def _numbers(x: Any, most: int) -> bool:
+    return (isinstance(x, list) and len(x) <= most and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            and math.isfinite(v) for v in x))
+
+
+def _surrogate_problems(s: Any, n_terms: int) -> list[str]:
+    if not isinstance(s, dict):
+        return ["not an object"]
+    out = []
+    w = s.get("weights")
+    if not _numbers(w, n_terms) or len(w) != n_terms or any(v < 0 for v in w):
+        out.append(f"weights must be {n_terms} finite non-negative numbers")
+    if not _numbers(s.get("constant", []), 1 << 16):
+        out.append("constant must be a list of finite numbers")
+    if not isinstance(s.get("fitted", ""), str):
+        out.append("fitted must be a string")
     return out
 
 

@@ -25,7 +25,9 @@ def run_head(head: CompiledHead, ids: torch.Tensor, v: torch.Tensor, start: torc
     ``n_q``: only the last ``n_q`` query rows (incremental decoding: the whole history of ids
     and values is passed). Rows before ``start`` are zero. ``backend``: ``numba`` (CPU, fused;
     CPU tensors), ``triton`` (GPU tensors, or CPU under ``TRITON_INTERPRET=1``), ``torch``
-    (dense O(T^2) float64 reference). Raises ``CompileError`` for an uncompiled head.
+    (dense O(T^2) float64 reference). Raises ``CompileError`` for an uncompiled head. A
+    calibrated head runs its surrogate's weights (``head.run_spec``); its constant output is
+    added by the layer that holds it (``runtime.surrogate.apply.LayerSurrogate``), not here.
     """
     if not head.compiled:
         raise CompileError(head.reasons, head.name)
@@ -33,15 +35,15 @@ def run_head(head: CompiledHead, ids: torch.Tensor, v: torch.Tensor, start: torc
         from headcode.kernels.program_head.numba_cpu import program_head_numba
 
         if v.device.type != "cpu":
-            return program_head_numba(head.spec, ids, v, start, n_q).to(v.device)
-        return program_head_numba(head.spec, ids, v, start, n_q)
+            return program_head_numba(head.run_spec, ids, v, start, n_q).to(v.device)
+        return program_head_numba(head.run_spec, ids, v, start, n_q)
     if backend == "triton":
         from headcode.kernels.program_head.triton_gpu import program_head_triton
 
-        return program_head_triton(head.spec, ids, v, start, n_q)
+        return program_head_triton(head.run_spec, ids, v, start, n_q)
     if backend == "torch":
         from headcode.kernels.program_head.naive import program_head_naive
 
-        return program_head_naive(head.spec, ids, v, start, n_q)
+        return program_head_naive(head.run_spec, ids, v, start, n_q)
     raise ValueError(f"unknown backend {backend!r}: use 'numba', 'triton' or 'torch'")
 

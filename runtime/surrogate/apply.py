@@ -79,8 +79,12 @@ class LayerSurrogate:
         # the neural heads are every head of the kept groups: SDPA reads the groups without a gather
         self.whole_groups = len(self.neural) == len(self.key_groups) * self.group
         self.value_groups = tuple(sorted({h // self.group for h in self.neural + self.recompute}))
-        self.program = LayerProgram.build([self.fns[h].head.spec for h in self.stateful],
+        self.program = LayerProgram.build([self.fns[h].head.run_spec for h in self.stateful],
                                           [h // self.group for h in self.stateful], vocab) if self.stateful else None
+        # calibrated heads: a constant output added after A @ V (one place, every path below)
+        self.constants = {h: c for h, c in ((h, getattr(getattr(fn, "head", None), "constant", ()))
+                                            for h, fn in self.fns.items()) if len(c)}
+        self._const: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # without a headcode cache, a whole sequence still runs the layer's compiled heads in one call
         self.one_call = bool(self.stateful) and all(self.fns[h].backend == "numba" for h in self.stateful)
         self.on_device = bool(self.stateful) and all(self.fns[h].backend == "triton" for h in self.stateful)
@@ -139,7 +143,24 @@ class LayerSurrogate:
                 heads = {h: self.fns[h] for h in self.recompute}
             for h, fn in heads.items():
                 out[:, h] = fn(ids, value[:, h // self.group, :T], start, n_q).to(out.dtype)
+            self._add_constants(out, start, T)
         return out
+
+    def _add_constants(self, out: torch.Tensor, start: torch.Tensor, T: int) -> None:
+        """``out [B, H, n_q, D]`` += each calibrated head's constant, on the query rows at or after
+        ``start`` (rows of left padding stay zero). The rows are the last ``n_q`` of ``T``."""
+        if not self.constants:
+            return
+        key = str(out.device)
+        if key not in self._const:
+            heads = torch.tensor(list(self.constants), dtype=torch.long, device=out.device)
+            self._const[key] = (heads, torch.tensor(list(self.constants.values()), dtype=torch.float64,
+                                                    device=out.device))
+        heads, c = self._const[key]
+        n_q = out.shape[2]
+        pos = torch.arange(T - n_q, T, device=out.device)
+        real = (pos[None, :] >= start.to(out.device)[:, None]).to(out.dtype)        # [B, n_q]
+        out[:, heads] += real[:, None, :, None] * c.to(out.dtype)[None, :, None, :]
 
     def _with_states(self, cache: Any, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      mask: torch.Tensor | None, scaling: float, dropout: float) -> torch.Tensor:
@@ -170,6 +191,7 @@ class LayerSurrogate:
             for h in self.recompute:
                 fn = self.fns[h]
                 out[:, h] = fn(ids, value[:, self.value_groups.index(h // self.group)], start, n_q).to(out.dtype)
+        self._add_constants(out, cache.start.to(out.device), layer.get_seq_length())  # after update: with this call
         return out
 
 
@@ -344,6 +366,10 @@ def check_plan(plan: SurrogatePlan, loaded: Any) -> None:
     if outside:
         bad.append(f"heads {', '.join(outside[:5])} are outside this model ({loaded.n_layers} layers x "
                    f"{loaded.n_heads} heads)")
+    sizes = [k for k, h in plan.heads.items() if h.constant and len(h.constant) != loaded.head_dim]
+    if sizes:
+        bad.append(f"heads {', '.join(sizes[:5])} carry a constant output that is not {loaded.head_dim} values "
+                   "(this model's head size): calibrate the plan for this model")
     if bad:
         raise HeadcodeError("the surrogate plan does not fit this model: " + "; ".join(bad))
 

@@ -1,0 +1,62 @@
+"""Fit a plan's surrogates for the model: weights and a constant output per head, jointly.
+
+  headcode calibrate --surrogates out/select/plan.safetensors --out out/select/calibrated.safetensors
+  headcode calibrate --surrogates out/explain/surrogates.safetensors --fraction 0.25 --out cal25.safetensors
+
+Each head keeps its explanation (the program's terms and weights, fitted to its own pattern); its
+surrogate — the same terms with new weights, plus a constant output added after A·V — is fitted
+for the model: all replaced heads at once, by gradient on KL(base ‖ replaced) over the corpus's
+fit split, the base model frozen, stopped early on the select split. The test split is never
+read. Resumable: an interrupted run continues from OUT.state.pt. A JSON report (KL per
+evaluation) goes next to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fit the surrogates' weights and constant outputs for the model (KL to the base model)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from headcode.runtime.calibration.fit import CalibrationSettings
+
+    d = CalibrationSettings()
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    p.add_argument("--surrogates", required=True, help="the plan to calibrate (from compile or select)")
+    p.add_argument("--out", required=True, help="the calibrated plan to write (.safetensors)")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="first choose this share of all heads among the plan's (default: calibrate every head)")
+    p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
+    p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
+    p.add_argument("--max-texts", type=int, default=64, help="fit and select texts, each (default 64)")
+    p.add_argument("--max-tokens", type=int, default=128, help="truncate each text (default 128)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps, one fit text each (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"steps between select-split evaluations (default {d.eval_every})")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help=f"evaluations without a gain before stopping (default {d.patience})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from headcode.pipeline.calibrate import CalibrateSettings, calibrate_plan
+    from headcode.runtime.calibration.fit import CalibrationSettings
+
+    fit = CalibrationSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every, patience=args.patience,
+                              seed=args.seed)
+    res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
+                                           corpus=args.corpus, unit=args.unit, fraction=args.fraction,
+                                           max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
+                                           progress=not args.no_progress))
+    r = res.report
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['model']}: {len(r['heads'])} heads calibrated; select-split KL(base || replaced) "
+              f"{r['kl_select_start']:.4f} -> {r['kl_select_best']:.4f} in {r['steps']} steps\nplan: {args.out}")
+    return 0

@@ -1,0 +1,81 @@
+"""``headcode calibrate``: a plan's surrogates fitted jointly for the model (issue 19).
+
+The explanation (each head's terms and weights, fitted to its own pattern) is kept as it is; each
+head gets a surrogate — the same terms with weights, and a constant output, fitted for the model
+on KL(base ‖ replaced) over the fit split, stopped on the select split
+(``runtime.calibration.fit``). The test split is never read. ``fraction``: first choose that share
+of the model's heads among the plan's (``runtime.evaluation.select_plan``), then calibrate them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headcode.runtime.calibration.fit import CalibrationSettings
+from headcode.runtime.model.loading import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class CalibrateSettings:
+    surrogates: str                  # the plan to calibrate (from compile or select)
+    out: str                         # the calibrated plan to write
+    model: str = DEFAULT_MODEL
+    corpus: str = "stories"
+    unit: str = "paragraph"
+    fraction: float | None = None    # choose this share of all heads first; None: every head of the plan
+    max_texts: int = 64              # fit and select texts (each)
+    max_tokens: int = 128
+    fit: CalibrationSettings = field(default_factory=CalibrationSettings)
+    progress: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrateResult:
+    plan: Any                        # SurrogatePlan, calibrated
+    report: dict[str, Any]
+
+
+def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path | None = None) -> CalibrateResult:
+    """Calibrate ``plan`` (checked against ``lm``) on the fit and select splits of ``s.corpus``."""
+    from dataclasses import replace
+
+    from headcode.runtime.calibration.fit import calibrate
+    from headcode.runtime.evaluation.heldout import eval_texts
+    from headcode.runtime.text import corpus as C
+
+    texts = eval_texts(C.load_corpus(s.corpus, s.unit), lm.tokenizer, s.max_texts, s.max_tokens)
+    if s.fraction is not None:
+        from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
+
+        plan = select_plan(lm, plan, texts.select, SelectSettings(fraction=s.fraction, progress=s.progress)).plan
+    cal = calibrate(lm, plan, texts.fit, texts.select, replace(s.fit, progress=s.progress), state_path)
+    report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,
+              "heads": list(plan.heads), "fit_texts": len(texts.fit), "select_texts": len(texts.select),
+              **cal.report, "settings": asdict(s)}
+    return CalibrateResult(cal.plan, report)
+
+
+def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
+    """Load the model and the plan, calibrate, write ``s.out`` (and ``.json`` beside it); resumable
+    from ``s.out + '.state.pt'``, which is removed once the plan is written."""
+    from headcode.compiler.export import save_plan
+    from headcode.errors import HeadcodeError
+    from headcode.files import write_json
+    from headcode.runtime.model.loading import load_model
+    from headcode.runtime.surrogate.apply import plan_for_model
+
+    out = Path(s.out)
+    if out.resolve() == Path(s.surrogates).resolve():
+        raise HeadcodeError("--out is the plan being calibrated: write the calibrated plan to another file")
+    if s.fraction is not None and not 0.0 < s.fraction <= 1.0:
+        raise HeadcodeError(f"--fraction {s.fraction} is not in (0, 1]: give the share of all heads")
+    lm = load_model(s.model)
+    plan = plan_for_model(s.surrogates, lm)
+    state = out.with_name(out.name + ".state.pt")
+    res = calibrate_loaded(lm, plan, s, state)
+    save_plan(res.plan, out)
+    write_json(out.with_suffix(".json"), res.report)
+    state.unlink(missing_ok=True)
+    return res
