@@ -109,6 +109,14 @@ class CompiledHead:
             return f"{self.name}: uncompiled ({'; '.join(self.reasons)})"
         return f"{self.name}: " + (" + ".join(t.describe() for t in self.terms) or "(no terms: first token)")
 
+    def describe_surrogate(self) -> str:
+        """What runs, in the explanation's terms: the surrogate's weights and its constant output."""
+        if self.surrogate is None:
+            return "as explained (not calibrated)"
+        terms = " + ".join(replace(t, weight=round(w, 3)).describe() for t, w in zip(self.terms, self.surrogate.weights))
+        norm = math.sqrt(sum(c * c for c in self.constant))
+        return f"{terms or '(no terms)'} plus a constant output (norm {norm:.3g})"
+
     @cached_property
     def spec(self) -> HeadSpec:
         """The kernel-level arrays of the explanation (built once per head)."""

@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"evaluations without a gain before stopping (default {d.patience})")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--compare", action="store_true",
+                   help="then measure perplexity on the test split at the same heads: the programs as explained, "
+                        "calibrated, optimal ablation (a constant fitted the same way) and mean-ablation")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true")
 
@@ -52,11 +55,16 @@ def run(args: argparse.Namespace) -> int:
     res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
                                            corpus=args.corpus, unit=args.unit, fraction=args.fraction,
                                            max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
-                                           progress=not args.no_progress))
+                                           compare=args.compare, progress=not args.no_progress))
     r = res.report
     if args.json:
         print(json.dumps(r))
     else:
         print(f"{r['model']}: {len(r['heads'])} heads calibrated; select-split KL(base || replaced) "
               f"{r['kl_select_start']:.4f} -> {r['kl_select_best']:.4f} in {r['steps']} steps\nplan: {args.out}")
+        c = r.get("compare")
+        if c:
+            print(f"perplexity on {c['test']} ({c['predicted_tokens']} predicted tokens), base {c['base']:.3f}:")
+            for name in ("explained", "calibrated", "optimal_ablation", "mean_ablation"):
+                print(f"  {name:<17} {c[name]['perplexity']:8.3f}  {c[name]['excess_percent']:+7.1f}%")
     return 0

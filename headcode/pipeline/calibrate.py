@@ -28,6 +28,7 @@ class CalibrateSettings:
     max_texts: int = 64              # fit and select texts (each)
     max_tokens: int = 128
     fit: CalibrationSettings = field(default_factory=CalibrationSettings)
+    compare: bool = False            # then: perplexity on the test split, explained vs calibrated vs ablations
     progress: bool = True
 
 
@@ -50,11 +51,35 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
         from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
 
         plan = select_plan(lm, plan, texts.select, SelectSettings(fraction=s.fraction, progress=s.progress)).plan
-    cal = calibrate(lm, plan, texts.fit, texts.select, replace(s.fit, progress=s.progress), state_path)
+    fit = replace(s.fit, progress=s.progress)
+    cal = calibrate(lm, plan, texts.fit, texts.select, fit, state_path)
     report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,
               "heads": list(plan.heads), "fit_texts": len(texts.fit), "select_texts": len(texts.select),
               **cal.report, "settings": asdict(s)}
+    if s.compare:  # the test split is read here, after every fit is done, for perplexities only
+        from headcode.runtime.calibration.compare import compare
+
+        report["compare"] = {"test": texts.tests[0].source,
+                             **compare(lm, cal.plan, texts.fit, texts.select, texts.tests[0].texts, fit)}
     return CalibrateResult(cal.plan, report)
+
+
+def markdown(plan: Any, report: dict[str, Any]) -> str:
+    """Each head's explanation (what a reader reads) beside its surrogate (what runs)."""
+    lines = [f"# headcode calibrate: {report['model']}", "",
+             f"{len(plan.heads)} heads, fitted jointly on KL(base || replaced) over the fit split of "
+             f"{report['corpus']}; select-split KL {report['kl_select_start']:.4f} -> {report['kl_select_best']:.4f} "
+             f"in {report['steps']} steps.", "",
+             "| head | explanation (fitted to the head's pattern) | surrogate (fitted for the model: what runs) |",
+             "|---|---|---|"]
+    from headcode.printable import printable
+
+    def cell(text: str) -> str:
+        return "`" + printable(text).replace("|", "\\|") + "`"
+
+    for key, h in plan.heads.items():
+        lines.append(f"| {key} | {cell(h.describe().split(': ', 1)[-1])} | {cell(h.describe_surrogate())} |")
+    return "\n".join(lines) + "\n"
 
 
 def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
@@ -62,7 +87,7 @@ def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
     from ``s.out + '.state.pt'``, which is removed once the plan is written."""
     from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
-    from headcode.files import write_json
+    from headcode.files import write_json, write_text
     from headcode.runtime.model.loading import load_model
     from headcode.runtime.surrogate.apply import plan_for_model
 
@@ -77,5 +102,6 @@ def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
     res = calibrate_loaded(lm, plan, s, state)
     save_plan(res.plan, out)
     write_json(out.with_suffix(".json"), res.report)
+    write_text(out.with_suffix(".md"), markdown(res.plan, res.report))
     state.unlink(missing_ok=True)
     return res

@@ -166,3 +166,27 @@ def test_serve_answers_with_a_calibrated_plan(calibrated, tiny_llama_dir):
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
                                 pad_token_id=lm.tokenizer.pad_token_id)
     assert r.json()["choices"][0]["text"] == lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_the_command_writes_a_calibrated_plan_and_compares(tiny_llama_dir, tmp_path, capsys):
+    import json
+
+    from headcode.cli import main
+
+    lm = load_model(tiny_llama_dir)
+    src = save_plan(make_plan(lm, {HeadRef(0, 1): SRC, HeadRef(1, 0): SRC2}), tmp_path / "plan.safetensors")
+    out = tmp_path / "cal.safetensors"
+    args = ["calibrate", tiny_llama_dir, "--surrogates", str(src), "--out", str(out), "--steps", "4",
+            "--eval-every", "2", "--max-texts", "4", "--max-tokens", "24", "--compare", "--json", "--no-progress"]
+    assert main(args) == 0
+    rep = json.loads(capsys.readouterr().out)
+    plan = load_plan(out)
+    assert set(plan.heads) == {"L0.H1", "L1.H0"} and all(h.surrogate is not None for h in plan.heads.values())
+    assert not (tmp_path / "cal.safetensors.state.pt").exists() and (tmp_path / "cal.json").exists()
+    md = (tmp_path / "cal.md").read_text()
+    assert "L0.H1" in md and "0.5*(same_token)" in md and "plus a constant output" in md
+    c = rep["compare"]
+    assert c["base"] > 1 and all(c[k]["perplexity"] > 1 for k in ("explained", "calibrated", "optimal_ablation",
+                                                                   "mean_ablation"))
+    assert main(["calibrate", tiny_llama_dir, "--surrogates", str(src), "--out", str(src)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
