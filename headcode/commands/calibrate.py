@@ -6,8 +6,8 @@
 Each head keeps its explanation (the program's terms and weights, fitted to its own pattern); its
 surrogate — the same terms with new weights, plus a constant output added after A·V — is fitted
 for the model: all replaced heads at once, by gradient on KL(base ‖ replaced) over the corpus's
-fit split, the base model frozen, stopped early on the select split. The test split is never
-read. Resumable: an interrupted run continues from OUT.state.pt. A JSON report (KL per
+fit split, the base model frozen, stopped early on the select split. The fit never reads the
+test split (--compare reads it afterwards, for perplexities only). Resumable: an interrupted run continues from OUT.state.pt. A JSON report (KL per
 evaluation) goes next to --out.
 """
 

@@ -96,6 +96,8 @@ def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
         raise HeadcodeError("--out is the plan being calibrated: write the calibrated plan to another file")
     if s.fraction is not None and not 0.0 < s.fraction <= 1.0:
         raise HeadcodeError(f"--fraction {s.fraction} is not in (0, 1]: give the share of all heads")
+    if not Path(s.surrogates).is_file():  # before the model loads (seconds)
+        raise HeadcodeError(f"no surrogate plan at {s.surrogates}: run `headcode compile DIR` (or select) first")
     lm = load_model(s.model)
     plan = plan_for_model(s.surrogates, lm)
     state = out.with_name(out.name + ".state.pt")
