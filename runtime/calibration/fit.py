@@ -120,6 +120,8 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
     heads = _heads(plan, loaded.head_dim, s.constant_only)
     params = [p for h in heads.values() for p in h.parameters() if p.numel()]
     opt = torch.optim.Adam(params, lr=s.lr)
+    # one text a step is a noisy gradient: the rate decays (cosine) to a tenth by the last step
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.steps, 1), eta_min=0.1 * s.lr)
     order = random.Random(s.seed).choices(range(len(fit)), k=s.steps)
     state = _load_state(state_path, s, keys)
     history: list[dict[str, float]] = []
@@ -129,6 +131,7 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
         for p, v in zip(params, state["params"]):
             p.data.copy_(v)
         opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
         best = (state["best_kl"], state["best"])
         step, waited, history = state["step"], state["waited"], state["history"]
     bar = tqdm(total=s.steps, initial=step, desc="calibrate", unit="step", disable=not s.progress)
@@ -144,6 +147,7 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
                 opt.zero_grad()
                 loss.backward()
             opt.step()
+            sched.step()
             step += 1
             bar.update(1)
             bar.set_postfix(kl_fit=f"{loss.item():.4f}", kl_select=f"{best[0]:.4f}")
@@ -157,7 +161,8 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
                 if state_path is not None:
                     _save_state(state_path, {"settings": asdict(s) | {"progress": None}, "heads": keys, "step": step,
                                              "waited": waited, "history": history, "best_kl": best[0], "best": best[1],
-                                             "params": [p.detach().clone() for p in params], "opt": opt.state_dict()})
+                                             "params": [p.detach().clone() for p in params], "opt": opt.state_dict(),
+                                             "sched": sched.state_dict()})
     bar.close()
     for p, v in zip(params, best[1]):
         p.data.copy_(v)

@@ -190,3 +190,30 @@ def test_the_command_writes_a_calibrated_plan_and_compares(tiny_llama_dir, tmp_p
                                                                    "mean_ablation"))
     assert main(["calibrate", tiny_llama_dir, "--surrogates", str(src), "--out", str(src)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_interrupted_calibration_resumes_to_the_same_result(tiny_llama_dir, tmp_path, monkeypatch):
+    from headcode.runtime.calibration import fit as F
+
+    lm = load_model(tiny_llama_dir)
+    plan = make_plan(lm, {HeadRef(0, 1): SRC})
+    fit, select = _texts(lm, 4, 7), _texts(lm, 2, 8)
+    s = CalibrationSettings(steps=6, eval_every=2, patience=10, progress=False)
+    whole = calibrate(lm, plan, fit, select, s)
+    real, calls = F._log_probs, {"n": 0}
+
+    def dies(model, ids):
+        calls["n"] += 1
+        if calls["n"] == 2 + len(select) * 3 + 5:  # mid-run, after two evaluations were saved
+            raise KeyboardInterrupt
+        return real(model, ids)
+
+    monkeypatch.setattr(F, "_log_probs", dies)
+    state = tmp_path / "cal.state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(lm, plan, fit, select, s, state_path=state)
+    monkeypatch.setattr(F, "_log_probs", real)
+    assert 0 < torch.load(state, weights_only=True)["step"] < 6
+    again = calibrate(lm, plan, fit, select, s, state_path=state)
+    assert again.plan.heads["L0.H1"].surrogate == whole.plan.heads["L0.H1"].surrogate
+    assert again.report["history"] == whole.report["history"]
