@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take test-split texts until this many tokens are predicted (e.g. 20000 for LAMBADA); "
                         "default: --max-texts texts")
     p.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none)")
+                   help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none; "
+                        "also optimal_ablation: a constant per head fitted on KL to the base model, one fit per share)")
     p.add_argument("--own-choice", default="mean_ablation",
                    help="baselines also measured at the heads their own criterion chooses (default mean_ablation; "
                         "each is one more choice of heads on the select split)")

@@ -56,12 +56,13 @@ class EvaluateResult:
 
 
 def _problems(s: EvaluateSettings) -> list[str]:
-    from headcode.runtime.evaluation.report import BASELINES
+    from headcode.runtime.evaluation.report import BASELINES, KNOWN
 
     out = [] if 0.0 <= s.fraction <= 1.0 else [f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads"]
     out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*s.curve, *s.qa_at) if not 0.0 <= f <= 1.0]
-    for flag, names in (("--baselines", s.baselines), ("--own-choice", s.own_choice), ("--qa-baselines", s.qa_baselines)):
-        out += [f"{flag}: unknown baseline {b!r} (use {', '.join(BASELINES)} or none)" for b in names if b not in BASELINES]
+    for flag, names, ok in (("--baselines", s.baselines, KNOWN), ("--own-choice", s.own_choice, BASELINES),
+                            ("--qa-baselines", s.qa_baselines, KNOWN)):
+        out += [f"{flag}: unknown baseline {b!r} (use {', '.join(ok)} or none)" for b in names if b not in ok]
     if s.test_tokens is not None and s.test_tokens < 2:
         out.append(f"--test-tokens {s.test_tokens}: give at least 2 (e.g. 20000)")
     return out

@@ -33,7 +33,8 @@ from headcode.runtime.surrogate.apply import apply_plan
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    steps: int = 300                # Adam steps (one fit text each)
+    steps: int = 300                # Adam steps
+    texts_per_step: int = 1         # fit texts whose KL one step averages
     lr: float = 0.02
     eval_every: int = 25            # steps between select-split evaluations
     patience: int = 4               # evaluations without a gain before stopping
@@ -99,30 +100,52 @@ def _load_state(path: Path | None, settings: CalibrationSettings, keys: list[str
     return state
 
 
+def _prepare(loaded: Any, fit: Sequence[np.ndarray], select: Sequence[np.ndarray], s: CalibrationSettings,
+             teacher: Callable[[np.ndarray], torch.Tensor] | None) -> tuple[list, list]:
+    if not fit or not select:
+        raise HeadcodeError("calibration needs fit and select texts: give a corpus with both splits")
+    loaded.model.requires_grad_(False)
+    torch.manual_seed(s.seed)
+    if teacher is None:
+        return _targets(loaded.model, fit), _targets(loaded.model, select)
+    return [teacher(t).to(torch.float16) for t in fit], [teacher(t).to(torch.float16) for t in select]
+
+
 def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], select: Sequence[np.ndarray],
               settings: CalibrationSettings = CalibrationSettings(), state_path: Path | None = None,
               teacher: Callable[[np.ndarray], torch.Tensor] | None = None) -> Calibration:
     """The plan's heads with surrogates fitted jointly (``plan`` checked against ``loaded``).
     ``teacher(ids) -> [T - 1, V]`` log-probabilities to match (default: the base model itself)."""
+    base_fit, base_sel = _prepare(loaded, fit, select, settings, teacher)
+    heads = _heads(plan, loaded.head_dim, settings.constant_only)
+    report = _fit(loaded.model, heads, fit, select, base_fit, base_sel, settings, state_path)
+    constants = {h: t.constant.detach().clone() for h, t in heads.items()}
+    fitted = None if settings.constant_only else _calibrated_plan(plan, heads, settings, report["kl_select_best"],
+                                                                  report["steps"])
+    return Calibration(fitted, constants, report)
+
+
+def fit_constants(loaded: Any, heads: Sequence[HeadRef], fit: Sequence[np.ndarray], select: Sequence[np.ndarray],
+                  settings: CalibrationSettings = CalibrationSettings()) -> dict[HeadRef, torch.Tensor]:
+    """Optimal ablation at ``heads``: a constant output per head, fitted jointly like ``calibrate``."""
+    base_fit, base_sel = _prepare(loaded, fit, select, settings, None)
+    trainables = {h: TrainableHead(None, loaded.head_dim) for h in heads}
+    _fit(loaded.model, trainables, fit, select, base_fit, base_sel, settings, None)
+    return {h: t.constant.detach().clone() for h, t in trainables.items()}
+
+
+def _fit(model: torch.nn.Module, heads: dict[HeadRef, TrainableHead], fit: Sequence[np.ndarray],
+         select: Sequence[np.ndarray], base_fit: list, base_sel: list, s: CalibrationSettings,
+         state_path: Path | None) -> dict[str, Any]:
+    """Adam on the fit KL, the best parameters on the select KL kept (left in ``heads``)."""
     from tqdm import tqdm
 
-    if not fit or not select:
-        raise HeadcodeError("calibration needs fit and select texts: give a corpus with both splits")
-    s = settings
-    model = loaded.model
-    model.requires_grad_(False)
-    torch.manual_seed(s.seed)
-    keys = list(plan.heads)
-    if teacher is None:
-        base_fit, base_sel = _targets(model, fit), _targets(model, select)
-    else:
-        base_fit, base_sel = [teacher(t).to(torch.float16) for t in fit], [teacher(t).to(torch.float16) for t in select]
-    heads = _heads(plan, loaded.head_dim, s.constant_only)
+    keys = [str(h) for h in heads]
     params = [p for h in heads.values() for p in h.parameters() if p.numel()]
     opt = torch.optim.Adam(params, lr=s.lr)
-    # one text a step is a noisy gradient: the rate decays (cosine) to a tenth by the last step
+    # a few texts a step is a noisy gradient: the rate decays (cosine) to a tenth by the last step
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.steps, 1), eta_min=0.1 * s.lr)
-    order = random.Random(s.seed).choices(range(len(fit)), k=s.steps)
+    order = random.Random(s.seed).choices(range(len(fit)), k=s.steps * s.texts_per_step)
     state = _load_state(state_path, s, keys)
     history: list[dict[str, float]] = []
     best = (math.inf, [p.detach().clone() for p in params])
@@ -137,27 +160,20 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
     bar = tqdm(total=s.steps, initial=step, desc="calibrate", unit="step", disable=not s.progress)
     with apply_plan(model, heads, slice_projections=False, stateful=False):
         if step == 0:
-            kl0 = _mean_kl(model, select, base_sel)
-            history.append({"step": 0, "kl_select": kl0})
-            best = (kl0, [p.detach().clone() for p in params])
+            history.append({"step": 0, "kl_select": _mean_kl(model, select, base_sel)})
+            best = (history[0]["kl_select"], [p.detach().clone() for p in params])
         while step < s.steps and waited < s.patience:
-            i = order[step]
-            with torch.enable_grad():
-                loss = _kl(base_fit[i].float(), _log_probs(model, fit[i]))
-                opt.zero_grad()
-                loss.backward()
-            opt.step()
+            loss = _step(model, opt, [order[step * s.texts_per_step + j] for j in range(s.texts_per_step)],
+                         fit, base_fit)
             sched.step()
             step += 1
             bar.update(1)
-            bar.set_postfix(kl_fit=f"{loss.item():.4f}", kl_select=f"{best[0]:.4f}")
+            bar.set_postfix(kl_fit=f"{loss:.4f}", kl_select=f"{best[0]:.4f}")
             if step % s.eval_every == 0 or step == s.steps:
                 kl = _mean_kl(model, select, base_sel)
-                history.append({"step": step, "kl_fit": loss.item(), "kl_select": kl})
-                if kl < best[0] - 1e-6:
-                    best, waited = (kl, [p.detach().clone() for p in params]), 0
-                else:
-                    waited += 1
+                history.append({"step": step, "kl_fit": loss, "kl_select": kl})
+                best, waited = ((kl, [p.detach().clone() for p in params]), 0) if kl < best[0] - 1e-6 \
+                    else (best, waited + 1)
                 if state_path is not None:
                     _save_state(state_path, {"settings": asdict(s) | {"progress": None}, "heads": keys, "step": step,
                                              "waited": waited, "history": history, "best_kl": best[0], "best": best[1],
@@ -166,11 +182,22 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
     bar.close()
     for p, v in zip(params, best[1]):
         p.data.copy_(v)
-    constants = {h: t.constant.detach().clone() for h, t in heads.items()}
-    fitted = None if s.constant_only else _calibrated_plan(plan, heads, s, best[0], step)
-    return Calibration(fitted, constants, {
-        "kl_select_start": history[0]["kl_select"], "kl_select_best": best[0], "steps": step,
-        "history": history, "settings": asdict(s)})
+    return {"kl_select_start": history[0]["kl_select"], "kl_select_best": best[0], "steps": step,
+            "history": history, "settings": asdict(s)}
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, texts: Sequence[int], fit: Sequence[np.ndarray],
+          base_fit: list) -> float:
+    """One Adam step on the mean KL of ``texts`` (gradients accumulated text by text)."""
+    opt.zero_grad()
+    total = 0.0
+    with torch.enable_grad():
+        for i in texts:
+            loss = _kl(base_fit[i].float(), _log_probs(model, fit[i])) / len(texts)
+            loss.backward()
+            total += loss.item()
+    opt.step()
+    return total
 
 
 def _calibrated_plan(plan: SurrogatePlan, heads: dict[HeadRef, TrainableHead], s: CalibrationSettings,

@@ -32,6 +32,7 @@ from headcode.runtime.surrogate.apply import apply_plan
 from headcode.runtime.surrogate.replacements import HeadFn, baseline_heads
 
 BASELINES = ("mean_ablation", "first_token", "uniform")
+KNOWN = BASELINES + ("optimal_ablation",)  # optimal ablation: at the surrogates' heads only, on request (a fit)
 CURVE = (0.0, 0.1, 0.25, 0.5)
 OWN = "_own"  # suffix of a baseline at the heads of its own choosing
 
@@ -73,6 +74,36 @@ def _ppl(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray]
                                                  s.progress, desc).perplexity)
 
 
+OPTIMAL = "optimal_ablation"  # a constant per head fitted on KL to the base model (runtime.calibration)
+
+
+class Ablations:
+    """What the ablation baselines put in a head's place: ``means [L, H, D]`` (mean-ablation, from
+    the fit split) and, for a set of heads, constants fitted jointly on the fit split and stopped
+    on the select split (optimal ablation; kept in the evaluation state for resuming)."""
+
+    def __init__(self, loaded: Any, fit: Sequence[np.ndarray], select: Sequence[np.ndarray], state: EvalState,
+                 progress: bool):
+        self.loaded, self.fit, self.select, self.state, self.progress = loaded, fit, select, state, progress
+        self.means: Any = None
+
+    def constants_at(self, heads: Sequence[HeadRef]) -> dict[HeadRef, HeadFn]:
+        import torch
+
+        from headcode.runtime.calibration.fit import CalibrationSettings, fit_constants
+        from headcode.runtime.surrogate.replacements import MeanHead
+
+        if not heads:
+            return {}
+        key = f"optimal|{heads_key(heads)}"
+        done = self.state.get(key)
+        if done is None:
+            c = fit_constants(self.loaded, list(heads), self.fit, self.select,
+                              CalibrationSettings(progress=self.progress))
+            done = self.state.put(key, {str(h): v.tolist() for h, v in c.items()})
+        return {h: MeanHead(torch.tensor(done[str(h)], dtype=torch.float32)) for h in heads}
+
+
 def _kind(name: str) -> str:
     return name[: -len(OWN)] if name.endswith(OWN) else name
 
@@ -99,7 +130,7 @@ def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[
 
     out = {"surrogate": rank("surrogate", heads)}
     for b in s.own_choice:
-        out[b + OWN] = rank(b + OWN, dict(baseline_heads(b, every, means)))
+        out[b + OWN] = rank(b + OWN, dict(baseline_heads(b, every, means.means)))
     return out
 
 
@@ -110,9 +141,9 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
     chosen = rankings["surrogate"].take(min(k, len(heads)))
     out = {"surrogate": {h: heads[h] for h in chosen}}
     for b in (s.baselines if baselines is None else baselines):
-        out[b] = dict(baseline_heads(b, chosen, means))
+        out[b] = means.constants_at(chosen) if b == OPTIMAL else dict(baseline_heads(b, chosen, means.means))
     for b in (s.own_choice if baselines is None else [b for b in baselines if b in s.own_choice]):
-        out[b + OWN] = dict(baseline_heads(b, rankings[b + OWN].take(len(chosen)), means))
+        out[b + OWN] = dict(baseline_heads(b, rankings[b + OWN].take(len(chosen)), means.means))
     return out
 
 
@@ -174,7 +205,7 @@ def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [100 * c["actual_fraction"] for c in curve]
-    for name in ("surrogate",) + BASELINES + tuple(b + OWN for b in BASELINES):
+    for name in ("surrogate",) + KNOWN + tuple(b + OWN for b in BASELINES):
         ys = [c.get(name) for c in curve]
         if all(y is not None for y in ys):
             ax.plot(xs, ys, marker="o", linestyle="--" if name.endswith(OWN) else "-",
@@ -230,9 +261,10 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
         raise HeadcodeError("the corpus has no test-split text to measure perplexity on: use a larger corpus")
     total = loaded.n_layers * loaded.n_heads
     k_main = _n_heads(s.fraction, total)
-    means = None
+    fit = list(texts.get("fit", ())) or select
+    means = Ablations(loaded, fit, select, state or EvalState(None, ""), s.progress)
     if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
-        means = head_output_means(loaded, list(texts.get("fit", ())) or select, s.batch_size, s.progress)
+        means.means = head_output_means(loaded, fit, s.batch_size, s.progress)
     rankings = choose_heads(loaded, heads, select, means, s, state)
     t_rank = time.time()
     rows = [(f, variants_at(_n_heads(f, total), rankings, heads, means, s)) for f in sorted(set(s.curve) | {s.fraction})]

@@ -155,3 +155,24 @@ def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_
     test = res.evaluate.report["test_sets"][next(iter(res.evaluate.report["test_sets"]))]
     for row in test["curve"]:
         assert f"{row['surrogate']:.2f}" in table and f"{row['mean_ablation']:.2f}" in table
+
+
+def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir, tmp_path):
+    """Issue 19: optimal ablation (a constant per head fitted on KL to the base model) beside
+    mean-ablation at the same heads; it may not be asked for at its own heads (one line, exit 1)."""
+    from headcode.compiler.export import save_plan
+    from tests.runtime.test_surrogate import make_plan
+
+    lm = load_model(tiny_gpt2_dir)
+    save_plan(make_plan(lm), tmp_path / "s.safetensors")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    out = tmp_path / "eval.json"
+    args = ["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
+            "--text", str(corpus), "--out", str(out), "--quiet", "--measure-texts", "2",
+            "--baselines", "mean_ablation,optimal_ablation", "--own-choice", "none"]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    ppl = r["perplexity"]
+    assert {"optimal_ablation", "mean_ablation"} <= set(ppl) and ppl["optimal_ablation"] > 1
+    assert main(args[:-2] + ["--own-choice", "optimal_ablation"]) == 1
