@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-texts", type=int, default=64, help="fit and select texts, each (default 64)")
     p.add_argument("--max-tokens", type=int, default=128, help="truncate each text (default 128)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps, one fit text each (default {d.steps})")
+    p.add_argument("--texts-per-step", type=int, default=d.texts_per_step,
+                   help=f"fit texts one step averages the KL over (default {d.texts_per_step})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help=f"steps between select-split evaluations (default {d.eval_every})")
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.calibrate import CalibrateSettings, calibrate_plan
     from headcode.runtime.calibration.fit import CalibrationSettings
 
-    fit = CalibrationSettings(steps=args.steps, lr=args.lr, eval_every=args.eval_every, patience=args.patience,
+    fit = CalibrationSettings(steps=args.steps, texts_per_step=args.texts_per_step, lr=args.lr, eval_every=args.eval_every, patience=args.patience,
                               seed=args.seed)
     res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
                                            corpus=args.corpus, unit=args.unit, fraction=args.fraction,
