@@ -19,11 +19,17 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headcode.errors import HeadcodeError
-from headcode.runtime.surrogate.serving import GenerationRequest, GenerationResult, Generator, RequestError
+from headcode.runtime.surrogate.serving import (
+    GenerationRequest,
+    GenerationResult,
+    Generator,
+    Overloaded,
+    RequestError,
+)
 from headcode.server_schema import ChatRequest, CompletionRequest
 
 
@@ -118,12 +124,14 @@ class _Handlers:
                 return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             return {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
 
+        pieces = self.gen.stream(req)  # admitted before the 200: too long is a 400, a full queue a 429
+
         def events() -> Iterator[str]:
             if chat:
                 yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                   "finish_reason": None, "logprobs": None}]})
             try:
-                for item in self.gen.stream(req):
+                for item in pieces:
                     if isinstance(item, str):
                         yield _sse({**head, "choices": [piece(item, None)]})
                     else:
@@ -135,7 +143,6 @@ class _Handlers:
                                       "type": "server_error", "param": None, "code": None}})
             yield "data: [DONE]\n\n"
 
-        self.gen.check(req)  # before the 200: a request too long for the context is a 400, not an empty stream
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
@@ -160,6 +167,10 @@ def build_app(gen: Generator, served: ServedModel) -> FastAPI:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else
                       "invalid_request_error")
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_: Request, exc: Overloaded) -> JSONResponse:
+        return _error(429, str(exc), "rate_limit_error")
 
     @app.exception_handler(Exception)
     async def _failed(_: Request, exc: Exception) -> JSONResponse:
@@ -186,6 +197,12 @@ def build_app(gen: Generator, served: ServedModel) -> FastAPI:
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model": served.id}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        """Prometheus text: requests by outcome, tokens, queue length, running, TTFT and per-token latency."""
+        m = getattr(gen, "metrics", None)
+        return PlainTextResponse(m.text() if m is not None else "", media_type="text/plain; version=0.0.4")
 
     return app
 

@@ -240,3 +240,42 @@ def test_an_error_mid_stream_sends_an_error_event_then_done():
     assert json.loads(events[0])["choices"][0]["text"] == "Once"
     err = json.loads(events[-2])["error"]
     assert err["type"] == "server_error" and "device went away" in err["message"]
+
+
+def test_a_full_queue_is_a_429_and_metrics_count_it(tiny_llama_dir, monkeypatch):
+    """Issue 20: past ``max_queue`` requests waiting or running, a request is refused at once (429
+    through the app, ``Overloaded`` from the generator) and the held ones still complete; /metrics
+    reports outcomes, queue, tokens and the latency histograms in Prometheus' text format."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from headcode.runtime.surrogate.serving import GenerationRequest, Generator, Overloaded
+    from headcode.server import ServedModel, build_app
+
+    lm = load_model(tiny_llama_dir)
+    gen = Generator(lm.model, lm.tokenizer, max_queue=1)
+    gate, real = threading.Event(), gen._run
+
+    def held(*a, **kw):
+        gate.wait(30)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(gen, "_run", held)
+    req = GenerationRequest(gen.encode("Tom saw"), max_tokens=4, temperature=0.0)
+    first = gen.submit(req)
+    with pytest.raises(Overloaded, match="retry later"):
+        gen.submit(req)
+    app = build_app(gen, ServedModel(id="m", base_model="m", max_tokens=8))
+    with TestClient(app) as c:
+        r = c.post("/v1/completions", json={"model": "m", "prompt": "Tom", "max_tokens": 4, "stream": True})
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        gate.set()
+        assert len(first.result(30)) == 4
+        ok = c.post("/v1/completions", json={"model": "m", "prompt": "Tom", "max_tokens": 3, "temperature": 0})
+        assert ok.status_code == 200
+        text = c.get("/metrics").text
+    assert 'headcode_requests_total{outcome="rejected"} 2' in text
+    assert 'headcode_requests_total{outcome="ok"} 2' in text and "headcode_generated_tokens_total 7" in text
+    assert "headcode_queue_length 0" in text and 'headcode_time_to_first_token_seconds_count 2' in text
+    gen.close()

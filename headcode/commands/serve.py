@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model id clients use (default: MODEL+PLAN, or MODEL)")
     p.add_argument("--chat-template", default=None, help="a Jinja chat template file for tokenizers without one")
     p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one request may generate")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting or running at once; past it a request gets HTTP 429 (default 64)")
     p.add_argument("--backend", default="numba", choices=["numba", "triton"])
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, surrogates=Path(args.surrogates) if args.surrogates else None, heads=heads,
         host=args.host, port=args.port, name=args.name,
         chat_template=Path(args.chat_template) if args.chat_template else None, max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
         backend=args.backend, log_level=args.log_level))
     served = server.served
     print(f"headcode: serving {served.id!r} ({len(served.heads)} of {served.total_heads} heads replaced by "

@@ -22,6 +22,7 @@ class ServeSettings:
     name: str | None = None                   # the model id clients use (default MODEL+PLAN, or MODEL)
     chat_template: Path | None = None         # a Jinja chat template for tokenizers without one
     max_tokens: int = 1024                    # the most tokens one request may generate
+    max_queue: int = 64                       # requests waiting or running past this get HTTP 429
     backend: str = "numba"
     log_level: str = "warning"
 
@@ -59,6 +60,8 @@ def start_server(s: ServeSettings) -> Server:
     from headcode.runtime.surrogate.serving import Generator
     from headcode.server import ServedModel, build_app, listen
 
+    if s.max_queue < 1:
+        raise HeadcodeError(f"--max-queue {s.max_queue}: give a positive number of requests")
     if s.max_tokens < 1:
         raise HeadcodeError(f"--max-tokens {s.max_tokens}: give a positive number of tokens")
     if s.heads and not s.surrogates:
@@ -75,7 +78,7 @@ def start_server(s: ServeSettings) -> Server:
     served = ServedModel(id=s.name or (f"{name}+{Path(s.surrogates).stem}" if s.surrogates else name),
                          base_model=lm.name, plan=str(s.surrogates) if s.surrogates else None, heads=replaced,
                          total_heads=lm.n_layers * lm.n_heads, max_tokens=s.max_tokens)
-    gen = Generator(lm.model, lm.tokenizer, chat_template=template)
+    gen = Generator(lm.model, lm.tokenizer, chat_template=template, max_queue=s.max_queue)
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
     return Server(served, f"http://{host}:{port}/v1", bool(getattr(lm.tokenizer, "chat_template", None)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from headcode.errors import HeadcodeError
+from headcode.runtime.surrogate.metrics import Metrics
 
 
 class RequestError(HeadcodeError):
@@ -61,22 +63,37 @@ def visible_text(text: str, stops: Sequence[str], final: bool) -> tuple[str, boo
     return text.rstrip("\ufffd"), False
 
 
-class _TokenQueue:
-    """A transformers streamer: the prompt is skipped, each new token id goes to ``q``."""
+class Overloaded(HeadcodeError):
+    """More requests are waiting than the server queues (HTTP 429)."""
 
-    def __init__(self) -> None:
-        self.q: queue.Queue[int | None] = queue.Queue()
+
+class _TokenQueue:
+    """A transformers streamer: the prompt is skipped, each new token id goes to ``q`` (``q``
+    None: only timed), and the times of the first token and between tokens go to ``metrics``."""
+
+    def __init__(self, metrics: Metrics | None = None, arrived: float | None = None, keep: bool = True) -> None:
+        self.q: queue.Queue[int | None] | None = queue.Queue() if keep else None
         self._prompt_seen = False
+        self.metrics, self.last, self.n = metrics, arrived, 0
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        for t in value.reshape(-1).tolist():
-            self.q.put(int(t))
+        toks = value.reshape(-1).tolist()
+        if self.metrics is not None and self.last is not None:
+            now = time.monotonic()
+            with self.metrics.lock:
+                (self.metrics.per_token if self.n else self.metrics.ttft).observe(now - self.last)
+                self.metrics.tokens += len(toks)
+            self.last, self.n = now, self.n + len(toks)
+        if self.q is not None:
+            for t in toks:
+                self.q.put(int(t))
 
     def end(self) -> None:
-        self.q.put(None)
+        if self.q is not None:
+            self.q.put(None)
 
 
 class _StopCriteria:
@@ -97,8 +114,10 @@ class Generator:
     """Serialised ``generate`` on one model. ``max_context``: prompt + completion tokens allowed."""
 
     def __init__(self, model: Any, tokenizer: Any, chat_template: str | None = None,
-                 max_context: int | None = None):
+                 max_context: int | None = None, max_queue: int = 64):
         self.model, self.tokenizer = model, tokenizer
+        self.max_queue = max_queue       # requests waiting or running past this: Overloaded (429)
+        self.metrics = Metrics()
         if chat_template is not None:
             tokenizer.chat_template = chat_template
         cfg = model.config
@@ -170,21 +189,56 @@ class Generator:
         ended = stopped or bool(new_ids and new_ids[-1] in self.eos_ids) or len(new_ids) < req.max_tokens
         return GenerationResult(text, "stop" if ended else "length", len(req.prompt_ids), len(new_ids))
 
-    def submit(self, req: GenerationRequest) -> Future:
-        """A future of the new token ids (queued behind the requests before it)."""
+    def _admit(self, req: GenerationRequest, streamer: _TokenQueue, cancel: threading.Event) -> Future:
+        """Queue ``req`` unless ``max_queue`` requests are already waiting or running (``Overloaded``)."""
         self.check(req)
-        return self._worker.submit(self._run, req, None, threading.Event())
+        m = self.metrics
+        with m.lock:
+            if m.queued + m.running >= self.max_queue:
+                m.requests["rejected"] += 1
+                raise Overloaded(f"{m.queued + m.running} requests are already waiting or running, as many as "
+                                 f"this server queues ({self.max_queue}): retry later")
+            m.queued += 1
+
+        def run() -> list[int]:
+            with m.lock:
+                m.queued, m.running = m.queued - 1, m.running + 1
+            try:
+                out = self._run(req, streamer, cancel)
+            except BaseException:
+                with m.lock:
+                    m.requests["failed"] += 1
+                raise
+            else:
+                with m.lock:
+                    m.requests["ok"] += 1
+                return out
+            finally:
+                with m.lock:
+                    m.running -= 1
+
+        return self._worker.submit(run)
+
+    def submit(self, req: GenerationRequest) -> Future:
+        """A future of the new token ids (queued behind the requests before it); ``Overloaded``
+        when the queue is full, ``RequestError`` when the request cannot fit the context."""
+        return self._admit(req, _TokenQueue(self.metrics, time.monotonic(), keep=False), threading.Event())
 
     def complete(self, req: GenerationRequest) -> GenerationResult:
         return self.finish(req, self.submit(req).result())
 
     def stream(self, req: GenerationRequest) -> Iterator[str | GenerationResult]:
-        """Text pieces as they are generated, then the ``GenerationResult``. Closing the iterator
-        early (a client that went away) stops its generation at the next token."""
-        self.check(req)
-        streamer, cancel = _TokenQueue(), threading.Event()
-        fut = self._worker.submit(self._run, req, streamer, cancel)
+        """Text pieces as they are generated, then the ``GenerationResult``. Admission (context,
+        queue) is decided here, before the first piece is asked for, so a server can answer 400
+        or 429 before it starts a stream. Closing the iterator early (a client that went away)
+        stops its generation at the next token."""
+        streamer, cancel = _TokenQueue(self.metrics, time.monotonic()), threading.Event()
+        fut = self._admit(req, streamer, cancel)
         fut.add_done_callback(lambda f: streamer.end() if f.exception() is not None else None)
+        return self._pieces(req, streamer, cancel, fut)
+
+    def _pieces(self, req: GenerationRequest, streamer: _TokenQueue, cancel: threading.Event,
+                fut: Future) -> Iterator[str | GenerationResult]:
         ids: list[int] = []
         sent = ""
         try:
