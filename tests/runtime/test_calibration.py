@@ -217,3 +217,17 @@ def test_an_interrupted_calibration_resumes_to_the_same_result(tiny_llama_dir, t
     again = calibrate(lm, plan, fit, select, s, state_path=state)
     assert again.plan.heads["L0.H1"].surrogate == whole.plan.heads["L0.H1"].surrogate
     assert again.report["history"] == whole.report["history"]
+
+
+def test_a_malformed_surrogate_in_a_plan_file_is_refused_at_load(calibrated, tmp_path):
+    from headcode.errors import HeadcodeError
+
+    lm, plan, _ = calibrated
+    for weights, constant in (([-1.0, 2.0], [0.0] * lm.head_dim), ([0.5], [0.0] * lm.head_dim),
+                              ([0.5, 0.5], [float("nan")] * lm.head_dim)):
+        bad = type(plan)(plan.model_id, plan.fingerprint,
+                         {k: h.calibrated(weights, constant, "") for k, h in plan.heads.items()})
+        path = save_plan(bad, tmp_path / "bad.safetensors")
+        with pytest.raises(HeadcodeError, match="surrogate:") as e:
+            load_plan(path)
+        assert "\n" not in str(e.value)
