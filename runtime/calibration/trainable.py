@@ -17,7 +17,7 @@ from torch import nn
 
 from headcode.kernels.program_head.naive import term_matrix
 
-MAX_TEXTS = 64  # term matrices kept per head (texts cycle through a fit run)
+MAX_TEXTS = 96  # term matrices kept per head: more than a run's fit + select texts, or evaluations thrash
 
 
 class TrainableHead(nn.Module):
@@ -48,11 +48,11 @@ class TrainableHead(nn.Module):
         if hit is None:
             start = torch.zeros(1, dtype=torch.long)
             hit = torch.stack([term_matrix(self.spec, i, ids[None].cpu(), start)[0] for i in range(self.spec.n_terms)])
-            self._mats[key] = hit
+            self._mats[key] = hit.float()  # kept in float32 (half the memory); summed in float64
             if len(self._mats) > MAX_TEXTS:
                 self._mats.popitem(last=False)
         self._mats.move_to_end(key)
-        return hit
+        return hit.double()
 
     def attention(self, ids: torch.Tensor) -> torch.Tensor:
         """``A [L, L]`` for real tokens ``ids [L]``: the weighted terms, rows normalised; an empty
