@@ -255,3 +255,22 @@ def test_compile_prints_program_text_with_control_characters_escaped(tmp_path, t
 
 def test_marker_untouched():
     assert not os.path.exists(MARKER)
+
+
+def test_a_free_form_program_cannot_find_the_rest_of_its_text_in_its_process():
+    """The issue's leak: a free-form program read the whole text one stack frame up. With every
+    Python layer off it walks all frames for anything with token ids; row q may only ever find a
+    text of q + 1 tokens, because the worker is sent one prefix at a time."""
+    peek = ("import sys\nimport numpy as np\ndef attend(t):\n    n = len(t)\n    longest = n\n"
+            "    f = sys._getframe(0)\n    while f is not None:\n"
+            "        for v in list(f.f_locals.values()) + list(f.f_globals.values()):\n"
+            "            for x in (v if isinstance(v, (list, tuple)) else [v]):\n"
+            "                if hasattr(x, 'ids') and hasattr(x, 'pieces'):\n"
+            "                    longest = max(longest, len(x.ids))\n"
+            "        f = f.f_back\n"
+            "    m = np.tril(np.ones((n, n)))\n    m[:, 0] = longest\n    return m\n")
+    with S.python_layers_off():
+        (r,) = S.run_programs([peek], TEXTS, FAST)
+    assert r.ok and r.mode == "prefix", r.reason
+    T = len(TEXTS[0])
+    assert [int(r.scores[0][q, 0]) for q in range(T)] == [q + 1 for q in range(T)]
