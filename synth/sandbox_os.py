@@ -18,7 +18,7 @@ skipped and left out of the list, never silently claimed):
 - ``seccomp`` (x86-64): a filter that refuses (``EPERM``) the system calls a scoring process
   never needs and that widen the kernel's attack surface: sockets, ``execve``, ``fork``/``clone``,
   ``ptrace``, namespaces, mounts, ``bpf``, ``io_uring``, ``userfaultfd``, ``perf_event_open``,
-  keyrings, modules, and every way to signal a process (``kill``, ``tgkill``, ``pidfd_*``, …:
+  keyrings, modules, ``prlimit64`` on any process but itself, and every way to signal a process (``kill``, ``tgkill``, ``pidfd_*``, …:
   workers share the uid ``nobody``, so a worker could otherwise kill another); other ABIs
   (i386 ``int 0x80``, x32) kill the process.
 """
@@ -70,6 +70,7 @@ DENIED_SYSCALLS_X86_64 = (41, 53, 59, 322, 57, 58, 56, 101, 165, 166, 155, 161, 
                           135, 133, 259, 163, 167, 168, 169, 170, 171, 172, 173, 103, 300, 312,
                           435) + SIGNAL_SYSCALLS_X86_64
 AUDIT_ARCH_X86_64 = 0xC000003E
+PRLIMIT64 = 302
 _X32_BIT = 0x40000000
 
 
@@ -85,9 +86,12 @@ def seccomp_filter() -> bool:
     allow, kill = 0x7FFF0000, 0x80000000
     deny = 0x00050000 | errno.EPERM
     n = len(DENIED_SYSCALLS_X86_64)
-    prog = [_bpf(ld, 0, 0, 4), _bpf(jeq, 0, 4 + n, AUDIT_ARCH_X86_64),   # arch: else kill
-            _bpf(ld, 0, 0, 0), _bpf(jge, 2 + n, 0, _X32_BIT)]              # nr: x32 ABI -> kill
-    prog += [_bpf(jeq, n - i, 0, nr) for i, nr in enumerate(DENIED_SYSCALLS_X86_64)]
+    prog = [_bpf(ld, 0, 0, 4), _bpf(jeq, 0, 7 + n, AUDIT_ARCH_X86_64),   # arch: else kill
+            _bpf(ld, 0, 0, 0), _bpf(jge, 5 + n, 0, _X32_BIT)]              # nr: x32 ABI -> kill
+    prog += [_bpf(jeq, n - i + 3, 0, nr) for i, nr in enumerate(DENIED_SYSCALLS_X86_64)]
+    # prlimit64 only on this process (pid 0, what glibc's setrlimit passes): on another process
+    # (every worker is uid nobody) it could set a sibling's CPU limit to 1 s and so kill it
+    prog += [_bpf(jeq, 0, 2, PRLIMIT64), _bpf(ld, 0, 0, 16), _bpf(jeq, 0, 1, 0)]
     prog += [_bpf(ret, 0, 0, allow), _bpf(ret, 0, 0, deny), _bpf(ret, 0, 0, kill)]
     buf = ctypes.create_string_buffer(b"".join(prog))
 

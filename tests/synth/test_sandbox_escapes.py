@@ -138,9 +138,12 @@ def test_a_worker_cannot_signal_another_worker_or_the_host():
         pytest.skip(f"no seccomp here (layers: {', '.join(sibling.layers)})")
     try:
         kill = ("import os\ndef attend(t):\n    os.kill({pid}, 9)\n    return first(t)\n")
+        limit = ("import resource\ndef attend(t):\n    resource.prlimit({pid}, resource.RLIMIT_CPU, (1, 1))\n"
+                 "    return first(t)\n")  # a sibling's CPU limit to 1 s kills it too (found in review)
         with S.python_layers_off():
             res = S.run_programs([kill.format(pid=sibling.proc.pid), kill.format(pid=os.getpid()),
-                                  "import os\ndef attend(t):\n    os.kill(os.getppid(), 9)\n    return first(t)\n"],
+                                  "import os\ndef attend(t):\n    os.kill(os.getppid(), 9)\n    return first(t)\n",
+                                  limit.format(pid=sibling.proc.pid)],
                                  TEXTS, FAST)
         assert all(not r.ok and "not permitted" in r.reason for r in res), [r.reason for r in res]
         assert sibling.alive()
