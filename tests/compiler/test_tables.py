@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from catalogue import PROGRAMS, VOCAB
 
@@ -43,18 +41,14 @@ def test_cache_is_per_fingerprint_and_skips_address_named_predicates():
     assert all(name != p.name for _, name, _ in T._CACHE)
 
 
-def test_compile_is_fast_once_tables_are_cached():
+def test_compiling_twice_gives_the_same_head():
+    """Each compile runs in a fresh sandbox process (no table cache survives it, issue 17): the
+    same program against the same vocabulary gives the same terms and tables every time. (Compile
+    speed is timed in benchmarks/test_sandbox.py, not asserted here.)"""
     pieces = _big_vocab()
     T.clear_cache()
     progs = [Program.from_source(c.source, c.name) for c in PROGRAMS]
-    t0 = time.perf_counter()
     for p in progs:
-        compile_program(p, pieces, "fp-big")
-    cold = time.perf_counter() - t0
-    worst = 0.0
-    for p in progs:
-        t0 = time.perf_counter()
-        head = compile_program(p, pieces, "fp-big")
-        worst = max(worst, time.perf_counter() - t0)
-        assert head.compiled and head.vocab_size == len(pieces)
-    assert worst < 1.0, f"slowest cached compile took {worst:.3f}s (all cold: {cold:.2f}s)"
+        a, b = compile_program(p, pieces, "fp-big"), compile_program(p, pieces, "fp-big")
+        assert a.compiled and a.vocab_size == len(pieces)
+        assert a.terms == b.terms and a.table_names == b.table_names and np.array_equal(a.tables, b.tables)

@@ -167,7 +167,7 @@ class _ReferenceHead(CompiledHeadFn):
     its recompute path is the dense reference (backend ``reference``: no one-call kernel path)."""
 
     def __init__(self, spec: HeadSpec):
-        self.head, self.backend = SimpleNamespace(spec=spec, name="reference"), "reference"
+        self.head, self.backend = SimpleNamespace(spec=spec, run_spec=spec, constant=(), name="reference"), "reference"
 
     def __call__(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor, n_q: int) -> torch.Tensor:
         return program_head_naive(self.head.spec, ids, v, start, n_q)
