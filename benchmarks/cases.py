@@ -330,7 +330,7 @@ def numba_scratch_bytes(spec: Any, T: int, d: int) -> int:
     when same_token/induction is used, the occurrence chain ``T*(d+1)`` float64 when same_token is."""
     from headcode.kernels.program_head import spec as S
 
-    kinds = set(int(k) for k in spec.kinds)
+    kinds = set(int(k) for k in spec.col("kind"))
     n = spec.n_terms
     size = 1 << max(0, math.ceil(math.log2(2 * T))) if kinds & {S.SAME_TOKEN, S.INDUCTION} else 0
     chain = T * (d + 1) if S.SAME_TOKEN in kinds else 0

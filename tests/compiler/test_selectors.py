@@ -18,6 +18,7 @@ from headcode.compiler.pattern import Pattern, attention_from_scores, causal, ev
 from headcode.compiler.program import Program, namespace
 from headcode.compiler.program_to_ir import flatten
 from headcode.compiler.selectors import REGISTRY, Selector, registered
+from headcode.kernels.program_head.spec import Scan
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
 from headcode.kernels.program_head.stream_triton import TritonLayerState
 from headcode.runtime.text.tokens import Tokens
@@ -100,7 +101,7 @@ def _toy_reference(s, t) -> np.ndarray:
 TOY = Selector(
     kind="toy_recent_in_clause", meaning="recent keys of the query's clause", functions=(recent_in_clause,),
     reference=_toy_reference, params=("rate",), needs_aux=True, key_words="that are",
-    lower=lambda s: dict(kind="scan", ev_tab=s.aux_table, ev_lag=1, ev_start=1, rate=s.rate),
+    lower=lambda s: Scan(ev_tab=s.aux_table, ev_lag=1, ev_start=True, rate=s.rate),
     phrase=lambda s: f"recent tokens of the clause (decay {s.rate:g})",
     examples=("recent_in_clause(t, 0.7)", "when(noun_like, recent_in_clause(t, 0.5)) + 0.2 * first(t)"),
 )
