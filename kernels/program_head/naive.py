@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -157,3 +158,39 @@ def program_head_naive(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start
     attn = attn * (pos[None, :] >= start_t[:, None])[:, :, None]  # padding rows -> zero output
     out = attn @ v.double()
     return out[:, T - nq:].to(v.dtype)
+
+
+# the ``torch`` backend (``backends``): decoding keeps the history and recomputes the new rows
+@dataclass(frozen=True)
+class History:
+    """The reference's decoding state: every token so far, ``ids [B, T]`` and ``v [B, G, T, D]``."""
+
+    ids: torch.Tensor
+    v: torch.Tensor
+
+
+def prefill(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
+            n_q: int | None = None) -> torch.Tensor:
+    return program_head_naive(spec, ids, v, start, n_q)
+
+
+def zero_state(program: Any, batch: int, dim: int, device: Any = None) -> History:
+    """No tokens yet (``program``: a ``stream.LayerProgram``; ``G`` grows on the first step)."""
+    return History(torch.zeros(batch, 0, dtype=torch.long, device=device),
+                   torch.zeros(batch, 0, 0, dim, dtype=torch.float64, device=device))
+
+
+def step(program: Any, state: History, ids: torch.Tensor, v: torch.Tensor,
+         start: torch.Tensor) -> tuple[torch.Tensor, History]:
+    """``ids [B, n], v [B, G, n, D], start [B]`` -> (``[B, H, n, D]``, the longer history): each head
+    of the layer recomputed densely over the whole history, its last ``n`` rows kept."""
+    old = state.v if state.v.shape[1] else state.v.new_zeros(v.shape[0], v.shape[1], 0, v.shape[3])
+    hist = History(torch.cat([state.ids.to(ids.device), ids], 1), torch.cat([old.to(v.device), v.double()], 2))
+    n, T, outs = ids.shape[1], hist.ids.shape[1], []
+    st = start.to(ids.device).long()
+    for h in range(program.n_heads):  # a row still all padding (start >= T) is zero
+        spec = HeadSpec(tuple(t for t, owner in zip(program.terms.terms, program.head) if owner == h), program.tables)
+        out = program_head_naive(spec, hist.ids, hist.v[:, int(program.group[h])], st.clamp(max=T - 1), n)
+        outs.append(torch.where((st < T)[:, None, None], out, torch.zeros((), dtype=out.dtype)))
+    out = torch.stack(outs, 1) if outs else v.new_zeros(v.shape[0], 0, n, v.shape[3])
+    return out.to(v.dtype), hist

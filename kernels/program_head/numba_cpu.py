@@ -183,7 +183,7 @@ def _needs(ints):
     return need_hash, need_chain
 
 
-@nb.njit(cache=True, nogil=True, boundscheck=False)
+@nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _row(idsb, vb, s, q0, ints, reals, tables, ob):
     """One batch row: ``idsb [T], vb [T, D], s`` (its start) ``-> ob [T - q0, D]`` (rows ``q0..T-1``)."""
     T, D = vb.shape
@@ -246,7 +246,15 @@ def _layout():
 
 
 fresh_cache(_layout, LAYOUT, (_serial, _parallel))
+KERNELS = (_serial, _parallel)
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
+
+
+def compile_kernels(cache: bool = False) -> tuple:
+    """The (serial, parallel) kernels compiled again from the module's current helpers (a test
+    that swaps a primitive's arithmetic, e.g. ``_pointer_codes``, recompiles through this)."""
+    return (nb.njit(cache=cache, nogil=True)(_serial.py_func),
+            nb.njit(cache=cache, nogil=True, parallel=True)(_parallel.py_func))
 
 
 def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start: np.ndarray | None = None,
@@ -265,7 +273,7 @@ def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start:
     if nq == 0 or B == 0:
         return out
     tables = spec.tables if spec.tables.shape[0] else _NO_TABLES
-    fn = _parallel if (parallel if parallel is not None else B > 1) else _serial
+    fn = KERNELS[1] if (parallel if parallel is not None else B > 1) else KERNELS[0]
     fn(ids, v, st, T - nq, spec.ints, spec.reals, tables, out)
     return out
 
