@@ -110,6 +110,23 @@ def median_ms(fn: Callable[[], Any], repeat: int = 7, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
+def alternate_ms(fns: dict[str, Callable[[], Any]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median wall time in milliseconds of each of ``fns``, run in turn (first one, then the next,
+    the order reversed every round) so that a machine's load moves them alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(max(1, repeat)):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[n]()
+            _sync()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) * 1e3 for n, t in times.items()}
+
+
 def _cpu_model() -> str:
     fallback = platform.processor() or platform.machine()
     try:

@@ -150,11 +150,11 @@ class LayerState:
             return
         hval, hcnt = self.arrays["hval"], self.arrays["hcnt"]
         need = int(self.arrays["hused"].max()) + n
-        if need > hval.shape[2]:
+        if need > hval.shape[2]:  # grown in numpy: torch's pool threads woken for ~1 MB cost ~10 ms here
             E = max(need, 2 * hval.shape[2])
-            B, M, old, D = hval.shape
-            self._set(hval=torch.cat([hval, hval.new_zeros(B, M, E - old, D)], dim=2),
-                      hcnt=torch.cat([hcnt, hcnt.new_zeros(B, M, E - old)], dim=2))
+            hv, hc = np.zeros(hval.shape[:2] + (E, hval.shape[3]), np.float32), np.zeros(hcnt.shape[:2] + (E,))
+            hv[:, :, : hval.shape[2]], hc[:, :, : hcnt.shape[2]] = hval.numpy(), hcnt.numpy()
+            self._set(hval=torch.from_numpy(hv), hcnt=torch.from_numpy(hc))
         if 2 * need > self.arrays["hkey"].shape[2]:
             self._rehash(1 << (4 * need - 1).bit_length())
 
@@ -204,7 +204,7 @@ class LayerState:
 
 
 # the ``numba`` backend (``backends``): a whole sequence of one head runs the fused kernel
-# (``numba_cpu``: 2.4-9x faster than these states stepped from zero, benchmarks/test_head_kernels.py)
+# (``numba_cpu``: 2-23x faster than these states stepped from zero, benchmarks/test_head_kernels.py)
 def prefill(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
             n_q: int | None = None) -> torch.Tensor:
     """One head over a whole sequence: ``ids [B, T] int64, v [B, T, D], start [B] | None ->
