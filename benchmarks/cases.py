@@ -110,6 +110,23 @@ def median_ms(fn: Callable[[], Any], repeat: int = 7, warmup: int = 2) -> float:
     return statistics.median(times) * 1e3
 
 
+def alternate_ms(fns: dict[str, Callable[[], Any]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median wall time in milliseconds of each of ``fns``, run in turn (first one, then the next,
+    the order reversed every round) so that a machine's load moves them alike."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(max(1, repeat)):
+        for n in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            fns[n]()
+            _sync()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) * 1e3 for n, t in times.items()}
+
+
 def _cpu_model() -> str:
     fallback = platform.processor() or platform.machine()
     try:
@@ -330,7 +347,7 @@ def numba_scratch_bytes(spec: Any, T: int, d: int) -> int:
     when same_token/induction is used, the occurrence chain ``T*(d+1)`` float64 when same_token is."""
     from headcode.kernels.program_head import spec as S
 
-    kinds = set(int(k) for k in spec.kinds)
+    kinds = set(int(k) for k in spec.col("kind"))
     n = spec.n_terms
     size = 1 << max(0, math.ceil(math.log2(2 * T))) if kinds & {S.SAME_TOKEN, S.INDUCTION} else 0
     chain = T * (d + 1) if S.SAME_TOKEN in kinds else 0

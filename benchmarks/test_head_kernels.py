@@ -122,3 +122,33 @@ def test_triton_head(benchmark, heads, T, name):
     run = bm.surrogate_fn(heads[name], ids, v, "triton")  # compiles outside the timing
     benchmark(lambda: (run(), torch.cuda.synchronize()))
     benchmark.extra_info.update(sdpa_gpu_ms=sdpa, speedup_vs_sdpa=sdpa / (benchmark.stats.stats.median * 1e3))
+
+
+@pytest.mark.parametrize("name", PROGRAMS)
+@pytest.mark.parametrize("T", [512, 2048, 4096])
+def test_stream_from_zero_vs_fused(benchmark, heads, T, name):
+    """The decoding-state kernel (``stream_cpu``) run over a whole sequence from a zero state, and
+    the fused full-sequence kernel (``numba_cpu``, the ``numba`` backend's prefill) on the same
+    head, timed in alternation (a loaded machine moves both alike): ``extra_info.stream_over_fused``
+    is the ratio of their medians. Measured (issue 21, 2 shared cores): 2-23x, median 4.9x, so both stay."""
+    from headcode.kernels.program_head import backends
+    from headcode.kernels.program_head.numba_cpu import program_head_numba
+    from headcode.kernels.program_head.stream import LayerProgram
+
+    benchmark.group = f"stream vs fused T={T}"
+    benchmark.name = f"stream[{name}]"
+    spec, numba = heads[name].spec, backends.get("numba")
+    ids, _, _, v = bm.head_inputs(T, D)
+    v, start, prog = v[:, 0], torch.zeros(1, dtype=torch.long), LayerProgram.build([spec], [0])
+
+    def stream():
+        return numba.step(prog, numba.zero_state(prog, 1, D), ids, v[:, None], start)[0]
+
+    def fused():
+        return program_head_numba(spec, ids, v)
+
+    torch.testing.assert_close(stream()[:, 0], fused(), atol=1e-5, rtol=0)
+    times = bm.alternate_ms({"stream": stream, "fused": fused}, repeat=9)
+    benchmark.pedantic(stream, rounds=3, warmup_rounds=1)
+    benchmark.extra_info.update(stream_ms=times["stream"], fused_ms=times["fused"],
+                                stream_over_fused=times["stream"] / times["fused"])

@@ -1,7 +1,7 @@
 """headcode.compiler: trace programs into selector IR, validate, lower to vocabulary tables and
 kernel terms, run them, and save/load surrogate plans.
 
-Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile``; ``run``
+Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile``; ``dispatch``
 (``run_head``); ``export`` (``save_plan``/``load_plan``). Names are imported lazily so that
 ``import headcode.compiler.predicates`` stays torch-free.
 """
@@ -17,7 +17,7 @@ _API = {
     "SurrogatePlan": "headcode.compiler.head",
     "Term": "headcode.compiler.head",
     "CompileError": "headcode.compiler.validate",
-    "run_head": "headcode.compiler.run",
+    "run_head": "headcode.compiler.dispatch",
     "save_plan": "headcode.compiler.export",
     "load_plan": "headcode.compiler.export",
 }

@@ -14,7 +14,7 @@ import numpy as np
 
 from headcode.compiler.ir import describe_selector
 from headcode.compiler.selectors import REGISTRY, get
-from headcode.kernels.program_head.spec import HeadSpec
+from headcode.kernels.program_head.spec import PRIMITIVES, HeadSpec, KernelTerm
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,13 @@ class Term:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def primitive(self) -> dict[str, Any]:
-        """The kernel primitive this term runs as (its selector's ``lower``), with its key
+    def primitive(self) -> KernelTerm:
+        """The kernel term this runs as: its selector's typed primitive (``lower``), with its key
         restriction, query gate and weight."""
-        return dict(get(self.kind).lower(self), key_tab=self.key_table, query_tab=self.query_table,
-                    weight=self.weight)
+        prim = get(self.kind).lower(self)
+        if not isinstance(prim, tuple(PRIMITIVES.values())):
+            raise TypeError(f"selector {self.kind} lowers to {type(prim).__name__}, not a kernel primitive")
+        return KernelTerm(prim, weight=self.weight, key_tab=self.key_table, query_tab=self.query_table)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Term:
@@ -127,7 +129,7 @@ class CompiledHead:
         """The kernel-level arrays of what runs: the surrogate's weights when calibrated."""
         if self.surrogate is None:
             return self.spec
-        terms = [dict(t.primitive(), weight=w) for t, w in zip(self.terms, self.surrogate.weights)]
+        terms = [replace(t.primitive(), weight=w) for t, w in zip(self.terms, self.surrogate.weights)]
         return HeadSpec.build(terms, self.tables)
 
     @property

@@ -5,6 +5,7 @@ from headcode.compiler.selectors import (  # noqa: F401 - imported to register
     anchor,
     decay,
     first,
+    first_of,
     induction,
     most_recent,
     offset,

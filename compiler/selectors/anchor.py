@@ -10,6 +10,7 @@ from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import Selector, register
+from headcode.kernels.program_head.spec import Pointer
 
 MAX_K = 8
 
@@ -48,7 +49,7 @@ SELECTOR = register(Selector(
     kind="anchor", needs_aux=True, functions=(after_last, before_last), reference=_reference,
     meaning="the key k positions after (k < 0: before) the latest key so far (strict: before the query) "
             "of the aux class",
-    lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, strict=int(s.strict), shift=s.k),
+    lower=lambda s: Pointer(ev_tab=s.aux_table, strict=bool(s.strict), shift=s.k),
     params=("k", "strict"), phrase=_phrase,
     problems=lambda s: [] if -MAX_K <= s.k <= MAX_K and s.k != 0 else
     [f"anchor shift k must be in [-{MAX_K}, {MAX_K}] and not 0, got {s.k}"],

@@ -10,6 +10,7 @@ from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, causal
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import THE, Selector, register
+from headcode.kernels.program_head.spec import Scan
 
 
 def decay(t: Any, rate: float, pred: Pred | None = None) -> Pattern:
@@ -27,7 +28,7 @@ def _reference(s: Any, t: Any) -> np.ndarray:
 
 SELECTOR = register(Selector(
     kind="decay", meaning="weights rate**(q-k) over keys so far", functions=(decay,), reference=_reference,
-    lower=lambda s: dict(kind="scan", rate=s.rate), params=("rate",),
+    lower=lambda s: Scan(rate=s.rate), params=("rate",),
     problems=lambda s: [] if 0.0 < s.rate < 1.0 else [f"decay rate must be in (0, 1), got {s.rate}"],
     phrase=lambda s: f"recent tokens (decay {s.rate:g})", key_words="that are",
     search=(*(f"decay(t, {r})" for r in (0.5, 0.8, 0.95)),

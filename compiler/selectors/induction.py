@@ -9,6 +9,7 @@ import numpy as np
 from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, gather
 from headcode.compiler.selectors.registry import Selector, register
+from headcode.kernels.program_head.spec import Induction
 
 
 def induction(t: Any) -> Pattern:
@@ -27,7 +28,7 @@ def _reference(s: Any, t: Any) -> np.ndarray:
 
 SELECTOR = register(Selector(
     kind="induction", meaning="the token right after the latest earlier occurrence of the query's token",
-    functions=(induction,), reference=_reference, lower=lambda s: dict(kind="induction"),
+    functions=(induction,), reference=_reference, lower=lambda s: Induction(),
     phrase=lambda s: "the token after the previous occurrence of the current token",
     search=("induction(t)",),
     examples=("induction(t)", "0.7 * induction(t) + 0.3 * first(t)"),

@@ -8,6 +8,7 @@ from headcode.compiler import classes, ir
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import THE, Selector, register
+from headcode.kernels.program_head.spec import Pointer
 
 RECENT = ("punct", "sentence_end", "comma", "newline", "quote", "clause_boundary", "name", "pronoun",
           "noun_like", "verb_like", "adjective_like", "determiner", "preposition", "conjunction", "content_word",
@@ -37,7 +38,7 @@ SELECTOR = register(Selector(
     functions=(most_recent, nearest_name), params=("strict",), needs_key=True, key_words=None,
     reference=lambda s, t: gather(len(t), latest(t.has(s.key), s.strict)),
     # its key class is its event: the latest token of that class, key restriction included
-    lower=lambda s: dict(kind="pointer", ev_tab=s.key_table, strict=int(s.strict)),
+    lower=lambda s: Pointer(ev_tab=s.key_table, strict=bool(s.strict)),
     phrase=_phrase,
     search=tuple(f"most_recent(t, {c}{s})" for s in ("", ", strict=True") for c in RECENT)
     + (f"most_recent(t, {THE})",),

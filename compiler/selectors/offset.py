@@ -9,7 +9,7 @@ import numpy as np
 from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, gather
 from headcode.compiler.selectors.registry import Selector, register
-from headcode.kernels.program_head.spec import EVERY, MAX_SHIFT
+from headcode.kernels.program_head.spec import EVERY, MAX_SHIFT, Pointer
 
 
 def previous(t: Any, k: int = 1) -> Pattern:
@@ -36,7 +36,7 @@ def _phrase(s: Any) -> str:
 SELECTOR = register(Selector(
     kind="offset", meaning="the key k positions back (k=0: the token itself)",
     functions=(previous, current), reference=_reference,
-    lower=lambda s: dict(kind="pointer", ev_tab=EVERY, shift=-s.k),  # every token is an event
+    lower=lambda s: Pointer(ev_tab=EVERY, shift=-s.k),  # every token is an event
     phrase=_phrase, params=("k",),
     problems=lambda s: [] if 0 <= s.k <= MAX_SHIFT else [f"offset k must be in [0, {MAX_SHIFT}], got {s.k}"],
     search=("current(t)", *(f"previous(t, {k})" for k in range(1, 6))),

@@ -7,9 +7,10 @@ A selector's definition is everything the rest of headcode derives from it:
 - ``reference``: its dense scores ``[T, T]`` on one text (numpy, read straight off the
   definition; ``compiler.pattern.evaluate`` applies key restriction, query gate and row
   normalisation);
-- ``lower``: the kernel primitive it runs as (``kernels/program_head/spec.py``), from a lowered
-  term's parameters and table rows — the Numba and Triton kernels and their decoding states
-  run it from there, so a selector needs no kernel code of its own;
+- ``lower``: the kernel primitive it runs as, a typed ``Pointer``/``Scan``/``SameToken``/
+  ``Induction`` (``kernels/program_head/spec.py``) made from a lowered term's parameters and
+  table rows — the torch, Numba and Triton kernels and their decoding states run it from
+  there, so a selector needs no kernel code of its own;
 - ``params`` (which of ``k``, ``rate``, ``strict`` it reads), ``problems`` (every reason its
   parameters are out of range), ``phrase`` (English) and ``key_words`` (how a key restriction
   reads);
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler.predicates import Pred
+from headcode.kernels.program_head.spec import Primitive
 
 PARAMS = ("k", "rate", "strict")
 # 'the' on its own: many middle-layer heads of SmolLM2 use its occurrences as secondary sinks
@@ -43,7 +45,7 @@ class Selector:
     meaning: str
     functions: tuple[Callable[..., Any], ...]
     reference: Callable[[Any, Any], np.ndarray]
-    lower: Callable[[Any], dict[str, Any]]
+    lower: Callable[[Any], Primitive]
     phrase: Callable[[Any], str]
     examples: tuple[str, ...]
     params: tuple[str, ...] = ()

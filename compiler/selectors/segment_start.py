@@ -9,6 +9,7 @@ import numpy as np
 from headcode.compiler import classes, ir
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.selectors.registry import Selector, register
+from headcode.kernels.program_head.spec import Pointer
 
 
 def clause_start(t: Any) -> Pattern:
@@ -37,7 +38,7 @@ SELECTOR = register(Selector(
     kind="segment_start", needs_aux=True, functions=(clause_start,), reference=_reference, phrase=_phrase,
     meaning="the first token of the query's segment: the latest key that is the text start or follows a "
             "token of the aux class (clause_boundary: the clause start)",
-    lower=lambda s: dict(kind="pointer", ev_tab=s.aux_table, ev_lag=1, ev_start=1),
+    lower=lambda s: Pointer(ev_tab=s.aux_table, ev_lag=1, ev_start=True),
     search=("clause_start(t)",),
     examples=("clause_start(t)", "when(verb_like, clause_start(t))"),
 ))

@@ -8,6 +8,7 @@ from headcode.compiler import ir
 from headcode.compiler.pattern import Pattern, causal
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import THE, Selector, register
+from headcode.kernels.program_head.spec import Scan
 
 
 def uniform(t: Any, pred: Pred | None = None) -> Pattern:
@@ -18,7 +19,7 @@ def uniform(t: Any, pred: Pred | None = None) -> Pattern:
 SELECTOR = register(Selector(
     kind="uniform", meaning="uniform over all keys so far", functions=(uniform,),
     reference=lambda s, t: causal(len(t)).astype(float),
-    lower=lambda s: dict(kind="scan"),  # one segment, rate 1
+    lower=lambda s: Scan(),  # one segment, rate 1
     phrase=lambda s: "all tokens so far", key_words="that are",
     search=("uniform(t)", *(f"uniform(t, {c})" for c in (
         "noun_like", "verb_like", "adjective_like", "name", "pronoun", "determiner", "preposition", "content_word",

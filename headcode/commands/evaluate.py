@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from headcode.kernels.program_head import backends
+
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
 BASELINES = ("mean_ablation", "first_token", "uniform")
@@ -60,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="heads measured one by one: this many times the number to replace")
     p.add_argument("--rounds", type=int, default=4,
                    help="choose heads in this many rounds, each on top of the heads already chosen")
-    p.add_argument("--backend", default="numba", choices=["numba", "triton", "torch"])
+    p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
+                   help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--plot", default=None, help="plot file (default: next to --out, .png)")
     p.add_argument("--out", required=True, help="report file (.json)")

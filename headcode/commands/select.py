@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from headcode.files import write_json
+from headcode.kernels.program_head import backends
 
 HELP = "choose the heads to replace (optionally whole KV groups) and write a plan with only them"
 
@@ -37,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure-factor", type=float, default=1.5,
                    help="heads (groups) measured one by one: this many times the number to replace")
     p.add_argument("--rounds", type=int, default=4, help="choose in this many rounds, each on top of the last")
-    p.add_argument("--backend", default="numba", choices=["numba", "triton"])
+    p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
+                   help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True, help="the plan to write (.safetensors), only the chosen heads")
     p.add_argument("--report", default=None, help="report file (default: next to --out, .json)")

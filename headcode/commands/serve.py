@@ -17,6 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from headcode.kernels.program_head import backends
+
 HELP = "serve the model (with a surrogate plan) over an OpenAI-compatible HTTP API"
 
 
@@ -32,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one request may generate")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting or running at once; past it a request gets HTTP 429 (default 64)")
-    p.add_argument("--backend", default="numba", choices=["numba", "triton"])
+    p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
+                   help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 

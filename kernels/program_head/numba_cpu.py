@@ -22,8 +22,6 @@ vectorising it: 3-15x slower (measured against the per-kind kernel this replaced
 
 from __future__ import annotations
 
-import weakref
-
 import numba as nb
 import numpy as np
 import torch
@@ -37,10 +35,10 @@ from headcode.kernels.program_head.spec import (
     HeadSpec,
     check_inputs,
 )
+from headcode.kernels.program_head.stream_cpu import LAYOUT, fresh_cache
 
-# columns of the packed per-term arrays: ``ints [n, 8] int64`` and ``reals [n, 2] float64``
-KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB = range(8)
-RATE, WEIGHT = range(2)
+# columns of the packed per-term arrays (``HeadSpec.ints`` / ``reals``), from ``spec.SCHEMA``
+KIND, KEY_TAB, QUERY_TAB, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, EARLIEST, WEIGHT, RATE = LAYOUT
 # bits of a SCAN / SAME_TOKEN term's code at a position: an event, the token is a key, a query
 EV_BIT, KEY_BIT, QUERY_BIT = 1, 2, 4
 # where a contributing term's numerator row lives: a row of V, a scan state, a chain entry
@@ -65,13 +63,13 @@ def _flags(ints, i, idsb, s, tables, ev, kok, qok):
 
 @nb.njit(inline="always")
 def _pointer_codes(ints, i, s, ev, kok, qok, code):
-    """POINTER: ``code[j, i]`` = its key ``latest(s + j) + shift`` (when in ``[s, s + j]``, a key
-    and the query passes the gate), else -1."""
-    shift, strict = ints[i, SHIFT], ints[i, STRICT] != 0
-    last = -1  # the latest event, relative to s
+    """POINTER: ``code[j, i]`` = its key ``latest(s + j) + shift`` (``earliest``: the first event's)
+    when in ``[s, s + j]``, a key and the query passes the gate, else -1."""
+    shift, strict, first = ints[i, SHIFT], ints[i, STRICT] != 0, ints[i, EARLIEST] != 0
+    last = -1  # the latest (earliest) event, relative to s
     for j in range(ev.shape[0]):
         before = last
-        if ev[j]:
+        if ev[j] and not (first and last >= 0):
             last = j
         lat = before if strict else last
         k = lat + shift
@@ -185,7 +183,7 @@ def _needs(ints):
     return need_hash, need_chain
 
 
-@nb.njit(cache=True, nogil=True, boundscheck=False)
+@nb.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _row(idsb, vb, s, q0, ints, reals, tables, ob):
     """One batch row: ``idsb [T], vb [T, D], s`` (its start) ``-> ob [T - q0, D]`` (rows ``q0..T-1``)."""
     T, D = vb.shape
@@ -242,21 +240,21 @@ def _parallel(ids, v, start, q0, ints, reals, tables, out):
         _row(ids[b], v[b], start[b], q0, ints, reals, tables, out[b])
 
 
+@nb.njit(cache=True)
+def _layout():
+    return (KIND, KEY_TAB, QUERY_TAB, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, EARLIEST, WEIGHT, RATE)
+
+
+fresh_cache(_layout, LAYOUT, (_serial, _parallel))
+KERNELS = (_serial, _parallel)
 _NO_TABLES = np.zeros((0, 1), dtype=np.uint8)
 
 
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def pack(spec: HeadSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The spec's per-term arrays as ``ints [n, 8] int64`` (columns ``KIND..QUERY_TAB``) and
-    ``reals [n, 2] float64`` (``RATE, WEIGHT``); built once per spec."""
-    if spec not in _PACKED:
-        ints = np.stack([spec.kinds, spec.ev_tab, spec.ev_lag, spec.ev_start, spec.strict, spec.shift,
-                         spec.key_tab, spec.query_tab], axis=1).astype(np.int64).reshape(-1, 8)
-        reals = np.stack([spec.rates, spec.weights], axis=1).astype(np.float64).reshape(-1, 2)
-        _PACKED[spec] = (np.ascontiguousarray(ints), np.ascontiguousarray(reals))
-    return _PACKED[spec]
+def compile_kernels(cache: bool = False) -> tuple:
+    """The (serial, parallel) kernels compiled again from the module's current helpers (a test
+    that swaps a primitive's arithmetic, e.g. ``_pointer_codes``, recompiles through this)."""
+    return (nb.njit(cache=cache, nogil=True)(_serial.py_func),
+            nb.njit(cache=cache, nogil=True, parallel=True)(_parallel.py_func))
 
 
 def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start: np.ndarray | None = None,
@@ -269,14 +267,14 @@ def program_head_numba_np(spec: HeadSpec, ids: np.ndarray, v: np.ndarray, start:
         v = v.astype(np.float32)
     v = np.ascontiguousarray(v)
     st = np.zeros(B, np.int64) if start is None else np.ascontiguousarray(start, dtype=np.int64)
-    lo, hi = (int(ids.min()), int(ids.max())) if ids.size and spec.tables.shape[0] else (0, 0)
-    nq = check_inputs(spec, ids.shape, v.shape, lo, hi, None if start is None else st, n_q)
+    rng = (int(ids.min()), int(ids.max())) if ids.size and spec.tables.shape[0] else (0, 0)
+    nq = check_inputs(spec, ids.shape, v.shape, rng, None if start is None else st, n_q)
     out = np.empty((B, nq, v.shape[2]), dtype=v.dtype)
     if nq == 0 or B == 0:
         return out
     tables = spec.tables if spec.tables.shape[0] else _NO_TABLES
-    fn = _parallel if (parallel if parallel is not None else B > 1) else _serial
-    fn(ids, v, st, T - nq, *pack(spec), tables, out)
+    fn = KERNELS[1] if (parallel if parallel is not None else B > 1) else KERNELS[0]
+    fn(ids, v, st, T - nq, spec.ints, spec.reals, tables, out)
     return out
 
 

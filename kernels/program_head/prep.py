@@ -7,13 +7,14 @@ work is left to the Triton kernels. ``ids [B, T] int64, start [B] int64``.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from headcode.kernels.program_head import spec as S
-from headcode.kernels.program_head.naive import latest
-from headcode.kernels.program_head.spec import HeadSpec
+from headcode.kernels.program_head.naive import anchor
+from headcode.kernels.program_head.spec import HeadSpec, KernelTerm
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,10 @@ class Prep:
             return torch.ones_like(self.valid)
         return self.tables[row][self.tids]
 
-    def events(self, i: int) -> torch.Tensor:
-        """``[B, T]`` bool: where term ``i`` has an event (``spec``'s definition); shared by terms
+    def events(self, p: S.Pointer | S.Scan) -> torch.Tensor:
+        """``[B, T]`` bool: where ``p`` has an event (``spec``'s definition); shared by terms
         with the same (ev_tab, ev_lag, ev_start)."""
-        sp = self.spec
-        tab, lag, first = int(sp.ev_tab[i]), int(sp.ev_lag[i]), bool(sp.ev_start[i])
+        tab, lag, first = int(p.ev_tab), int(p.ev_lag), bool(p.ev_start)
         key = f"ev{tab},{lag},{first}"
         if key not in self._cache:
             ev = self.valid & (self.pos == self.start[:, None]) & first
@@ -91,28 +91,33 @@ class Prep:
             self._cache.update(perm=perm, gb=gb, prev=prev)
         return self._cache["perm"], self._cache["gb"], self._cache["prev"]
 
-    def gather_index(self, i: int) -> torch.Tensor:
-        """Term ``i`` (POINTER or INDUCTION): ``[B, T]`` index of its one key, -1 for an empty row."""
-        sp, kind = self.spec, int(self.spec.kinds[i])
-        if kind == S.POINTER:
-            p = latest(self.events(i), bool(sp.strict[i]))
-            idx = torch.where(p >= 0, p + int(sp.shift[i]), -1)
-        elif kind == S.INDUCTION:
-            prev = self.occurrences()[2]
-            idx = torch.where(prev >= 0, prev + 1, prev)
-        else:
-            raise ValueError(f"kind code {kind} is not a one-key primitive (pointer, induction)")
+    def gather_index(self, t: KernelTerm) -> torch.Tensor:
+        """``t`` (a one-key primitive: pointer, induction): ``[B, T]`` index of its key, -1 for an empty row."""
+        idx = S.by_type(KEY_INDEX, t.prim)(t.prim, self)
         ok = (idx >= self.start[:, None]) & (idx <= self.pos) & self.valid
-        keys_ok = self.table(int(sp.key_tab[i])).gather(1, idx.clamp(min=0, max=self.ids.shape[1] - 1))
+        keys_ok = self.table(int(t.key_tab)).gather(1, idx.clamp(min=0, max=self.ids.shape[1] - 1))
         return torch.where(ok & keys_ok, idx, torch.full_like(idx, -1))
 
-    def scan_input(self, i: int) -> ScanInput:
-        """Term ``i`` (SCAN or SAME_TOKEN) as a segmented, decayed scan over some row order."""
-        sp, kind = self.spec, int(self.spec.kinds[i])
-        keys = self.valid & self.table(int(sp.key_tab[i]))
-        if kind == S.SCAN:
-            return ScanInput(self.pos, keys, self.events(i), float(sp.rates[i]))
-        if kind == S.SAME_TOKEN:
+    def scan_input(self, t: KernelTerm) -> ScanInput:
+        """``t`` (a scanned primitive: scan, same_token) as a segmented, decayed scan over some row order."""
+        keys = self.valid & self.table(int(t.key_tab))
+        if isinstance(t.prim, S.Scan):
+            return ScanInput(self.pos, keys, self.events(t.prim), float(t.prim.rate))
+        if isinstance(t.prim, S.SameToken):
             perm, gb, _ = self.occurrences()
             return ScanInput(perm, keys.gather(1, perm), gb, 1.0)
-        raise ValueError(f"kind code {kind} is not a scanned primitive (scan, same_token)")
+        raise ValueError(f"{type(t.prim).__name__} is not a scanned primitive (scan, same_token)")
+
+
+def _pointer_index(p: S.Pointer, prep: Prep) -> torch.Tensor:
+    a = anchor(p, prep.events(p))
+    return torch.where(a >= 0, a + int(p.shift), -1)
+
+
+def _induction_index(p: S.Induction, prep: Prep) -> torch.Tensor:
+    prev = prep.occurrences()[2]
+    return torch.where(prev >= 0, prev + 1, prev)
+
+
+# the one-key primitives: ``[B, T]`` key before the range, key-class and padding checks (``spec.by_type``)
+KEY_INDEX: dict[type, Callable[..., torch.Tensor]] = {S.Pointer: _pointer_index, S.Induction: _induction_index}

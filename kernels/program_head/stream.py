@@ -1,17 +1,19 @@
-"""Decoding states: all replaced heads of one layer as one program of primitive terms, and the
-state that program carries from token to token (see ``stream_cpu`` for what each term keeps).
+"""Decoding states (the ``numba`` backend): all replaced heads of one layer as one program of
+primitive terms, and the state that program carries from token to token (``stream_cpu``
+defines what each term keeps).
 
     prog = LayerProgram.build([spec_a, spec_b], groups=[1, 1])   # once per plan and layer
-    state = LayerState(prog, batch=B, dim=D)                       # once per sequence batch
+    state = LayerState(prog, batch=B, dim=D)                       # a zero state, once per batch
     out = state.step(ids [B, n], v [B, G, n, D], start [B])        # -> [B, H, n, D]
 
-``step`` continues the sequence: its first token is at position ``state.length``. Every state
-tensor has the batch first, so beam search reorders them all with one ``index_select``.
+``step`` continues the sequence: its first token is at position ``state.length``; a whole
+sequence is one step from a zero state. Every state tensor has the batch first, so beam search
+reorders them all with one ``index_select``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -19,16 +21,8 @@ import numpy as np
 import torch
 
 from headcode.kernels.program_head import spec as S
+from headcode.kernels.program_head import stream_cpu as C
 from headcode.kernels.program_head.spec import HeadSpec
-from headcode.kernels.program_head.stream_cpu import (
-    MAP,
-    N_FCOLS,
-    N_ICOLS,
-    RING,
-    STATE_OF_KIND,
-    rehash,
-    run_stream,
-)
 
 
 def _ready(t: torch.Tensor) -> bool:
@@ -36,27 +30,18 @@ def _ready(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype == torch.long and t.is_contiguous() and not t.requires_grad
 
 
-def _i64(x: list) -> np.ndarray:
-    return np.asarray(x, dtype=np.int64).reshape(-1)
-
-
-_SHIFTED = ("ev_tab", "key_tab", "query_tab")  # table rows, renumbered into the layer's tables
-
-
 @dataclass(frozen=True, eq=False)
 class LayerProgram:
     """The terms of ``H`` heads flattened into one ``HeadSpec`` (``terms``: tables concatenated, each
-    term's table rows renumbered into them): ``head[j]`` owns term ``j``, ``slot[j]`` is its row in
-    the state arrays of its kind, ``rslot[j]`` its ring (a pointer with shift < 0; else -1);
-    ``group[h]`` is the KV group whose values head ``h`` reads. ``pc``/``pf``: the term columns
-    packed for the kernels (``stream_cpu``)."""
+    term's table rows renumbered into them); ``place [J, 3]``: each term's head, its slot in the
+    state arrays of its kind and its ring slot (a pointer with shift < 0; else -1); ``group[h]``
+    is the KV group whose values head ``h`` reads; ``counts``: slots of each state kind
+    (``stream_cpu``'s ACC, VEC, RING, MAP)."""
 
     terms: HeadSpec
-    head: np.ndarray
-    slot: np.ndarray
-    rslot: np.ndarray
+    place: np.ndarray
     group: np.ndarray
-    counts: tuple[int, int, int, int]   # terms with ACC, VEC, RING, MAP state
+    counts: tuple[int, int, int, int]
     ring_len: int
 
     @property
@@ -67,133 +52,126 @@ class LayerProgram:
     def n_heads(self) -> int:
         return int(self.group.shape[0])
 
-    @cached_property
-    def pc(self) -> np.ndarray:
-        """``[J, N_ICOLS]`` int64: the integer columns in ``stream_cpu``'s order."""
-        t = self.terms
-        cols = (t.kinds, t.ev_tab, t.ev_lag, t.ev_start, t.strict, t.shift, t.key_tab, t.query_tab, self.head,
-                self.slot, self.rslot)
-        return np.ascontiguousarray(np.stack(cols, axis=1).reshape(-1, N_ICOLS), dtype=np.int64)
+    @property
+    def head(self) -> np.ndarray:
+        """``[J]``: the head of each term."""
+        return self.place[:, C.HEAD]
+
+    def slots(self, owner: int) -> int:
+        """Slots per batch row of a state owner (``stream_cpu.HEADS`` .. ``MAP``)."""
+        return {C.HEADS: self.n_heads, C.ACC: self.counts[0], C.VEC: self.counts[1], C.RING: self.counts[2],
+                C.MAP: self.counts[3]}[owner]
 
     @cached_property
-    def pf(self) -> np.ndarray:
-        """``[J, N_FCOLS]`` float64: rates and weights."""
-        return np.ascontiguousarray(np.stack([self.terms.rates, self.terms.weights], axis=1).reshape(-1, N_FCOLS))
+    def packed(self) -> C.Program:
+        """The arrays the kernel reads (``stream_cpu.Program``)."""
+        return C.Program(self.terms.ints, self.terms.reals, self.place, self.group, self.tables)
 
     @classmethod
     def build(cls, specs: Sequence[HeadSpec], groups: Sequence[int], vocab: int = 0) -> LayerProgram:
         """``vocab``: the model's vocabulary size; tables are zero-padded to it (a token id a head was
         not compiled for satisfies none of its predicates)."""
-        names = ("kinds", "ev_tab", "ev_lag", "ev_start", "strict", "shift", "rates", "key_tab", "query_tab",
-                 "weights")
-        cols: dict[str, list] = {k: [] for k in (*names, "head", "slot", "rslot")}
-        counts = [0, 0, 0, 0]
-        tabs, off, ring_len = [], 0, 1
+        counts = {C.ACC: 0, C.VEC: 0, C.RING: 0, C.MAP: 0}
+        terms, place, tabs, off, ring_len = [], [], [], 0, 1
         vocab = max([vocab, 1] + [sp.vocab_size for sp in specs])
         for h, sp in enumerate(specs):
-            for i in range(sp.n_terms):
-                st = STATE_OF_KIND[int(sp.kinds[i])]
-                cols["slot"].append(counts[st])
-                counts[st] += 1
-                rslot = -1
-                if sp.kinds[i] == S.POINTER and sp.shift[i] < 0:
-                    rslot, counts[RING] = counts[RING], counts[RING] + 1
-                    ring_len = max(ring_len, 1 - int(sp.shift[i]))
-                cols["rslot"].append(rslot)
-                cols["head"].append(h)
-                for name in names:
-                    val = getattr(sp, name)[i]
-                    cols[name].append(val + off if name in _SHIFTED and val >= 0 else val)
+            for t in sp.terms:
+                kind = C.STATE_OF_KIND[t.kind]
+                slot, rslot = counts[kind], -1
+                counts[kind] += 1
+                if isinstance(t.prim, S.Pointer) and t.prim.shift < 0:
+                    rslot, counts[C.RING] = counts[C.RING], counts[C.RING] + 1
+                    ring_len = max(ring_len, 1 - int(t.prim.shift))
+                place.append((h, slot, rslot))
+                terms.append(S.renumber_tables(t, off))
             t = np.zeros((sp.tables.shape[0], vocab), np.uint8)
             t[:, : sp.vocab_size] = sp.tables
             tabs.append(t)
             off += sp.tables.shape[0]
         tables = np.concatenate(tabs) if off else np.zeros((1, vocab), np.uint8)
-        arrs = {k: np.asarray(v, np.float64 if k in ("rates", "weights") else np.int64).reshape(-1)
-                for k, v in cols.items()}
-        terms = HeadSpec(**{k: arrs.pop(k) for k in names}, tables=np.ascontiguousarray(tables))
-        return cls(terms=terms, **arrs, group=_i64(groups), counts=(counts[0], counts[1], counts[2], counts[3]),
-                   ring_len=ring_len)
+        return cls(terms=HeadSpec(tuple(terms), np.ascontiguousarray(tables)),
+                   place=np.asarray(place, np.int64).reshape(-1, 3), group=np.asarray(groups, np.int64).reshape(-1),
+                   counts=(counts[C.ACC], counts[C.VEC], counts[C.RING], counts[C.MAP]), ring_len=ring_len)
+
+
+def zero_arrays(prog: LayerProgram, batch: int, dim: int) -> dict[str, torch.Tensor]:
+    """Every array of ``stream_cpu.STATE`` for ``batch`` rows, at its initial value (torch CPU)."""
+    sizes = {"D": dim, "R": prog.ring_len, "CAP": 1, "E": 0}
+    out = {}
+    for a in C.STATE:
+        lead = (batch,) if a.owner == C.ROW else (batch, prog.slots(a.owner))
+        out[a.name] = torch.full(lead + tuple(sizes[x] for x in a.shape), a.fill, dtype=getattr(torch, a.dtype))
+    return out
 
 
 class LayerState:
     """The selector states of one layer's replaced heads for a batch of sequences (torch CPU
-    tensors, batch first; float64 accumulators, float32 per-token map rows -- the size of a
-    cached value row). ``work [B]`` counts state elements touched."""
+    tensors, batch first, as ``stream_cpu.STATE`` lists them: float64 accumulators, float32
+    per-token map rows -- the size of a cached value row). ``work [B]`` counts state elements
+    touched. Each array is also an attribute (``state.acc``)."""
 
-    BATCH_FIRST = ("prev_id", "first_v", "acc", "cnt", "vec", "vok", "pend", "ring", "rok", "hkey", "hent",
-                   "hval", "hcnt", "hused", "work")
+    BATCH_FIRST = tuple(a.name for a in C.STATE)
 
     def __init__(self, prog: LayerProgram, batch: int, dim: int):
         self.prog, self.length = prog, 0
-        n_acc, n_vec, n_ring, n_map = prog.counts
-        H, B, D, f64 = prog.n_heads, batch, dim, torch.float64
-        self.prev_id = torch.full((B,), -1, dtype=torch.long)
-        self.first_v = torch.zeros(B, H, D, dtype=f64)
-        self.acc, self.cnt = torch.zeros(B, n_acc, D, dtype=f64), torch.zeros(B, n_acc, dtype=f64)
-        self.vec, self.vok = torch.zeros(B, n_vec, D, dtype=f64), torch.zeros(B, n_vec, dtype=torch.int8)
-        self.pend = torch.full((B, n_vec), -1, dtype=torch.long)  # a pointer's pending key (shift > 0)
-        self.ring = torch.zeros(B, n_ring, prog.ring_len, D, dtype=f64)
-        self.rok = torch.zeros(B, n_ring, prog.ring_len, dtype=torch.int8)
-        self.hkey = torch.full((B, n_map, 1), -1, dtype=torch.long)
-        self.hent = torch.zeros(B, n_map, 1, dtype=torch.int32)
-        self.hval = torch.zeros(B, n_map, 0, D, dtype=torch.float32)  # one value row per distinct token
-        self.hcnt = torch.zeros(B, n_map, 0, dtype=f64)
-        self.hused = torch.zeros(B, n_map, dtype=torch.long)
-        self.work = torch.zeros(B, dtype=torch.long)
-        self._np: tuple | None = None
+        self.arrays = zero_arrays(prog, batch, dim)
+        self._np: C.State | None = None
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in self.BATCH_FIRST}
+        return dict(self.arrays)
 
     def nbytes(self) -> int:
         """Bytes of every state tensor (the work counter excluded)."""
-        return sum(t.numel() * t.element_size() for k, t in self.tensors().items() if k != "work")
+        return sum(t.numel() * t.element_size() for k, t in self.arrays.items() if k != "work")
 
-    def map_apply(self, fn) -> None:
+    def map_apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Apply ``fn(tensor) -> tensor`` along the batch dimension of every state (beam search)."""
-        for k, t in self.tensors().items():
-            setattr(self, k, fn(t).contiguous())
+        self._set(**{k: fn(t) for k, t in self.arrays.items()})
+
+    def _set(self, **arrays: torch.Tensor) -> None:
+        self.arrays.update({k: t.contiguous() for k, t in arrays.items()})
         self._np = None
 
-    def _arrays(self) -> tuple:
-        """Numpy views of the states in the kernel's order (made again when a tensor is replaced)."""
+    def _state(self) -> C.State:
+        """Numpy views of the states (made again when a tensor is replaced)."""
         if self._np is None:
-            p = self.prog
-            st = [t.numpy() for t in self.tensors().values()]
-            self._np = ((p.pc, p.pf, p.group, p.tables, *st[:-1]), st[-1])
+            self._np = C.State(**{k: t.numpy() for k, t in self.arrays.items()})
         return self._np
 
     def _reserve(self, n: int) -> None:
         """Room in the per-token maps for ``n`` more tokens (amortised doubling, load <= 1/2)."""
-        if self.prog.counts[MAP] == 0:
+        if self.prog.counts[3] == 0:
             return
-        need = int(self.hused.max()) + n
-        if need > self.hval.shape[2]:
-            E = max(need, 2 * self.hval.shape[2])
-            B, M, old, D = self.hval.shape
-            self.hval = torch.cat([self.hval, self.hval.new_zeros(B, M, E - old, D)], dim=2)
-            self.hcnt = torch.cat([self.hcnt, self.hcnt.new_zeros(B, M, E - old)], dim=2)
-            self._np = None
-        if 2 * need > self.hkey.shape[2]:
-            cap = 1 << (4 * need - 1).bit_length()
-            nk, ne = rehash(self.hkey.numpy(), self.hent.numpy(), cap)
-            self.hkey, self.hent = torch.from_numpy(nk), torch.from_numpy(ne)
-            self._np = None
+        hval, hcnt = self.arrays["hval"], self.arrays["hcnt"]
+        need = int(self.arrays["hused"].max()) + n
+        if need > hval.shape[2]:  # grown in numpy: torch's pool threads woken for ~1 MB cost ~10 ms here
+            E = max(need, 2 * hval.shape[2])
+            hv, hc = np.zeros(hval.shape[:2] + (E, hval.shape[3]), np.float32), np.zeros(hcnt.shape[:2] + (E,))
+            hv[:, :, : hval.shape[2]], hc[:, :, : hcnt.shape[2]] = hval.numpy(), hcnt.numpy()
+            self._set(hval=torch.from_numpy(hv), hcnt=torch.from_numpy(hc))
+        if 2 * need > self.arrays["hkey"].shape[2]:
+            self._rehash(1 << (4 * need - 1).bit_length())
+
+    def _rehash(self, cap: int) -> None:
+        nk, ne = C.rehash(self.arrays["hkey"].numpy(), self.arrays["hent"].numpy(), cap)
+        self._set(hkey=torch.from_numpy(nk), hent=torch.from_numpy(ne))
 
     def trim(self) -> None:
         """Shrink the per-token maps to what they hold (after a prefill reserved room for every token)."""
-        if not self.prog.counts[MAP]:
+        if not self.prog.counts[3]:
             return
-        used = int(self.hused.max())
-        if self.hval.shape[2] > used + 16:
-            self.hval, self.hcnt = self.hval[:, :, :used + 16].contiguous(), self.hcnt[:, :, :used + 16].contiguous()
-            self._np = None
+        used = int(self.arrays["hused"].max())
+        if self.arrays["hval"].shape[2] > used + 16:
+            self._set(hval=self.arrays["hval"][:, :, :used + 16], hcnt=self.arrays["hcnt"][:, :, :used + 16])
         cap = 1 << (2 * (used + 64) - 1).bit_length()  # load <= 1/2 for the next 64 tokens
-        if self.hkey.shape[2] > cap:
-            nk, ne = rehash(self.hkey.numpy(), self.hent.numpy(), cap)
-            self.hkey, self.hent = torch.from_numpy(nk), torch.from_numpy(ne)
-            self._np = None
+        if self.arrays["hkey"].shape[2] > cap:
+            self._rehash(cap)
 
     def step(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
              parallel: bool = False) -> torch.Tensor:
@@ -217,11 +195,31 @@ class LayerState:
             raise ValueError(f"expected ids [B, n], v [B, G, n, D] and start [B], got {tuple(ids.shape)}, "
                              f"{tuple(v.shape)} and {tuple(start.shape)}")
         out = np.empty((B, self.prog.n_heads, n, vn.shape[3]), dtype=vn.dtype)
-        prog_and_state, work = self._arrays()
-        run_stream((idn, vn, self.length, stn, *prog_and_state, out, work),
-                   parallel)
+        C.run_stream(C.Step(idn, vn, self.length, stn), self.prog.packed, self._state(), out, parallel)
         self.length += n
         if n > 1:
             self.trim()
         res = torch.from_numpy(out)
         return res if res.dtype == v.dtype else res.to(v.dtype)
+
+
+# the ``numba`` backend (``backends``): a whole sequence of one head runs the fused kernel
+# (``numba_cpu``: 2-23x faster than these states stepped from zero, benchmarks/test_head_kernels.py)
+def prefill(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
+            n_q: int | None = None) -> torch.Tensor:
+    """One head over a whole sequence: ``ids [B, T] int64, v [B, T, D], start [B] | None ->
+    out [B, n_q, D]`` (v's dtype, on v's device; computed on the CPU)."""
+    from headcode.kernels.program_head.numba_cpu import program_head_numba
+
+    return program_head_numba(spec, ids, v, start, n_q).to(v.device)
+
+
+def zero_state(program: LayerProgram, batch: int, dim: int, device: object = None) -> LayerState:
+    return LayerState(program, batch, dim)
+
+
+def step(program: LayerProgram, state: LayerState, ids: torch.Tensor, v: torch.Tensor,
+         start: torch.Tensor) -> tuple[torch.Tensor, LayerState]:
+    if state.prog is not program:
+        raise ValueError("this state was made for another layer program")
+    return state.step(ids, v, start), state

@@ -13,7 +13,7 @@ A step over ``n`` new tokens is two launches, no host synchronisation:
 
 Vector state lives in one pool per row, ``[B, P, D]`` float32: the heads' first-token values, the
 scan sums, pointer values, rings and per-token map entries (the maps, without a host sync, sized
-by the tokens seen). The program (``LayerProgram.pc``/``pf``) and tables go to the device once.
+by the tokens seen). The program (``LayerProgram``: packed columns, placement) and tables go to the device once.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ import triton.language as tl
 from headcode.kernels.program_head import spec as S
 from headcode.kernels.program_head import stream_cpu as C
 from headcode.kernels.program_head.stream import LayerProgram
-from headcode.kernels.program_head.stream_cpu import MAP
 
-# the constants the kernels read (Triton sees module globals only as constexpr)
+# the constants the kernels read (Triton sees module globals only as constexpr): the column
+# positions of ``spec.SCHEMA`` (as ``stream_cpu`` reads them) and of ``LayerProgram.place``
 SCAN, POINTER, SAME_TOKEN, INDUCTION, EVERY = map(tl.constexpr, (S.SCAN, S.POINTER, S.SAME_TOKEN, S.INDUCTION,
                                                            S.EVERY))
-NI, NF, KIND, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, KEY_TAB, QUERY_TAB, SLOT, RSLOT, RATE, WEIGHT = map(
-    tl.constexpr, (C.N_ICOLS, C.N_FCOLS, C.KIND, C.EV_TAB, C.EV_LAG, C.EV_START, C.STRICT, C.SHIFT, C.KEY_TAB,
-                   C.QUERY_TAB, C.SLOT, C.RSLOT, C.RATE, C.WEIGHT))
+KIND, KEY_TAB, QUERY_TAB, EV_TAB, EV_LAG, EV_START, STRICT, SHIFT, EARLIEST, WEIGHT, RATE = map(tl.constexpr, C.LAYOUT)
+SLOT, RSLOT = tl.constexpr(C.SLOT), tl.constexpr(C.RSLOT)
 ND = tl.constexpr(5)  # descriptor fields: int (wr, cpd, cps, rd0, rd1), float (mul, add, c0, c1, dw)
 
 
@@ -47,11 +46,12 @@ def _in(tables_ptr, V, row, tok):
 
 
 @triton.jit
-def _event(pc_ptr, j, tables_ptr, V, tid, pid, q, s):
-    """Is there an event of term ``j`` at ``q``? (``pid``: the previous token, -1 at the start.)"""
-    et = tl.load(pc_ptr + j * NI + EV_TAB)
-    tok = tl.where(tl.load(pc_ptr + j * NI + EV_LAG) == 0, tid, pid)
-    at_start = (tl.load(pc_ptr + j * NI + EV_START) != 0) & (q == s)
+def _event(row, tables_ptr, V, tid, pid, q, s):
+    """Is there an event of the term whose packed columns are at ``row`` at ``q``? (``pid``: the
+    previous token, -1 at the start.)"""
+    et = tl.load(row + EV_TAB)
+    tok = tl.where(tl.load(row + EV_LAG) == 0, tid, pid)
+    at_start = (tl.load(row + EV_START) != 0) & (q == s)
     return (et == EVERY) | at_start | _in(tables_ptr, V, et, tok)
 
 
@@ -67,9 +67,16 @@ def _scan(cnt_ptr, ci, row, rate, ev, kok, qok, w):
 
 
 @triton.jit
-def _pointer(vok_ptr, pend_ptr, rok_ptr, vi, rb, m, strict, q, s, ev, kok, qok, vrow, ring0, R, none):
-    """Pointer: key flag in ``vok``, pending key in ``pend``, ring flags at ``rok + rb``, value in pool
-    ``vrow``, ring rows from ``ring0`` -> (wr, cpd, cps, rd0, rd1) (every write copies: mul 0, add 1)."""
+def _pointer(row, vok_ptr, pend_ptr, seen_ptr, rok_ptr, vi, rb, q, s, ev, kok, qok, vrow, ring0, R, none):
+    """A pointer term (its packed columns at ``row``): key flag in ``vok``, pending key in ``pend``,
+    first event seen in ``seen``, ring flags at ``rok + rb``, value in pool ``vrow``, ring rows from
+    ``ring0`` -> (wr, cpd, cps, rd0, rd1) (every write copies: mul 0, add 1)."""
+    m = tl.load(row + SHIFT)
+    strict = tl.load(row + STRICT)
+    if tl.load(row + EARLIEST) != 0:  # only the first event moves the pointer
+        ev = ev & (tl.load(seen_ptr + vi) == 0)
+        if ev:
+            tl.store(seen_ptr + vi, ev.to(tl.int8))
     wr, cpd, cps, rd0, rd1 = none, none, none, none, none
     ok = tl.load(vok_ptr + vi) != 0
     r0 = q % R
@@ -174,18 +181,17 @@ def _put(di_ptr, df_ptr, o, wr, cpd, cps, rd0, rd1, mul, add, c0, c1, dw):
 
 
 @triton.jit
-def _scalar_kernel(ids_ptr, prev_ptr, start_ptr, q0, n, pc_ptr, pf_ptr, tables_ptr, V,
-                   cnt_ptr, vok_ptr, pend_ptr, rok_ptr, hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, di_ptr, df_ptr,
+def _scalar_kernel(ids_ptr, prev_ptr, start_ptr, q0, n, pc_ptr, NI, pf_ptr, NF, place_ptr, tables_ptr, V,
+                   cnt_ptr, vok_ptr, pend_ptr, seen_ptr, rok_ptr, hkey_ptr, hent_ptr, hcnt_ptr, hused_ptr, di_ptr, df_ptr,
                    J, n_acc, n_vec, n_ring, n_map, R, CAP, E, base_acc, base_vec, base_ring, base_map):
     b = tl.program_id(0).to(tl.int64)  # int64 index arithmetic throughout
     j = tl.program_id(1).to(tl.int64)
-    kind = tl.load(pc_ptr + j * NI + KIND)
-    sl = tl.load(pc_ptr + j * NI + SLOT)
-    rs = tl.maximum(tl.load(pc_ptr + j * NI + RSLOT), 0)
-    m = tl.load(pc_ptr + j * NI + SHIFT)
-    strict = tl.load(pc_ptr + j * NI + STRICT)
-    kt = tl.load(pc_ptr + j * NI + KEY_TAB)
-    qt = tl.load(pc_ptr + j * NI + QUERY_TAB)
+    row = pc_ptr + j * NI  # this term's packed columns (NI, NF: columns per term)
+    kind = tl.load(row + KIND)
+    sl = tl.load(place_ptr + j * 3 + SLOT)
+    rs = tl.maximum(tl.load(place_ptr + j * 3 + RSLOT), 0)
+    kt = tl.load(row + KEY_TAB)
+    qt = tl.load(row + QUERY_TAB)
     rate = tl.load(pf_ptr + j * NF + RATE)
     w = tl.load(pf_ptr + j * NF + WEIGHT)
     s = tl.load(start_ptr + b)
@@ -200,12 +206,12 @@ def _scalar_kernel(ids_ptr, prev_ptr, start_ptr, q0, n, pc_ptr, pf_ptr, tables_p
             pid = tl.load(prev_ptr + b * n + i)
             kok = (kt < 0) | _in(tables_ptr, V, kt, tid)
             qok = (qt < 0) | _in(tables_ptr, V, qt, tid)
-            ev = _event(pc_ptr, j, tables_ptr, V, tid, pid, q, s)
+            ev = _event(row, tables_ptr, V, tid, pid, q, s)
             if kind == SCAN:
                 wr, mul, add, rd1, c1, dw = _scan(cnt_ptr, b * n_acc + sl, base_acc + sl, rate, ev, kok, qok, w)
             elif kind == POINTER:
-                wr, cpd, cps, rd0, rd1 = _pointer(vok_ptr, pend_ptr, rok_ptr, b * n_vec + sl, (b * n_ring + rs) * R,
-                                                  m, strict, q, s, ev, kok, qok, base_vec + sl,
+                wr, cpd, cps, rd0, rd1 = _pointer(row, vok_ptr, pend_ptr, seen_ptr, rok_ptr, b * n_vec + sl,
+                                                  (b * n_ring + rs) * R, q, s, ev, kok, qok, base_vec + sl,
                                                   base_ring + rs * R, R, none)
                 mul, add = zero, zero + 1.0
                 c0 = tl.where(rd0 >= 0, w, zero)
@@ -272,7 +278,8 @@ def device_program(prog: LayerProgram, device: torch.device) -> dict[str, torch.
         hd, heads = prog.head, range(prog.n_heads)  # the vector kernel reads head h's terms lo[h]:hi[h]
         assert (hd[1:] >= hd[:-1]).all(), "LayerProgram.build keeps each head's terms together"
         lo, hi = hd.searchsorted(heads).astype("int64"), hd.searchsorted(heads, side="right").astype("int64")
-        arrs = dict(pc=prog.pc, pf=prog.pf.astype("float32"), group=prog.group, tables=prog.tables, lo=lo, hi=hi)
+        arrs = dict(pc=prog.terms.ints, pf=prog.terms.reals.astype("float32"), place=prog.place, group=prog.group,
+                    tables=prog.tables, lo=lo, hi=hi)
         per[key] = {k: torch.as_tensor(v).to(device) for k, v in arrs.items()}
     return per[key]
 
@@ -280,7 +287,7 @@ def device_program(prog: LayerProgram, device: torch.device) -> dict[str, torch.
 class TritonLayerState:
     """``LayerState`` on the GPU (or the CPU under ``TRITON_INTERPRET=1``): same ``step``."""
 
-    BATCH_FIRST = ("prev_id", "pool", "cnt", "vok", "pend", "rok", "hkey", "hent", "hcnt", "hused")
+    BATCH_FIRST = ("prev_id", "pool", "cnt", "vok", "pend", "seen", "rok", "hkey", "hent", "hcnt", "hused")
 
     def __init__(self, prog: LayerProgram, batch: int, dim: int, device: Any = "cuda"):
         self.prog, self.length, self.dim, self.device = prog, 0, dim, torch.device(device)
@@ -292,6 +299,7 @@ class TritonLayerState:
         self.cnt = torch.zeros(B, n_acc, device=dev)
         self.vok = torch.zeros(B, n_vec, dtype=torch.int8, device=dev)
         self.pend = torch.full((B, n_vec), -1, dtype=torch.long, device=dev)
+        self.seen = torch.zeros(B, n_vec, dtype=torch.int8, device=dev)
         self.rok = torch.zeros(B, n_ring, prog.ring_len, dtype=torch.int8, device=dev)
         self.hkey = torch.full((B, n_map, 1), -1, dtype=torch.long, device=dev)
         self.hent = torch.zeros(B, n_map, 1, dtype=torch.int32, device=dev)
@@ -304,7 +312,7 @@ class TritonLayerState:
         return H, H + n_acc, H + n_acc + n_vec, H + n_acc + n_vec + n_ring * self.prog.ring_len
 
     def _rows(self, E: int) -> int:
-        return self._bases()[3] + self.prog.counts[MAP] * E
+        return self._bases()[3] + self.prog.counts[3] * E
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, k) for k in self.BATCH_FIRST}
@@ -321,7 +329,7 @@ class TritonLayerState:
 
     def _reserve(self, n: int) -> None:
         """Room for ``length + n`` entries per map (an upper bound on the distinct tokens)."""
-        M = self.prog.counts[MAP]
+        M = self.prog.counts[3]
         need = self.length + n
         if not M or need <= self.E:
             return
@@ -362,8 +370,8 @@ class TritonLayerState:
         n_acc, n_vec, n_ring, n_map = self.prog.counts
         if J:
             _scalar_kernel[(B, J)](
-                ids, prev, start, self.length, n, p["pc"], p["pf"], p["tables"], p["tables"].shape[1],
-                self.cnt, self.vok, self.pend, self.rok, self.hkey, self.hent, self.hcnt, self.hused, di, df,
+                ids, prev, start, self.length, n, p["pc"], p["pc"].shape[1], p["pf"], p["pf"].shape[1], p["place"], p["tables"], p["tables"].shape[1],
+                self.cnt, self.vok, self.pend, self.seen, self.rok, self.hkey, self.hent, self.hcnt, self.hused, di, df,
                 J, n_acc, n_vec, n_ring, n_map, self.prog.ring_len, self.hkey.shape[2], max(self.E, 1),
                 *self._bases())
         out = torch.empty(B, H, n, D, device=dev)
@@ -397,3 +405,23 @@ def _rehash(old_k: torch.Tensor, old_e: torch.Tensor, new_k: torch.Tensor, new_e
     B, M, OLD = old_k.shape
     if B * M:
         _rehash_kernel[(B * M,)](old_k.contiguous(), old_e.contiguous(), new_k, new_e, OLD, new_k.shape[2])
+
+
+# the ``triton`` backend (``backends``)
+def prefill(spec: Any, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor | None = None,
+            n_q: int | None = None) -> torch.Tensor:
+    """One head over a whole sequence (``triton_gpu``: chunked scans, no decoding state)."""
+    from headcode.kernels.program_head.triton_gpu import program_head_triton
+
+    return program_head_triton(spec, ids, v, start, n_q)
+
+
+def zero_state(program: LayerProgram, batch: int, dim: int, device: Any = None) -> TritonLayerState:
+    return TritonLayerState(program, batch, dim, "cuda" if device is None else device)
+
+
+def step(program: LayerProgram, state: TritonLayerState, ids: torch.Tensor, v: torch.Tensor,
+         start: torch.Tensor) -> tuple[torch.Tensor, TritonLayerState]:
+    if state.prog is not program:
+        raise ValueError("this state was made for another layer program")
+    return state.step(ids, v, start), state

@@ -119,26 +119,25 @@ def program_head_triton(spec: HeadSpec, ids: torch.Tensor, v: torch.Tensor, star
     v_c = v.contiguous()
     st = torch.zeros(B, dtype=torch.long, device=ids.device) if start is None else start.to(ids.device).long()
     if ids.device.type == "cpu":  # the full checks; on a GPU only shapes (no host sync): ids past
-        lo, hi = (int(ids.min()), int(ids.max())) if ids.numel() and spec.tables.shape[0] else (0, 0)
-        nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), lo, hi,  # the tables read as False
+        rng = (int(ids.min()), int(ids.max())) if ids.numel() and spec.tables.shape[0] else (0, 0)
+        nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), rng,  # the tables read as False
                             None if start is None else st.cpu().numpy(), n_q)
     else:
-        nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), 0, 0, None, n_q)
+        nq = S.check_inputs(spec, tuple(ids.shape), tuple(v.shape), (0, 0), None, n_q)
     prep = Prep(spec, ids, st)
     D = v.shape[2]
     w0 = T - nq  # only the query window's rows are combined (gathers compute only those rows)
     row = torch.zeros(B, nq, D, dtype=torch.float32, device=v.device)
     den = torch.zeros(B, nq, dtype=torch.float32, device=v.device)
-    for i in range(spec.n_terms):
-        kind = int(spec.kinds[i])
-        if kind in (S.SCAN, S.SAME_TOKEN):
-            si = prep.scan_input(i)
+    for t in spec.terms:
+        if isinstance(t.prim, (S.Scan, S.SameToken)):
+            si = prep.scan_input(t)
             num, has = segmented_scan(v_c, si.rows, si.mask, si.begin, si.rate)
             num, has = num[:, w0:], has[:, w0:]
         else:
-            idx = prep.gather_index(i)[:, w0:]
+            idx = prep.gather_index(t)[:, w0:]
             num, has = gather_rows(v_c, idx), idx >= 0
-        gate = (has & prep.table(int(spec.query_tab[i]))[:, w0:] & prep.valid[:, w0:]).float() * float(spec.weights[i])
+        gate = (has & prep.table(int(t.query_tab))[:, w0:] & prep.valid[:, w0:]).float() * float(t.weight)
         row += gate[..., None] * num
         den += gate
     first = v_c.gather(1, st[:, None, None].expand(B, 1, D)).float()

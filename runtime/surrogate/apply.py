@@ -47,7 +47,6 @@ from torch import nn
 from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
 from headcode.kernels.program_head.stream import LayerProgram, LayerState
-from headcode.kernels.program_head.stream_cpu import streamable
 from headcode.runtime.model.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
 from headcode.runtime.model.capture import attention_modules
 from headcode.runtime.model.heads import HeadRef
@@ -72,8 +71,7 @@ class LayerSurrogate:
         self.k_rows: tuple[int, ...] = tuple(range(n_kv_heads))    # KV group of each row of `key`
         self._index: dict[tuple, tuple[torch.Tensor, ...]] = {}
         # with a HeadcodeCache: compiled heads keep selector states, the others are recomputed
-        self.stateful = [h for h, fn in self.fns.items()
-                         if isinstance(fn, CompiledHeadFn) and streamable(fn.head.spec.kinds)]
+        self.stateful = [h for h, fn in self.fns.items() if isinstance(fn, CompiledHeadFn)]
         self.recompute = [h for h in self.fns if h not in self.stateful]
         self.key_groups = tuple(sorted({h // self.group for h in self.neural}))
         # the neural heads are every head of the kept groups: SDPA reads the groups without a gather

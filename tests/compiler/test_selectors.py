@@ -1,9 +1,10 @@
-"""The selector matrix, generated from the registry (``compiler/selectors/``): every example of
-every selector is traced, compiled, and run by the dense torch reference, Numba and Triton
-(interpreter without a GPU) and by both decoding kernels (a prefill, then one token per step),
-each against the selector's own numpy reference — with left padding and on two texts; its
-English names its phrase. A toy selector registered here runs
-through the same matrix from its one definition."""
+"""The selector matrix, generated from the registries (``compiler/selectors/`` and
+``kernels.program_head.backends``): every example of every selector is traced, compiled, and run
+by every backend (the dense torch reference, Numba, Triton -- interpreter without a GPU), over the
+whole sequence and through the backend's decoding state from zero (a prefill, then one token per
+step), each against the selector's own numpy reference -- with left padding and on two texts; its
+English names its phrase. A toy selector registered here runs through the same matrix from its
+one definition."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from headcode.compiler.pattern import Pattern, attention_from_scores, causal, ev
 from headcode.compiler.program import Program, namespace
 from headcode.compiler.program_to_ir import flatten
 from headcode.compiler.selectors import REGISTRY, Selector, registered
-from headcode.kernels.program_head.stream import LayerProgram, LayerState
-from headcode.kernels.program_head.stream_triton import TritonLayerState
+from headcode.kernels.program_head import backends
+from headcode.kernels.program_head.spec import Scan
+from headcode.kernels.program_head.stream import LayerProgram
 from headcode.runtime.text.tokens import Tokens
 
-BACKENDS = ("torch", "numba", "triton")
-DECODERS = {"decode-numba": LayerState, "decode-triton": lambda prog, B, D: TritonLayerState(prog, B, D, "cpu")}
+BACKENDS = backends.names()  # every registered backend: prefill, and decoding from a zero state
 
 
 def selector_cases() -> list[tuple[str, int]]:
@@ -35,12 +36,16 @@ def _tokens(ids: np.ndarray) -> Tokens:
     return Tokens.synthetic([VOCAB[i] for i in ids], [int(i) for i in ids])
 
 
-def _decode(make, head, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor, prefill: int = 9) -> torch.Tensor:
-    """``ids [1, T], v [1, T, D]`` through a decoding state: ``prefill`` tokens, then one per step."""
-    state = make(LayerProgram.build([head.spec], [0]), 1, v.shape[-1])
-    cuts = [0, *range(prefill, ids.shape[1] + 1)]
-    outs = [state.step(ids[:, a:b], v[:, None, a:b].float(), start) for a, b in zip(cuts, cuts[1:])]
-    return torch.cat([o.cpu() for o in outs], 2)[:, 0]
+def _decode(backend: str, head, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+            prefill: int = 9) -> torch.Tensor:
+    """``ids [1, T], v [1, T, D]`` through ``backend``'s decoding state from zero: ``prefill``
+    tokens, then one per step."""
+    b, prog = backends.get(backend), LayerProgram.build([head.spec], [0])
+    state, outs = b.zero_state(prog, 1, v.shape[-1], "cpu"), []
+    for lo, hi in zip([0, *range(prefill, ids.shape[1])], range(prefill, ids.shape[1] + 1)):
+        out, state = b.step(prog, state, ids[:, lo:hi], v[:, None, lo:hi].float(), start)
+        outs.append(out.cpu())
+    return torch.cat(outs, 2)[:, 0]
 
 
 def check_example(kind: str, i: int) -> None:
@@ -64,9 +69,9 @@ def check_example(kind: str, i: int) -> None:
             got = run_head(head, padded, vp if backend != "triton" else vp.float(), torch.tensor([pad]),
                            backend=backend)[0, pad:]
             torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0, msg=f"{backend}: {body}")
-        for name, make in DECODERS.items():
-            got = _decode(make, head, padded, vp, torch.tensor([pad]))[0, pad:]
-            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0, msg=f"{name}: {body}")
+        for backend in BACKENDS:
+            got = _decode(backend, head, padded, vp, torch.tensor([pad]))[0, pad:]
+            torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0, msg=f"decode {backend}: {body}")
 
 
 @pytest.mark.parametrize("kind, i", selector_cases(), ids=[f"{k}-{i}" for k, i in selector_cases()])
@@ -100,7 +105,7 @@ def _toy_reference(s, t) -> np.ndarray:
 TOY = Selector(
     kind="toy_recent_in_clause", meaning="recent keys of the query's clause", functions=(recent_in_clause,),
     reference=_toy_reference, params=("rate",), needs_aux=True, key_words="that are",
-    lower=lambda s: dict(kind="scan", ev_tab=s.aux_table, ev_lag=1, ev_start=1, rate=s.rate),
+    lower=lambda s: Scan(ev_tab=s.aux_table, ev_lag=1, ev_start=True, rate=s.rate),
     phrase=lambda s: f"recent tokens of the clause (decay {s.rate:g})",
     examples=("recent_in_clause(t, 0.7)", "when(noun_like, recent_in_clause(t, 0.5)) + 0.2 * first(t)"),
 )

@@ -5,10 +5,14 @@ query gate), on batches with left padding, query windows and several Triton chun
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
 
+from headcode.kernels.program_head import spec as S
 from headcode.kernels.program_head.naive import program_head_naive
 from headcode.kernels.program_head.numba_cpu import program_head_numba
 from headcode.kernels.program_head.spec import EVERY, NO_TABLE, HeadSpec
@@ -36,19 +40,40 @@ def _batch(seed: int, B: int = 3, T: int = 70, D: int = 12):
     return ids, v, start
 
 
-EVENTS = [dict(ev_tab=NO_TABLE, ev_start=1), dict(ev_tab=EVERY), dict(ev_tab=2, ev_lag=1, ev_start=1),
+EVENTS = [dict(ev_tab=NO_TABLE, ev_start=True), dict(ev_tab=EVERY), dict(ev_tab=2, ev_lag=1, ev_start=True),
           dict(ev_tab=3, ev_lag=0), dict(ev_tab=0, ev_lag=0)]
-POINTERS = [dict(kind="pointer", strict=st, shift=sh, **ev) for ev in EVENTS for st in (0, 1)
-            for sh in ((0,) if ev["ev_tab"] == NO_TABLE else (-2, 0, 1))]
-SCANS = [dict(kind="scan", rate=r, **ev) for ev in (dict(ev_tab=NO_TABLE), dict(ev_tab=2, ev_lag=1, ev_start=1),
-                                                   dict(ev_tab=3)) for r in (1.0, 0.6)]
-OTHERS = [dict(kind="same_token"), dict(kind="induction")]
-TERM_CASES = [dict(t, key_tab=kt, query_tab=qt, weight=0.7) for t in POINTERS + SCANS + OTHERS
-              for kt, qt in ((-1, -1), (0, 1))]
+EVENT_FIELDS = ("ev_tab", "ev_lag", "ev_start")
+# the values the grid tries for each field that is neither an event field nor a flag (bool: on and off)
+VALUES = {"shift": (-2, 0, 1), "rate": (1.0, 0.6)}
+
+
+def primitive_grid(kind: str) -> list[dict]:
+    """The cases of one primitive, generated from its fields in ``spec.SCHEMA``: the events times
+    ``VALUES`` of its other fields, with every flag off, each flag on alone and all flags on; key
+    restriction and query gate alternate. A new flag is covered without a change here; a new
+    non-flag field fails until it has values."""
+    cls = S.SCHEMA.primitives[kind]
+    names = [f.name for f in fields(cls)]
+    flags = [f.name for f in fields(cls) if f.type in (bool, "bool") and f.name not in EVENT_FIELDS]
+    other = [n for n in names if n not in EVENT_FIELDS and n not in flags]
+    missing = [n for n in other if n not in VALUES]
+    assert not missing, f"{kind}: give the grid values for {missing} (VALUES)"
+    events = EVENTS if "ev_tab" in names else [{}]
+    base = [dict(kind=kind, **ev, **dict(zip(other, combo))) for ev in events
+            for combo in itertools.product(*(VALUES[n] for n in other))]
+    on = [{}, *({f: True} for f in flags), *([dict.fromkeys(flags, True)] if len(flags) > 1 else [])]
+    cases = [dict(b, **f) for f in on for b in base]
+    return [dict(c, key_tab=0, query_tab=1) if i % 2 else c for i, c in enumerate(cases)]
+
+
+POINTERS, SCANS = primitive_grid("pointer"), primitive_grid("scan")
+OTHERS = [dict(c, key_tab=kt, query_tab=qt) for k in ("same_token", "induction") for c in primitive_grid(k)
+          for kt, qt in ((-1, -1), (0, 1))]
+TERM_CASES = [dict(t, weight=0.7) for t in POINTERS + SCANS + OTHERS]
 
 
 def _id(t: dict) -> str:
-    return "-".join(f"{k}{v}" for k, v in t.items() if k != "weight")
+    return "-".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in t.items() if k != "weight")
 
 
 @pytest.mark.parametrize("kernel", list(KERNELS))

@@ -48,7 +48,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from headcode.kernels.program_head import stream_triton as ST
-PTR = {"pf_ptr": "*fp32", "tables_ptr": "*u8", "cnt_ptr": "*fp32", "vok_ptr": "*i8", "rok_ptr": "*i8",
+PTR = {"pf_ptr": "*fp32", "tables_ptr": "*u8", "cnt_ptr": "*fp32", "vok_ptr": "*i8", "rok_ptr": "*i8", "seen_ptr": "*i8",
        "hent_ptr": "*i32", "hcnt_ptr": "*fp32", "df_ptr": "*fp32", "v_ptr": "*fp32", "pool_ptr": "*fp32",
        "out_ptr": "*fp32", "oe_ptr": "*i32", "ne_ptr": "*i32"}
 for k in (ST._scalar_kernel, ST._vector_kernel, ST._rehash_kernel):

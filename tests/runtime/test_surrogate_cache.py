@@ -142,7 +142,7 @@ def test_concurrent_generations_on_one_model_each_get_their_own_tokens(tiny_llam
 
 
 def test_every_compiled_head_keeps_a_decoding_state(tiny_llama_dir):
-    """Every primitive has a decoding state (``streamable``), so anchors (after_last / before_last:
+    """Every primitive has a decoding state, so anchors (after_last / before_last:
     pointers with a shift) and segment starts keep states too, and none is recomputed."""
     lm = load_model(tiny_llama_dir)
     sources = {
