@@ -45,12 +45,18 @@ def parse_cluster(text: str | None) -> ClusterSpec | None:
     return ClusterSpec(address or None)
 
 
-def connect(spec: ClusterSpec) -> Any:
-    """The ``ray`` module, connected to ``spec``'s cluster (once per process)."""
+def require_ray() -> Any:
+    """The ``ray`` module, or a one-line error saying how to install it."""
     try:
         import ray
     except ImportError as e:
         raise HeadcodeError(f"--cluster needs Ray, which is not installed: {INSTALL}") from e
+    return ray
+
+
+def connect(spec: ClusterSpec) -> Any:
+    """The ``ray`` module, connected to ``spec``'s cluster (once per process)."""
+    ray = require_ray()
     if not ray.is_initialized():
         env = {"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}
         try:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from headcode.cluster import ClusterSpec, connect
+from headcode.cluster import ClusterSpec, connect, require_ray
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth.backend import Backend
@@ -60,7 +60,9 @@ def _search_task(shared: list, head: str, limiter: Any) -> HeadSearch:
 
 
 def head_runner(spec: ClusterSpec, llm_per_minute: float | None = None) -> SearchRunner:
-    """A ``synth.explain`` search runner that sends one task per head to ``spec``'s cluster."""
+    """A ``synth.explain`` search runner that sends one task per head to ``spec``'s cluster (joined
+    when the first head is sent; Ray must be installed now)."""
+    require_ray()
 
     def run(backend: Backend, patterns: HeadPatterns, todo: Sequence[HeadRef]) -> Iterator[HeadSearch]:
         if not todo:

@@ -120,6 +120,7 @@ def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
 
     if s.max_programs < 1:
         raise HeadcodeError("--max-programs must be at least 1")
+    runner = _runner(s)  # a bad --cluster (or no Ray) is said before anything loads
     out = Path(s.out)
     hp, model_name, heads = captured_patterns(s, loaded)
     if not hp.texts("fit") or not hp.texts("select") or not hp.texts("test"):
@@ -127,7 +128,7 @@ def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
                             "use a larger corpus or a larger --max-texts")
     backend = make_backend(s)
     results = explain_heads(hp, backend, heads, state_dir=out / "state", max_programs=s.max_programs,
-                            progress=s.progress, **_runner(s))
+                            progress=s.progress, **runner)
     if not results:
         raise HeadcodeError("no head could be explained (see the messages above)")
     test_text = hp.texts("test")[0]
