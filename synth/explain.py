@@ -8,7 +8,7 @@ the same state directory continues where it stopped.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +41,43 @@ def load_state(path: Path, backend: str) -> list[FrontPoint] | None:
     return [FrontPoint(**{k: v for k, v in p.items() if k != "fidelity"}) for p in d["front"]]
 
 
+# one head's search: its candidate points (or why it got none) and the programs the sandbox refused
+HeadSearch = tuple[HeadRef, "list[FrontPoint] | Rejected", dict[str, str]]
+# runs the search of every head of a list, yielding each as it finishes (in any order)
+SearchRunner = Callable[[Backend, HeadPatterns, Sequence[HeadRef]], Iterator[HeadSearch]]
+
+
+def search_head(backend: Backend, patterns: HeadPatterns, head: HeadRef) -> HeadSearch:
+    """One head's search, in this process (a cluster worker calls this too)."""
+    try:
+        points = head_points(backend, patterns, head)
+    except Rejected as e:
+        return head, e, {}
+    return head, points, dict(getattr(backend, "refused", {}))
+
+
+def search_here(backend: Backend, patterns: HeadPatterns, todo: Sequence[HeadRef]) -> Iterator[HeadSearch]:
+    """The search of every head, one after another in this process."""
+    for h in todo:
+        yield search_head(backend, patterns, h)
+
+
 def _search(backend: Backend, patterns: HeadPatterns, todo: Sequence[HeadRef], fronts: dict[str, list[FrontPoint]],
-            state: Path | None, bar: Any) -> dict[str, str]:
+            state: Path | None, bar: Any, run: SearchRunner = search_here) -> dict[str, str]:
     """The front of every head in ``todo`` (into ``fronts``), each saved under ``state`` as soon as it
     is made; returns the heads that got none, with why."""
     failed: dict[str, str] = {}
-    for h in todo:
-        try:
-            points = head_points(backend, patterns, h)
-            fronts[str(h)] = pareto(points)
-            if not fronts[str(h)]:
-                raise Rejected(f"{h}: no candidate program within the size limit")
-        except Rejected as e:
-            fronts.pop(str(h), None)
-            failed[str(h)] = str(e)
+    for h, points, refused in run(backend, patterns, todo):
+        front = pareto(points) if not isinstance(points, Rejected) else []
+        if isinstance(points, Rejected) or not front:
+            failed[str(h)] = str(points) if isinstance(points, Rejected) else \
+                f"{h}: no candidate program within the size limit"
         else:
+            fronts[str(h)] = front
             if state:
-                refused = getattr(backend, "refused", {})  # programs the sandbox refused, with why
                 write_json(state / f"{h}.json", {
                     "version": STATE_VERSION, "backend": backend.name,
-                    "front": [p.to_json() for p in fronts[str(h)]],
+                    "front": [p.to_json() for p in front],
                     "alternatives": [{"program": program_name(p.source), "iou": p.iou,
                                       "output_error": p.output_error, "size": p.size} for p in points],
                     "refused": [{"program": program_name(s), "reason": r} for s, r in refused.items()]})
@@ -76,12 +93,14 @@ def explain_heads(
     max_programs: int = 1000,
     progress: bool = True,
     budget: bool = True,
+    run: SearchRunner = search_here,
 ) -> dict[str, Candidate]:
     """``{"L3.H7": Candidate}`` with fit/select/test scores for every head that could be explained.
 
     Per head: the front of (size, select fidelity) and Occam's choice (saved as soon as it is
     made); then, over all heads, the readability budget (``occam.within_budget``; ``budget``);
-    then the chosen programs are scored on every split, test last.
+    then the chosen programs are scored on every split, test last. ``run``: where the per-head
+    searches run (``search_here``: this process; ``headcode.cluster.explain``: a Ray cluster).
     """
     heads = tuple(heads) if heads is not None else patterns.heads
     missing = [h for h in heads if h not in patterns.index]
@@ -102,7 +121,8 @@ def explain_heads(
     backend.prepare(patterns, heads)
     bar.set_postfix_str("")
     bar.reset()  # the rate and time left count from here: preparing is a one-off
-    failed = _search(backend, patterns, todo, fronts, state, bar)
+    failed = _search(backend, patterns, todo, fronts, state, bar, run)
+    fronts = {str(h): fronts[str(h)] for h in heads if str(h) in fronts}  # heads' order, however they finished
     if failed:
         tqdm.write(f"headcode: {len(failed)} heads got no program: " +
                    "; ".join(f"{h}: {r}" for h, r in list(failed.items())[:3]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,14 +52,29 @@ class OpenAIBackend:
         import openai
 
         self.options = options or LLMOptions()
-        key = os.environ.get("OPENAI_API_KEY") or "sk-no-key-local-server"
         self._openai = openai
-        self.client = openai.OpenAI(base_url=self.options.base_url, api_key=key,
+        self.client = openai.OpenAI(base_url=self.options.base_url, api_key=self.client_key(),
                                     timeout=self.options.timeout_s, max_retries=1)
         self._cache: dict[tuple[str, int], np.ndarray | str] = {}
         self._deadline = float("inf")
         self.refused: dict[str, str] = {}  # source -> why the sandbox refused it (current head)
         self.log: list[dict] = []  # (head, round, prompt, reply) for inspection
+        self.limiter: Callable[[], None] | None = None  # waits for a request slot (cluster-wide rate)
+
+    # pickled to run on another process (``headcode.cluster``): the HTTP client is made anew there
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("client", "_openai", "limiter")}
+
+    def __setstate__(self, state: dict) -> None:
+        import openai
+
+        self.__dict__.update(state, _openai=openai, limiter=None)
+        self.client = openai.OpenAI(base_url=self.options.base_url, api_key=self.client_key(),
+                                    timeout=self.options.timeout_s, max_retries=1)
+
+    @staticmethod
+    def client_key() -> str:
+        return os.environ.get("OPENAI_API_KEY") or "sk-no-key-local-server"
 
     def prepare(self, patterns: HeadPatterns, heads: Sequence[HeadRef]) -> None:
         self.patterns = patterns
@@ -67,6 +82,8 @@ class OpenAIBackend:
     # the endpoint ---------------------------------------------------------------------------
     def _ask(self, messages: list[dict]) -> str:
         o, url = self._openai, self.options.base_url or "https://api.openai.com/v1"
+        if self.limiter is not None:
+            self.limiter()
         try:
             r = self.client.chat.completions.create(model=self.options.model, messages=messages,
                                                     temperature=self.options.temperature)

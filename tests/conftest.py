@@ -76,6 +76,18 @@ def default_model():
     return load_model("smollm2-135m")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cluster`` need Ray (the cluster extra): skipped, and said so, without it;
+    ``make test-cluster`` installs it and checks the import before it runs them."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        skip = pytest.mark.skip(reason="Ray is not installed (the cluster extra): make test-cluster")
+        for item in items:
+            if "cluster" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _offline():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

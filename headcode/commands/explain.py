@@ -4,6 +4,7 @@
   headcode explain --corpus stories --unit sentence --heads L0-3 --out out/sent
   headcode explain --backend openai --base-url http://127.0.0.1:8000/v1 --model qwen --out out/llm
   headcode explain --patterns patterns.safetensors --out out/explain
+  headcode explain --cluster ray:10.0.0.5:6379 --out out/explain   (pip install 'headcode[cluster]')
 
 Programs are written on the fit split, chosen on the select split and reported on the test
 split. Writes DIR/programs/L<l>.H<h>.py, DIR/report.json, DIR/report.md and DIR/plots/.
@@ -45,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds of sandbox time per head; programs not run by then are refused "
                         "(openai backend; default %(default)s)")
     p.add_argument("--patterns", default=None, help="use this captured patterns file instead of capturing")
+    p.add_argument("--cluster", default=None, metavar="ray[:ADDRESS]",
+                   help="one task per head on Ray: ray (a local instance) or ray:ADDRESS (a running cluster)")
+    p.add_argument("--llm-per-minute", type=float, default=None,
+                   help="with --cluster: LLM requests per minute, all workers together (openai backend)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -56,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend, base_url=args.base_url, llm=args.llm, max_programs=args.max_programs,
         max_texts=args.max_texts, max_tokens=args.max_tokens, rounds=args.rounds, patterns=args.patterns,
         max_programs_per_reply=args.max_programs_per_reply, head_time_limit=args.head_time_limit,
-        progress=not args.no_progress))
+        progress=not args.no_progress, cluster=args.cluster, llm_per_minute=args.llm_per_minute))
     print(json.dumps({"out": str(res.out), **res.summary}))
     return 0

@@ -9,6 +9,12 @@ replaced (write a plan with only the heads you want with `headcode select`); --h
 some of them. Chat uses the tokenizer's chat template (--chat-template FILE gives one to a
 tokenizer without). Requests are answered one at a time, in order of arrival. Any OpenAI client
 works, e.g. OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").
+
+More than one replica (pip install 'headcode[cluster]'): --replicas N runs N copies of the model
+as a Ray Serve deployment on a local Ray instance, or on a running cluster with --cluster
+ray:ADDRESS; Ray Serve's HTTP proxy answers on --host/--port with the same API. Serve's deployment
+options pass through as JSON, e.g. --serve-options '{"autoscaling_config": {"min_replicas": 1,
+"max_replicas": 4, "target_ongoing_requests": 2}, "max_ongoing_requests": 8}'.
 """
 
 from __future__ import annotations
@@ -36,19 +42,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests waiting or running at once; past it a request gets HTTP 429 (default 64)")
     p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
                    help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
+    p.add_argument("--replicas", type=int, default=None, help="serve N replicas on Ray Serve (the cluster extra)")
+    p.add_argument("--cluster", default=None, metavar="ray[:ADDRESS]",
+                   help="with --replicas: ray (a local instance, the default) or ray:ADDRESS (a running cluster)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="with --replicas: Ray CPUs per replica")
+    p.add_argument("--serve-options", default=None, metavar="JSON",
+                   help="with --replicas: Ray Serve deployment options (autoscaling_config, max_ongoing_requests, ...)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def _replicas(args: argparse.Namespace, settings: object) -> int:
+    """``--replicas``: deploy on Ray Serve, then wait until interrupted."""
+    import json
+    import time
+
+    from headcode.cluster import parse_cluster
+    from headcode.cluster.serve import ReplicaSettings, serve_replicas, stop
+    from headcode.errors import HeadcodeError
+
+    try:
+        options = json.loads(args.serve_options) if args.serve_options else {}
+    except json.JSONDecodeError as e:
+        raise HeadcodeError(f"--serve-options is not JSON ({e}): e.g. '{{\"max_ongoing_requests\": 8}}'") from e
+    if not isinstance(options, dict):
+        raise HeadcodeError("--serve-options: give a JSON object of Ray Serve deployment options")
+    spec = parse_cluster(args.cluster or "ray")
+    if spec is None:
+        raise HeadcodeError("--replicas runs on Ray: give --cluster ray or ray:ADDRESS (or no --cluster)")
+    n = args.replicas if args.replicas is not None else 1
+    url = serve_replicas(settings, spec, ReplicaSettings(n, args.cpus_per_replica, options))
+    print(f"headcode: serving {n} replicas on Ray Serve ({spec}) at {url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stop()
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.serve import ServeSettings, start_server
 
     heads = tuple(h.strip() for h in args.heads.split(",") if h.strip()) if args.heads else None
-    server = start_server(ServeSettings(
+    settings = ServeSettings(
         model=args.model, surrogates=Path(args.surrogates) if args.surrogates else None, heads=heads,
         host=args.host, port=args.port, name=args.name,
         chat_template=Path(args.chat_template) if args.chat_template else None, max_tokens=args.max_tokens,
         max_queue=args.max_queue,
-        backend=args.backend, log_level=args.log_level))
+        backend=args.backend, log_level=args.log_level)
+    if args.replicas is not None or args.cluster:
+        return _replicas(args, settings)
+    server = start_server(settings)
     served = server.served
     print(f"headcode: serving {served.id!r} ({len(served.heads)} of {served.total_heads} heads replaced by "
           f"programs) at {server.url}", flush=True)

@@ -33,6 +33,8 @@ class ExplainSettings:
     head_time_limit: float = 600.0   # seconds per head: programs not run by then are refused (openai backend)
     patterns: str | None = None      # a captured patterns file to use instead of capturing
     progress: bool = True
+    cluster: str | None = None       # ray | ray:ADDRESS: one task per head on a Ray cluster (headcode.cluster)
+    llm_per_minute: float | None = None  # LLM requests per minute, all workers together (cluster only)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,20 @@ def make_backend(s: ExplainSettings) -> Any:
     raise HeadcodeError(f"unknown backend {s.backend!r}: use offline or openai")
 
 
+def _runner(s: ExplainSettings) -> dict[str, Any]:
+    """``{"run": the per-head search runner}`` for ``s.cluster`` (Ray imported only then), or ``{}``."""
+    from headcode.cluster import parse_cluster
+
+    spec = parse_cluster(s.cluster)
+    if spec is None:
+        if s.llm_per_minute:
+            raise HeadcodeError("--llm-per-minute limits the requests of a cluster's workers: give --cluster too")
+        return {}
+    from headcode.cluster.explain import head_runner
+
+    return {"run": head_runner(spec, s.llm_per_minute)}
+
+
 def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
     """Programs for ``s.heads`` of ``s.model``: written on the fit split, chosen on the select
     split, reported on the test split. ``loaded``: the model, when already loaded."""
@@ -104,6 +120,7 @@ def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
 
     if s.max_programs < 1:
         raise HeadcodeError("--max-programs must be at least 1")
+    runner = _runner(s)  # a bad --cluster (or no Ray) is said before anything loads
     out = Path(s.out)
     hp, model_name, heads = captured_patterns(s, loaded)
     if not hp.texts("fit") or not hp.texts("select") or not hp.texts("test"):
@@ -111,7 +128,7 @@ def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
                             "use a larger corpus or a larger --max-texts")
     backend = make_backend(s)
     results = explain_heads(hp, backend, heads, state_dir=out / "state", max_programs=s.max_programs,
-                            progress=s.progress)
+                            progress=s.progress, **runner)
     if not results:
         raise HeadcodeError("no head could be explained (see the messages above)")
     test_text = hp.texts("test")[0]

@@ -54,32 +54,55 @@ def _read(path: Path, what: str) -> str:
         raise HeadcodeError(f"cannot read the {what} {path} ({e.strerror or e})") from e
 
 
-def start_server(s: ServeSettings) -> Server:
-    """A server ready to ``run()``: the socket bound, the model loaded with the plan in place."""
-    from headcode.api import load_surrogate_model
-    from headcode.runtime.surrogate.serving import Generator
-    from headcode.server import ServedModel, build_app, listen
-
+def check_settings(s: ServeSettings) -> None:
+    """Every bad setting, before anything loads."""
     if s.max_queue < 1:
         raise HeadcodeError(f"--max-queue {s.max_queue}: give a positive number of requests")
     if s.max_tokens < 1:
         raise HeadcodeError(f"--max-tokens {s.max_tokens}: give a positive number of tokens")
     if s.heads and not s.surrogates:
         raise HeadcodeError("--heads picks heads of a plan: give --surrogates FILE too")
+
+
+@dataclass(frozen=True, eq=False)
+class ServedApp:
+    app: Any                                  # the FastAPI app (headcode.server)
+    served: Any                               # headcode.server.ServedModel
+    generator: Any
+    has_chat_template: bool
+
+
+def served_app(s: ServeSettings) -> ServedApp:
+    """The model loaded with the plan in place, and the app that serves it (this process or a
+    Ray Serve replica: ``headcode.cluster.serve``)."""
+    from headcode.api import load_surrogate_model
+    from headcode.runtime.surrogate.serving import Generator
+    from headcode.server import ServedModel, build_app
+
     template = _read(s.chat_template, "chat template") if s.chat_template else None
-    sock = listen(s.host, s.port)
-    try:
-        lm, handle = load_surrogate_model(s.model, s.surrogates, heads=s.heads, backend=s.backend)
-    except BaseException:
-        sock.close()
-        raise
+    lm, handle = load_surrogate_model(s.model, s.surrogates, heads=s.heads, backend=s.backend)
     replaced = tuple(str(h) for h in handle.heads) if handle is not None else ()
     name = lm.name if "/" not in lm.name else Path(lm.name).name
     served = ServedModel(id=s.name or (f"{name}+{Path(s.surrogates).stem}" if s.surrogates else name),
                          base_model=lm.name, plan=str(s.surrogates) if s.surrogates else None, heads=replaced,
                          total_heads=lm.n_layers * lm.n_heads, max_tokens=s.max_tokens)
     gen = Generator(lm.model, lm.tokenizer, chat_template=template, max_queue=s.max_queue)
+    return ServedApp(build_app(gen, served), served, gen, bool(getattr(lm.tokenizer, "chat_template", None)))
+
+
+def start_server(s: ServeSettings) -> Server:
+    """A server ready to ``run()``: the socket bound, the model loaded with the plan in place."""
+    from headcode.server import listen
+
+    check_settings(s)
+    if s.chat_template:
+        _read(s.chat_template, "chat template")
+    sock = listen(s.host, s.port)
+    try:
+        a = served_app(s)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    return Server(served, f"http://{host}:{port}/v1", bool(getattr(lm.tokenizer, "chat_template", None)),
-                  build_app(gen, served), sock, gen, s.log_level)
+    return Server(a.served, f"http://{host}:{port}/v1", a.has_chat_template, a.app, sock, a.generator, s.log_level)

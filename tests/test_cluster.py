@@ -1,0 +1,157 @@
+"""More than one machine, on a Ray cluster the tests start themselves (the ``cluster`` extra;
+``make test-cluster``): explain with one task per head gives the local run's programs and
+numbers, a worker killed mid-run has its head run again and the run finishes, and
+``serve --replicas 2`` answers the openai client as one ``headcode serve`` does."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from headcode.pipeline.explain import ExplainSettings, explain_model
+
+pytestmark = pytest.mark.cluster
+
+HERE = Path(__file__).resolve().parent
+RAY = str(Path(sys.executable).parent / "ray")
+EXTRA = {  # three more planted heads beside the synthesis tests' three: six tasks on two CPUs
+    "L1.H1": "def attend(t):\n    return 0.8 * previous(t, 1) + 0.2 * current(t)\n",
+    "L2.H0": "def attend(t):\n    return 0.6 * first(t) + 0.4 * previous(t, 2)\n",
+    "L2.H1": "def attend(t):\n    return 0.5 * current(t) + 0.5 * first(t)\n",
+}
+
+
+def _synth_patterns():
+    spec = importlib.util.spec_from_file_location("synth_patterns", HERE / "synth" / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_patterns({**mod.PLANTED, **EXTRA}, noise=0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _outputs(out: Path) -> dict[str, str]:
+    """Everything explain wrote that the run decides (report, programs, each head's state)."""
+    files = [out / "report.json", *sorted((out / "programs").iterdir()), *sorted((out / "state").iterdir())]
+    return {f.relative_to(out).as_posix(): f.read_text() for f in files}
+
+
+@pytest.fixture(scope="module")
+def patterns(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cluster") / "patterns.safetensors"
+    _synth_patterns().save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local_run(patterns, tmp_path_factory) -> dict[str, str]:
+    out = tmp_path_factory.mktemp("local") / "out"
+    explain_model(ExplainSettings(out=out, patterns=patterns, progress=False))
+    return _outputs(out)
+
+
+@pytest.fixture(scope="module")
+def head_node(tmp_path_factory):
+    """``ray start --head`` with 2 CPUs on a free port; stopped (with its workers) at the end."""
+    port = _free_port()
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
+    yield f"127.0.0.1:{port}"
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_explain_on_a_local_ray_instance_equals_the_local_run(patterns, local_run, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "out"
+        explain_model(ExplainSettings(out=out, patterns=patterns, progress=False, cluster="ray"))
+    finally:
+        ray.shutdown()
+    assert _outputs(out) == local_run  # the same programs and numbers, byte for byte
+
+
+def _task_pids() -> list[int]:
+    """Worker processes running a head's search now (Ray titles a busy worker ``ray::<task>``)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "cmdline").read_bytes().startswith(b"ray::_search_task"):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_run_finishes(head_node, patterns, local_run, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "headcode.cli", "explain", "--patterns", patterns, "--out", str(out),
+           "--cluster", f"ray:{head_node}", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, deadline = None, time.time() + 300
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        pids = _task_pids()
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.02)
+    log = proc.communicate(timeout=600)[0]
+    assert killed is not None, f"no head's task was seen running: {log[-2000:]}"
+    assert proc.returncode == 0, log[-2000:]
+    assert _outputs(out) == local_run
+
+
+def test_serve_two_replicas_answers_the_openai_client(head_node, tiny_llama_dir, tmp_path):
+    openai = pytest.importorskip("openai")
+    sys.path.insert(0, str(HERE))
+    from test_serve import continuer
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "headcode.cli", "serve", tiny_llama_dir, "--replicas", "2", "--cluster",
+           f"ray:{head_node}", "--port", str(port), "--name", "tiny", "--max-tokens", "64"]
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 300
+        while "serving 2 replicas" not in Path(log.name).read_text():
+            assert proc.poll() is None and time.time() < deadline, Path(log.name).read_text()[-2000:]
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        reference = continuer(tiny_llama_dir, None)
+        prompts = ["Tom liked to", "The next day, it", "His friend Lily", "They played until"]
+        for p in prompts:
+            r = client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0)
+            assert r.choices[0].text == reference(p, 8)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as h:
+            assert json.load(h)
+        bad = urllib.request.Request(f"{url}/completions", data=b'{"model": "tiny"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=30)
+        assert 400 <= e.value.code < 500  # a bad request gets a 4xx through the proxy too
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
