@@ -35,6 +35,7 @@ PROGRAMS: tuple[Case, ...] = (
     Case("same_sentence_alnum", "in_same_sentence(t, alpha | digit) + 0.2 * current(t)"),
     Case("same_token", "same_token(t)"),
     Case("recent_punct", "most_recent(t, punct)"),
+    Case("first_name", "first_of(t, name) + 0.3 * previous(t, 1)"),
     Case("recent_comma_strict", "most_recent(t, comma, strict=True) + 0.1 * first(t)"),
     Case("sentence_start", "sentence_start(t)"),
     Case("word_start", "word_start(t) + 0.3 * previous(t, 1)"),
