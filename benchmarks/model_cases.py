@@ -74,7 +74,7 @@ def n_replaced(fraction: float, total: int) -> int:
 def programs_plan(loaded: Any) -> Any:
     """A ``SurrogatePlan`` with a program for every head (``MODEL_PROGRAMS`` compiled once each)."""
     from headcode.compiler import SurrogatePlan, compile_source
-    from headcode.runtime.text.tokens import vocabulary_pieces
+    from headcode.compiler.tokens import vocabulary_pieces
 
     pieces = vocabulary_pieces(loaded.tokenizer)
     compiled = [compile_source(c.source, pieces, loaded.fingerprint, name=c.name, model_id=loaded.name, strict=True)
@@ -195,9 +195,9 @@ def model_cases(loaded: Any, settings: Settings, plan: Any = None,
 
 def synthesis_case(loaded: Any, settings: Settings) -> dict[str, Any]:
     """Heads explained per minute by the offline backend (capture excluded) on the stories corpus."""
+    from headcode.compiler.tokens import Tokens
     from headcode.runtime.model.capture import capture
     from headcode.runtime.text.corpus import load_corpus
-    from headcode.runtime.text.tokens import Tokens
     from headcode.synth.explain import explain_heads
     from headcode.synth.offline import OfflineBackend
 

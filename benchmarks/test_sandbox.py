@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox as S
+from headcode.compiler import sandbox as S
+from headcode.compiler.tokens import Tokens
 
 TRACED = "def attend(t):\n    return 0.5 * previous(t, 1) + 0.3 * first(t) + 0.2 * most_recent(t, punct)\n"
 FREE = "import numpy as np\ndef attend(t):\n    T = len(t)\n    return np.tril(np.ones((T, T))) * (1 + np.arange(T))\n"

@@ -19,7 +19,7 @@ from headcode.benchmarks.catalogue import BY_NAME
 
 @pytest.fixture(scope="module")
 def pieces(lm):
-    from headcode.runtime.text.tokens import vocabulary_pieces
+    from headcode.compiler.tokens import vocabulary_pieces
 
     return vocabulary_pieces(lm.tokenizer)
 
@@ -30,7 +30,7 @@ PROGRAMS = {c.name: c for c in [BY_NAME[n] for n in bm.HEAD_PROGRAMS] + list(bm.
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_compile(benchmark, lm, pieces, name):
     from headcode.compiler import compile_source
-    from headcode.synth.sandbox import clear_table_caches as clear_cache  # compiling runs in the sandbox
+    from headcode.compiler.sandbox import clear_table_caches as clear_cache  # compiling runs in the sandbox
 
     benchmark.group = "compile"
     benchmark.name = f"compile[{name}]"

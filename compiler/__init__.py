@@ -1,7 +1,7 @@
 """headcode.compiler: trace programs into selector IR, validate, lower to vocabulary tables and
 kernel terms, run them, and save/load surrogate plans.
 
-Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile``; ``dispatch``
+Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile`` (run in the sandbox's worker; ``sandbox`` compiles untrusted source there); ``dispatch``
 (``run_head``); ``export`` (``save_plan``/``load_plan``). Names are imported lazily so that
 ``import headcode.compiler.predicates`` stays torch-free.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from headcode.lazy import lazy_attributes
 
 _API = {
-    "compile_program": "headcode.compiler.compile",
-    "compile_source": "headcode.compiler.compile",
+    "compile_program": "headcode.compiler.sandbox",
+    "compile_source": "headcode.compiler.sandbox",
     "CompiledHead": "headcode.compiler.head",
     "SurrogatePlan": "headcode.compiler.head",
     "Term": "headcode.compiler.head",

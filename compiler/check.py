@@ -52,6 +52,7 @@ from headcode.compiler.language import (  # noqa: F401 - re-exported: the langua
     SAFE_BUILTINS,
     allowed_attributes,
 )
+from headcode.compiler.namespace import namespace
 
 DENIED_ATTRIBUTES = DENIED_METHODS
 
@@ -68,8 +69,6 @@ _ALLOWED_NODES = (
 
 
 def api_names() -> frozenset[str]:
-    from headcode.compiler.program import namespace
-
     return frozenset(namespace())
 
 

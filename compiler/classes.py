@@ -219,3 +219,13 @@ def _split_top(s: str, op: str) -> list[str]:
         cur += s[i]
         i += 1
     return out + [cur]
+
+
+def bare(pred: Pred | str | None) -> str:
+    """``"noun-like word"`` for ``noun_like``: the class's phrase without its article."""
+    name = getattr(pred, "name", pred)
+    m = meaning(name) if name is not None else "token"
+    for art in ("a ", "an "):
+        if m.startswith(art):
+            return m[len(art):]
+    return m

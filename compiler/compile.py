@@ -3,7 +3,7 @@
 
 Program source is untrusted: ``compile_source`` (and ``compile_program``, which compiles a
 program's source) checks it (``compiler.check``) and runs the passes inside the sandbox
-(``headcode.synth.sandbox``), where the program is traced and its ``tok()`` tables are
+(``headcode.compiler.sandbox``), where the program is traced and its ``tok()`` tables are
 computed; the host receives the head as data (JSON terms and a ``uint8`` table stack) and
 validates that data before building the ``CompiledHead`` (``head.check_head_data``). No code
 of the program runs in the host.
@@ -56,24 +56,3 @@ def compile_in_process(program: Program, pieces: Sequence[str], fingerprint: str
     out_terms, names, tables = plan
     return CompiledHead(name=program.name, source=program.source, terms=out_terms, table_names=names,
                         tables=tables, fingerprint=fingerprint, compiled=True, reasons=(), model_id=model_id)
-
-
-def compile_source(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
-                   model_id: str = "", strict: bool = False, time_limit_s: float | None = None) -> CompiledHead:
-    """Compile ``source`` against a vocabulary (``pieces[id]`` = the decoded piece of token
-    ``id``; ``fingerprint`` names that vocabulary) in the sandbox (``time_limit_s``: for the
-    trace and the tables; default ``sandbox.Limits``). Returns a compiled head, or an
-    uncompiled one with reasons (``strict``: raise ``CompileError`` instead)."""
-    from headcode.synth.sandbox import Limits, compile_in_sandbox  # the sandbox owns the worker process
-
-    limits = Limits(time_s=time_limit_s) if time_limit_s else None
-    head = compile_in_sandbox(source, pieces, fingerprint, name=name, model_id=model_id, limits=limits)
-    if strict and not head.compiled:
-        raise CompileError(head.reasons, head.name)
-    return head
-
-
-def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, model_id: str = "",
-                    strict: bool = False) -> CompiledHead:
-    """``compile_source`` of the program's source (the callable built here is not used)."""
-    return compile_source(program.source, pieces, fingerprint, program.name, model_id, strict)

@@ -15,16 +15,6 @@ from headcode.compiler.program_to_ir import flatten
 from headcode.compiler.selectors import get
 
 
-def bare(pred: ir.Pred | str | None) -> str:
-    """``"noun-like word"`` for ``noun_like``: the class's phrase without its article."""
-    name = getattr(pred, "name", pred)
-    m = meaning(name) if name is not None else "token"
-    for art in ("a ", "an "):
-        if m.startswith(art):
-            return m[len(art):]
-    return m
-
-
 def selector_phrase(s: ir.Sel) -> str:
     """The phrase of one term: its selector's ``phrase``, then its key restriction in the
     selector's ``key_words`` ("that are" for sets of keys, "if it is" for one key)."""

@@ -90,7 +90,7 @@ def allowed_attributes() -> frozenset[str]:
     import numpy as np
 
     from headcode.compiler import pattern, predicates
-    from headcode.runtime.text.tokens import Tokens
+    from headcode.compiler.tokens import Tokens
 
     values: list[object] = [Tokens, pattern.Pattern, predicates.Pred, np.ndarray, np.generic, np.dtype,
                             np.ufunc, np.random.Generator, re.Pattern, re.Match, collections.Counter,

@@ -10,7 +10,7 @@ explain and compile paths only ever hand source to the sandbox). Even so it hold
 sandbox's language rules: the source is checked first (``compiler.check``) and runs with the
 same restricted builtins and import allow-list as in the worker (``check.program_builtins``).
 Program source from anywhere else (a language model, a program file, a plan) never runs in
-the host: ``headcode.synth.sandbox`` runs it (``run_programs``) and compiles it
+the host: ``headcode.compiler.sandbox`` runs it (``run_programs``) and compiles it
 (``compiler.compile_source``).
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import classes, ir, pattern, predicates, selectors
+from headcode.compiler import check, ir, pattern
+from headcode.compiler.namespace import namespace
 
 
 class ProgramError(ValueError):
@@ -33,27 +34,6 @@ class ProgramError(ValueError):
 
 class Untraceable(Exception):
     """The program did something the tracer cannot record (reads token data, uses numpy, ...)."""
-
-
-def namespace() -> dict[str, Any]:
-    """What a program's source sees: the selectors, combinators, predicates and numpy."""
-    ns: dict[str, Any] = {"np": np, "numpy": np, "when": pattern.when, "tok": predicates.tok,
-                          "token_in": predicates.token_in, "Pred": predicates.Pred}
-    ns.update(selectors.functions())  # every registered selector's functions
-    ns.update(predicates.BUILTIN_PREDS)
-    ns.update(classes.CLASS_PREDS)  # the named token classes (pronoun, name, verb_like, ...)
-    # `word_start` names both a predicate and a selector: one object serves as both
-    ns["word_start"] = _WordStart(predicates.word_start.name, predicates.word_start.fn)
-    return ns
-
-
-class _WordStart(predicates.Pred):
-    """The ``word_start`` predicate that, called on ``Tokens`` (or a tracer), is the selector."""
-
-    def __call__(self, x: Any) -> Any:  # type: ignore[override]
-        if isinstance(x, str):
-            return bool(self.fn(x))
-        return selectors.functions()["word_start"](x)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,8 +49,6 @@ class Program:
             tree = ast.parse(source)
         except SyntaxError as e:
             raise ProgramError(f"syntax error in program source, line {e.lineno}: {e.msg}") from e
-        from headcode.compiler import check
-
         reasons = check.check_source(source)
         if reasons:
             raise ProgramError("program refused: " + "; ".join(reasons))

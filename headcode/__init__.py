@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 _MODULES = {  # module -> the public names it defines
     "headcode.runtime.model.loading": ("load_model", "load_tokenizer", "LoadedModel"),
     "headcode.runtime.text.corpus": ("load_corpus", "Corpus"),
-    "headcode.runtime.text.tokens": ("Tokens",),
+    "headcode.compiler.tokens": ("Tokens",),
     "headcode.runtime.model.heads": ("HeadRef", "parse_heads"),
     "headcode.runtime.model.capture": ("capture",),
     "headcode.runtime.model.patterns": ("HeadPatterns",),

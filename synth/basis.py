@@ -24,9 +24,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from headcode.compiler import pattern
-from headcode.compiler import program as program_mod
+from headcode.compiler.namespace import namespace
 from headcode.compiler.selectors import registry
-from headcode.runtime.text.tokens import Tokens
+from headcode.compiler.tokens import Tokens
 
 TINY = 1e-6  # pattern entries below this (far tails of fast decays) are stored as zero
 
@@ -71,7 +71,7 @@ PARTITIONS.update({
 
 
 def _namespace() -> dict:
-    return program_mod.namespace()
+    return namespace()
 
 
 def eval_pred(src: str | None, t: Tokens) -> np.ndarray:

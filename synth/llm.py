@@ -3,7 +3,7 @@
 For each head: prompt with the vocabulary and the head's summary (fit texts only), parse
 the code blocks of the reply, run every program in the sandbox, then for a bounded number
 of rounds show the model its best program and the rows where it is furthest off, and ask
-for better ones. The programs are untrusted: they only ever run in ``synth.sandbox``.
+for better ones. The programs are untrusted: they only ever run in ``compiler.sandbox``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from headcode.compiler.pattern import attention_from_scores
+from headcode.compiler.sandbox import Limits, run_programs
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth import prompts
 from headcode.synth.backend import Rejected
-from headcode.synth.sandbox import Limits, run_programs
 from headcode.synth.scores import iou
 from headcode.synth.summary import summarise
 

@@ -289,7 +289,7 @@ class OfflineBackend:
         mix = self.mixtures.get(source)
         if mix is None:  # a program from an earlier run (resumed, read from disk): in the sandbox
             from headcode.compiler.pattern import attention_from_scores
-            from headcode.synth.sandbox import run_programs
+            from headcode.compiler.sandbox import run_programs
 
             (res,) = run_programs([source], [self.patterns.tokens[i] for i in texts])
             if not res.ok:

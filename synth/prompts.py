@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headcode.runtime.text.tokens import Tokens
+from headcode.compiler.tokens import Tokens
 from headcode.synth.summary import HeadSummary, _show
 
 VOCABULARY = """\

@@ -74,8 +74,8 @@ def test_bench_refuses_an_unknown_suite(tmp_path, capsys):
 
 def test_surrogates_file_heads_are_the_ones_replaced(tiny_llama_dir, tmp_path):
     from headcode.compiler import SurrogatePlan, compile_source, save_plan
+    from headcode.compiler.tokens import vocabulary_pieces
     from headcode.runtime.model.loading import load_model
-    from headcode.runtime.text.tokens import vocabulary_pieces
 
     lm = load_model(tiny_llama_dir)
     pieces = vocabulary_pieces(lm.tokenizer)

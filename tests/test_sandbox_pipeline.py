@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from headcode.cli import main
-from headcode.synth import sandbox as S
+from headcode.compiler import sandbox as S
 from headcode.synth.ranking import program_name
 
 
@@ -34,9 +34,9 @@ def endpoint(canned_chat):
 def test_the_program_is_harmful_elsewhere(tmp_path):
     """The same source run by a plain interpreter writes its marker: the containment below is real."""
     marker = tmp_path / "elsewhere"
-    code = (f"import numpy\nfrom headcode.compiler.program import namespace\nns = namespace()\n"
+    code = (f"import numpy\nfrom headcode.compiler.namespace import namespace\nns = namespace()\n"
             f"exec({harmful(str(marker))!r}, ns)\n"
-            "from headcode.runtime.text.tokens import Tokens\nns['attend'](Tokens.synthetic(['a', 'b']))\n")
+            "from headcode.compiler.tokens import Tokens\nns['attend'](Tokens.synthetic(['a', 'b']))\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert marker.read_text() == "ran"
 

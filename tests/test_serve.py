@@ -19,8 +19,8 @@ import torch
 from headcode.api import from_pretrained
 from headcode.cli import main
 from headcode.compiler import SurrogatePlan, compile_source, save_plan
+from headcode.compiler.tokens import vocabulary_pieces
 from headcode.runtime.model.loading import load_model
-from headcode.runtime.text.tokens import vocabulary_pieces
 
 openai = pytest.importorskip("openai")
 

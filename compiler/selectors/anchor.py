@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler import ir
+from headcode.compiler.classes import bare
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import Selector, register
@@ -38,8 +39,6 @@ def _reference(s: Any, t: Any) -> np.ndarray:
 
 
 def _phrase(s: Any) -> str:
-    from headcode.compiler.english import bare
-
     where, n = ("after" if s.k > 0 else "before"), abs(s.k)
     lead = f"the token {where}" if n == 1 else f"the token {n} {where}"
     return f"{lead} the latest {'earlier ' if s.strict else ''}{bare(s.aux)}"

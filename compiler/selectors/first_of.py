@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler import ir
+from headcode.compiler.classes import bare
 from headcode.compiler.pattern import Pattern, gather
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import THE, Selector, register
@@ -32,8 +33,6 @@ def _reference(s: Any, t: Any) -> np.ndarray:
 
 
 def _phrase(s: Any) -> str:
-    from headcode.compiler.english import bare
-
     return f"the first {bare(s.key)} so far"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from headcode.compiler import classes, ir
+from headcode.compiler.classes import bare
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.predicates import Pred
 from headcode.compiler.selectors.registry import THE, Selector, register
@@ -28,8 +29,6 @@ def nearest_name(t: Any) -> Pattern:
 
 
 def _phrase(s: Any) -> str:
-    from headcode.compiler.english import bare
-
     return f"the latest {'earlier ' if s.strict else ''}{bare(s.key)}"
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler import classes, ir
+from headcode.compiler.classes import bare
 from headcode.compiler.pattern import Pattern, gather, latest
 from headcode.compiler.selectors.registry import Selector, register
 from headcode.kernels.program_head.spec import Pointer
@@ -27,8 +28,6 @@ def _reference(s: Any, t: Any) -> np.ndarray:
 
 
 def _phrase(s: Any) -> str:
-    from headcode.compiler.english import bare
-
     if s.aux is not None and getattr(s.aux, "name", s.aux) == "clause_boundary":
         return "the start of the clause"
     return f"the token after the latest {bare(s.aux)} (or the start)"

@@ -1,7 +1,8 @@
 """``serve --replicas N``: the same FastAPI app (``headcode.server``) as a Ray Serve deployment.
 
 Each replica is a Ray actor that loads the model with its plan and builds the app once
-(``pipeline.serve.served_app``, through Serve's late-bound ingress); Ray Serve's HTTP proxy on
+(``build(settings)``, given by the caller — ``pipeline.serve.asgi_app`` — through Serve's
+late-bound ingress); Ray Serve's HTTP proxy on
 ``host:port`` routes each request to a replica, so the OpenAI API is the one ``headcode serve``
 answers in one process. Serve's own deployment options pass through unchanged
 (``deployment_options``: ``autoscaling_config``, ``max_ongoing_requests``, ``ray_actor_options``,
@@ -10,6 +11,7 @@ answers in one process. Serve's own deployment options pass through unchanged
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,23 +33,20 @@ def _deployment(serve: Any) -> Any:
 
     @serve.ingress()
     class HeadcodeReplica:
-        def __init__(self, settings: Any):
-            self.settings = settings
+        def __init__(self, build: Callable[[Any], Any], settings: Any):
+            self.build, self.settings = build, settings
 
         def __serve_build_asgi_app__(self) -> Any:
-            from headcode.pipeline.serve import served_app
-
-            return served_app(self.settings).app
+            return self.build(self.settings)
 
     return serve.deployment(name="headcode")(HeadcodeReplica)
 
 
-def serve_replicas(s: Any, spec: ClusterSpec, r: ReplicaSettings) -> str:
-    """Deploy ``r.replicas`` replicas of the server ``s`` (``pipeline.serve.ServeSettings``) on
-    ``spec``'s cluster; returns the OpenAI base URL once every replica answers."""
-    from headcode.pipeline.serve import check_settings
-
-    check_settings(s)
+def serve_replicas(s: Any, spec: ClusterSpec, r: ReplicaSettings, build: Callable[[Any], Any]) -> str:
+    """Deploy ``r.replicas`` replicas of the server ``s`` (checked ``pipeline.serve.ServeSettings``:
+    ``s.host``, ``s.port``) on ``spec``'s cluster, each building its ASGI app with ``build(s)``
+    (a module-level function, pickled by name); returns the OpenAI base URL once every replica
+    answers."""
     if r.replicas < 1:
         raise HeadcodeError(f"--replicas {r.replicas}: give at least 1")
     connect(spec)
@@ -58,7 +57,7 @@ def serve_replicas(s: Any, spec: ClusterSpec, r: ReplicaSettings) -> str:
     if "autoscaling_config" in r.deployment_options:
         opts.pop("num_replicas")
     try:
-        app = _deployment(serve).options(**opts).bind(s)
+        app = _deployment(serve).options(**opts).bind(build, s)
         serve.start(http_options={"host": s.host, "port": s.port})
         serve.run(app, name=APP_NAME, route_prefix="/")
     except (TypeError, ValueError, RuntimeError) as e:

@@ -59,6 +59,7 @@ def _replicas(args: argparse.Namespace, settings: object) -> int:
     from headcode.cluster import parse_cluster
     from headcode.cluster.serve import ReplicaSettings, serve_replicas, stop
     from headcode.errors import HeadcodeError
+    from headcode.pipeline.serve import asgi_app, check_settings
 
     try:
         options = json.loads(args.serve_options) if args.serve_options else {}
@@ -70,7 +71,8 @@ def _replicas(args: argparse.Namespace, settings: object) -> int:
     if spec is None:
         raise HeadcodeError("--replicas runs on Ray: give --cluster ray or ray:ADDRESS (or no --cluster)")
     n = args.replicas if args.replicas is not None else 1
-    url = serve_replicas(settings, spec, ReplicaSettings(n, args.cpus_per_replica, options))
+    check_settings(settings)
+    url = serve_replicas(settings, spec, ReplicaSettings(n, args.cpus_per_replica, options), asgi_app)
     print(f"headcode: serving {n} replicas on Ray Serve ({spec}) at {url}", flush=True)
     try:
         while True:

@@ -67,8 +67,8 @@ def run_benchmarks(s: BenchSettings, log: Callable[[str], None] = _log) -> Bench
 
 def _model_suites(s: BenchSettings, groups: set[str], settings: Any, log: Callable[[str], None]) -> tuple[str, list]:
     from headcode.benchmarks import cases as bm
+    from headcode.compiler.tokens import vocabulary_pieces
     from headcode.runtime.model.loading import load_model
-    from headcode.runtime.text.tokens import vocabulary_pieces
 
     log(f"loading {s.model}")
     lm = load_model(s.model)

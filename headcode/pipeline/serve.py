@@ -90,6 +90,11 @@ def served_app(s: ServeSettings) -> ServedApp:
     return ServedApp(build_app(gen, served), served, gen, bool(getattr(lm.tokenizer, "chat_template", None)))
 
 
+def asgi_app(s: ServeSettings) -> Any:
+    """The FastAPI app serving ``s`` (what each Ray Serve replica builds: ``headcode.cluster.serve``)."""
+    return served_app(s).app
+
+
 def start_server(s: ServeSettings) -> Server:
     """A server ready to ``run()``: the socket bound, the model loaded with the plan in place."""
     from headcode.server import listen

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.attention import use_headcode_attention
 from headcode.runtime.model.batching import PaddedBatches, pad_id
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns
-from headcode.runtime.text.tokens import Tokens
 
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:

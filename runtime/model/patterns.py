@@ -13,10 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
 from headcode.files import replacing
 from headcode.runtime.model.heads import HeadRef
-from headcode.runtime.text.tokens import Tokens
 
 SPLITS = ("fit", "select", "test")
 FORMAT_VERSION = 1

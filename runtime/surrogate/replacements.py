@@ -56,7 +56,7 @@ class ProgramHeadFn:
         self.tokenizer = tokenizer
 
     def __call__(self, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor, n_q: int) -> torch.Tensor:
-        from headcode.runtime.text.tokens import Tokens
+        from headcode.compiler.tokens import Tokens
 
         def attention(b: int, row: np.ndarray) -> np.ndarray:
             return self.program.attention(Tokens.from_ids(self.tokenizer, row))

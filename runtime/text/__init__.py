@@ -1,1 +1,1 @@
-"""headcode.runtime.text: text data: tokens, corpora and their splits."""
+"""headcode.runtime.text: text data: corpora and their splits (a text as the model sees it, ``Tokens``, is ``headcode.compiler.tokens``)."""

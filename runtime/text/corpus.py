@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
-from headcode.runtime.text.tokens import Tokens
 
 UNITS = ("sentence", "paragraph")
 SPLIT_SHARES = (("fit", 0.5), ("select", 0.25), ("test", 0.25))

@@ -7,7 +7,7 @@ import numpy as np
 
 from headcode.compiler.pattern import attention_from_scores
 from headcode.compiler.program import Program
-from headcode.runtime.text.tokens import Tokens
+from headcode.compiler.tokens import Tokens
 
 
 def reference_output(program: Program, pieces: list[str] | tuple[str, ...], ids: np.ndarray, v: np.ndarray) -> np.ndarray:

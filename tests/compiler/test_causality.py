@@ -16,7 +16,7 @@ from headcode.compiler import compile_source, ir, run_head
 from headcode.compiler.pattern import Pattern, evaluate, when
 from headcode.compiler.program import Program
 from headcode.compiler.selectors import REGISTRY
-from headcode.runtime.text.tokens import Tokens
+from headcode.compiler.tokens import Tokens
 
 # every example of every registered selector (compiler/selectors/), traced once
 EXAMPLES: dict[str, list[ir.Expr]] = {

@@ -3,7 +3,7 @@
 import pytest
 
 from headcode.compiler.classes import CLASSES, meaning
-from headcode.compiler.program import namespace
+from headcode.compiler.namespace import namespace
 
 CASES = {
     "pronoun": ([" she", " He", " them", " it", " their", "I"], [" the", " cat", ".", " ran"]),

@@ -19,10 +19,10 @@ from headcode.compiler.pattern import Pattern, attention_from_scores, causal, ev
 from headcode.compiler.program import Program, namespace
 from headcode.compiler.program_to_ir import flatten
 from headcode.compiler.selectors import REGISTRY, Selector, registered
+from headcode.compiler.tokens import Tokens
 from headcode.kernels.program_head import backends
 from headcode.kernels.program_head.spec import Scan
 from headcode.kernels.program_head.stream import LayerProgram
-from headcode.runtime.text.tokens import Tokens
 
 BACKENDS = backends.names()  # every registered backend: prefill, and decoding from a zero state
 

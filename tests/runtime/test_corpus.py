@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
 from headcode.runtime.text.corpus import load_corpus, sentences, split_of
-from headcode.runtime.text.tokens import Tokens
 
 
 def _write(tmp_path, n=40):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from headcode.cli import main
+from headcode.compiler.tokens import Tokens
 from headcode.runtime.evaluation.measures import (
     Question,
     choice_logprobs,
@@ -23,7 +24,6 @@ from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
 from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
-from headcode.runtime.text.tokens import Tokens
 
 PARAGRAPHS = [
     "Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",

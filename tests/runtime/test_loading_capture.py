@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef, parse_heads
 from headcode.runtime.model.loading import load_model
-from headcode.runtime.text.tokens import Tokens
 
 TEXTS = ["Once upon a time, there was a little cat named Tom.",
          "Tom liked to play in the park. One day, Tom saw a big red ball!",

@@ -12,6 +12,7 @@ from headcode.api import from_pretrained
 from headcode.cli import main
 from headcode.compiler import SurrogatePlan, compile_source, save_plan
 from headcode.compiler.export import load_plan
+from headcode.compiler.tokens import Tokens, vocabulary_pieces
 from headcode.runtime.evaluation.measures import token_loss
 from headcode.runtime.evaluation.selection_groups import cache_saving, kv_groups, rank_groups
 from headcode.runtime.model.capture import capture
@@ -19,7 +20,6 @@ from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
 from headcode.runtime.surrogate.apply import apply_plan
 from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
-from headcode.runtime.text.tokens import Tokens, vocabulary_pieces
 from tests.runtime.test_evaluate import PARAGRAPHS
 
 PROGRAMS = [

@@ -8,13 +8,13 @@ import torch
 from headcode.api import from_pretrained
 from headcode.compiler import SurrogatePlan, compile_source
 from headcode.compiler.export import save_plan
+from headcode.compiler.tokens import Tokens, vocabulary_pieces
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
 from headcode.runtime.surrogate.apply import apply_plan, build_surrogates, surrogates_applied
 from headcode.runtime.surrogate.replacements import UniformHead, pattern_heads
-from headcode.runtime.text.tokens import Tokens, vocabulary_pieces
 
 TEXTS = ["Once upon a time, there was a little cat named Tom. Tom liked to play in the park.",
          "One day, Tom saw a big red ball! He ran to the ball and kicked it.",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from headcode.compiler.program import Program
+from headcode.compiler.tokens import Tokens
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns, pack
-from headcode.runtime.text.tokens import Tokens
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # the hostile suite (hostile.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -21,9 +21,9 @@ import random
 import pytest
 from hostile import HOSTILE, MARKER
 
+from headcode.compiler import sandbox as S
 from headcode.compiler.check import check_source
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox as S
+from headcode.compiler.tokens import Tokens
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", "."])]
 HARM = (f"eval(\"__import__('os').system('touch {MARKER}')\")", f"open({MARKER!r}, 'w')",

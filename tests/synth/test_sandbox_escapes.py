@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from hostile import MARKER
 
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox as S
-from headcode.synth.frames import MalformedReply, read_reply, write_reply
+from headcode.compiler import sandbox as S
+from headcode.compiler.sandbox.frames import MalformedReply, read_reply, write_reply
+from headcode.compiler.tokens import Tokens
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat", " the"])]
 GOOD = "def attend(t):\n    return 0.5 * previous(t, 1) + 0.5 * first(t)\n"
@@ -161,7 +161,7 @@ def _state(pid: int) -> str:
 
 def test_a_worker_dies_with_its_host():
     host = subprocess.Popen([sys.executable, "-c",
-                             "from headcode.synth.sandbox import Worker\nw = Worker(1024)\n"
+                             "from headcode.compiler.sandbox import Worker\nw = Worker(1024)\n"
                              "print(w.proc.pid, flush=True)\n"  # then keeps it busy: no EOF on its stdin ends it
                              "w.request({'op': 'compile', 'source': 'def attend(t):\\n    while True:\\n        pass\\n', "
                              "'pieces': ['a'], 'fingerprint': 'f'}, 100.0)\n"],

@@ -10,11 +10,11 @@ import pytest
 from hostile import HOSTILE, MARKER
 
 from headcode.compiler import SurrogatePlan, load_plan, save_plan
+from headcode.compiler import sandbox as S
 from headcode.compiler.check import check_source
 from headcode.compiler.head import CompiledHead, Term
+from headcode.compiler.tokens import Tokens
 from headcode.errors import HeadcodeError
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox as S
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It", " sat"]), Tokens.synthetic(["<s>", " a", " b"])]
 VOCAB = ["<s>", " The", " cat", ".", " It", " sat", " a", " b"]

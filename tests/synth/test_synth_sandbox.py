@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth.sandbox import Limits, run_programs
+from headcode.compiler.sandbox import Limits, run_programs
+from headcode.compiler.tokens import Tokens
 
 TEXTS = [Tokens.synthetic(["<s>", " The", " cat", ".", " It"]), Tokens.synthetic(["<s>", " a", " b"])]
 GOOD = "def attend(t):\n    return 0.5 * previous(t, 1) + 0.5 * first(t)\n"
@@ -60,7 +60,7 @@ def test_a_child_killed_mid_batch_costs_one_program():
 
 
 def test_each_program_gets_a_fresh_process_killed_after_it(monkeypatch):
-    from headcode.synth import sandbox_worker as SW
+    from headcode.compiler.sandbox import worker as SW
 
     started = []
     real = SW.Worker.__post_init__
@@ -77,7 +77,7 @@ def test_each_program_gets_a_fresh_process_killed_after_it(monkeypatch):
 
 
 def test_a_worker_runs_one_program_only():
-    from headcode.synth import sandbox as S
+    from headcode.compiler import sandbox as S
 
     w = S.Worker(1024)
     try:

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from headcode.compiler.tokens import Tokens
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns, pack
-from headcode.runtime.text.tokens import Tokens
 from headcode.synth import scores
 
 

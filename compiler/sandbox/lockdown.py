@@ -1,6 +1,6 @@
 """The sandbox's operating-system layers: what holds even if every Python-level layer falls.
 
-``lock_down(root_dir, memory_mb, cpu_s)`` is called by the child (``sandbox_child``) after it
+``lock_down(root_dir, memory_mb, cpu_s)`` is called by the child (``sandbox.child``) after it
 has imported everything it will need and before it reads any program. It applies, in order,
 and returns the names of the layers that took effect (a layer the system does not allow is
 skipped and left out of the list, never silently claimed):

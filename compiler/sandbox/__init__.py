@@ -2,8 +2,8 @@
 
 Every program is first checked here, from outside, before any of it runs
 (``compiler.check.check_source``: an AST allow-list; all reasons at once). What passes runs
-in a worker process (``sandbox_child``) of its own — started for that program, killed after
-it — that has locked itself down with OS layers (``sandbox_os``: rlimits, no new privileges,
+in a worker process (``sandbox.child``) of its own — started for that program, killed after
+it — that has locked itself down with OS layers (``sandbox.lockdown``: rlimits, no new privileges,
 own network namespace, empty read-only root, uid ``nobody``, a seccomp filter that also
 refuses signalling other processes; it dies with its host) and Python layers (safe
 builtins, import allow-list, audit hook).
@@ -18,7 +18,7 @@ builtins, import allow-list, audit hook).
 
 A request that runs past its time limit — also in C code, where no Python-level alarm can
 fire — is answered by killing the worker from here (``SIGKILL``). Replies are read as hostile
-bytes (``synth.frames``): a malformed one costs its program, never the host.
+bytes (``sandbox.frames``): a malformed one costs its program, never the host.
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ import torch
 from headcode.compiler.check import check_source
 from headcode.compiler.compile import uncompiled
 from headcode.compiler.head import CompiledHead, check_head_data
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox_worker as W
-from headcode.synth.sandbox_worker import (  # noqa: F401 - re-exported: the sandbox's public face
+from headcode.compiler.program import Program
+from headcode.compiler.sandbox import worker as W
+from headcode.compiler.sandbox.worker import (  # noqa: F401 - re-exported: the sandbox's public face
     Limits,
     Worker,
     WorkerGone,
     python_layers_off,
 )
+from headcode.compiler.tokens import Tokens
+from headcode.compiler.validate import CompileError
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,3 +196,22 @@ def compile_in_sandbox(source: str, pieces: Sequence[str], fingerprint: str, nam
                           len(pieces), fingerprint, model_id)
     d = dict(d, name=name or str(d["name"])[:100], source=source, fingerprint=fingerprint, model_id=model_id)
     return CompiledHead.from_meta_json(d, tables)
+
+
+def compile_source(source: str, pieces: Sequence[str], fingerprint: str, name: str | None = None,
+                   model_id: str = "", strict: bool = False, time_limit_s: float | None = None) -> CompiledHead:
+    """Compile ``source`` against a vocabulary (``pieces[id]`` = the decoded piece of token
+    ``id``; ``fingerprint`` names that vocabulary) in the sandbox (``time_limit_s``: for the
+    trace and the tables; default ``sandbox.Limits``). Returns a compiled head, or an
+    uncompiled one with reasons (``strict``: raise ``CompileError`` instead)."""
+    limits = Limits(time_s=time_limit_s) if time_limit_s else None
+    head = compile_in_sandbox(source, pieces, fingerprint, name=name, model_id=model_id, limits=limits)
+    if strict and not head.compiled:
+        raise CompileError(head.reasons, head.name)
+    return head
+
+
+def compile_program(program: Program, pieces: Sequence[str], fingerprint: str, model_id: str = "",
+                    strict: bool = False) -> CompiledHead:
+    """``compile_source`` of the program's source (the callable built here is not used)."""
+    return compile_source(program.source, pieces, fingerprint, program.name, model_id, strict)

@@ -1,13 +1,13 @@
 """The sandbox's worker processes, seen from the host: start, talk to, kill.
 
-A ``Worker`` is one ``python -I -m headcode.synth.sandbox_child`` process, which locks itself
-down (``sandbox_os``) and then answers requests for *one* program: ``_POOL.acquire`` always
+A ``Worker`` is one ``python -I -m headcode.compiler.sandbox.child`` process, which locks itself
+down (``sandbox.lockdown``) and then answers requests for *one* program: ``_POOL.acquire`` always
 starts a fresh process and ``release`` kills it, so no state — a patched module, a cached
 table, numpy's error state, anything an escaped program left behind — passes from one
 program to the next. ``Worker.request`` sends one pickled request (host -> worker is the
 trusted direction) and waits for the reply with a deadline; past it — also when the program
 hangs in C code, where no Python-level alarm fires — the process group is ``SIGKILL``ed from
-here and ``WorkerGone`` says why. Replies are read as hostile bytes (``synth.frames``): any
+here and ``WorkerGone`` says why. Replies are read as hostile bytes (``sandbox.frames``): any
 malformed reply, whatever it makes the readers raise, kills the worker and costs that
 program its candidacy, never the host.
 """
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headcode.compiler.sandbox.frames import MalformedReply, read_reply
 from headcode.errors import HeadcodeError
-from headcode.synth.frames import MalformedReply, read_reply
 
 _PYTHON_LAYERS = [True]  # tests only (``python_layers_off``): show that the OS layers hold alone
 GRACE_S = 2.0       # beyond a request's time limit before the worker is killed from outside
@@ -86,7 +86,7 @@ class Worker:
     uid: int = -1
 
     def __post_init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.synth.sandbox_child"],
+        self.proc = subprocess.Popen([sys.executable, "-I", "-m", "headcode.compiler.sandbox.child"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=_env(), cwd="/", start_new_session=True)
         self._buf = bytearray()

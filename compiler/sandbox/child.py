@@ -1,9 +1,9 @@
 """The sandbox's worker process: runs untrusted programs and sends back data, never code.
 
-Started by ``headcode.synth.sandbox`` as ``python -I -m headcode.synth.sandbox_child`` for one
+Started by ``headcode.compiler.sandbox`` as ``python -I -m headcode.compiler.sandbox.child`` for one
 program (a fresh process per program: nothing one program does reaches the next), and killed
 after it. It dies with its host (``PR_SET_PDEATHSIG``). Before reading any program it imports everything it will need,
-then locks itself down with the operating-system layers of ``sandbox_os`` (rlimits, no new
+then locks itself down with the operating-system layers of ``sandbox.lockdown`` (rlimits, no new
 privileges, its own network namespace, an empty read-only root, uid ``nobody``), then adds
 the Python layers: programs run with ``check.safe_builtins`` and an import allow-list, under
 an audit hook that refuses files, sockets, processes and ``ctypes``. Nothing depends on the
@@ -12,7 +12,7 @@ Python layers: the checked source cannot reach them, and the OS layers hold with
 
 Protocol: frames of an 8-byte little-endian length and a body. Parent -> child: a pickle
 (the parent is trusted). Child -> parent: an uncompressed ``.npz`` with a JSON ``status`` and
-numeric arrays (``synth.frames``), which the host reads as hostile bytes. Requests:
+numeric arrays (``sandbox.frames``), which the host reads as hostile bytes. Requests:
 
 - ``score``: the program compiled against the distinct pieces of the texts to score (a small
   vocabulary, no order): the host scores the head from token ids itself — what explain scores
@@ -45,11 +45,12 @@ from headcode.compiler import program as program_mod
 from headcode.compiler.compile import compile_in_process
 from headcode.compiler.head import CompiledHead
 from headcode.compiler.ir_to_plan import ir_to_plan
+from headcode.compiler.namespace import namespace
 from headcode.compiler.program_to_ir import program_to_ir
+from headcode.compiler.sandbox import lockdown as sandbox_os
+from headcode.compiler.sandbox.frames import write_reply
+from headcode.compiler.tokens import Tokens
 from headcode.compiler.validate import CompileError, validate
-from headcode.runtime.text.tokens import Tokens
-from headcode.synth import sandbox_os
-from headcode.synth.frames import write_reply
 
 PR_SET_PDEATHSIG = 1
 
@@ -125,7 +126,7 @@ class Child:
         fns = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
         if not fns:
             raise Refused("program source defines no function (expected `def attend(t): ...`)")
-        ns = program_mod.namespace()
+        ns = namespace()
         if self.python_layers:
             b = check.safe_builtins()
             b["__import__"] = _restricted_import
