@@ -33,7 +33,7 @@ _MODULES = {  # module -> the public names it defines
     "headcode.synth.explain": ("explain_heads",),
     "headcode.compiler.program": ("Program",),
     "headcode.pipeline.compile": ("compile_programs", "CompileSettings", "CompileResult"),
-    "headcode.compiler.compile": ("compile_source",),
+    "headcode.compiler.sandbox": ("compile_source",),
     "headcode.compiler.head": ("CompiledHead", "SurrogatePlan"),
     "headcode.compiler.export": ("save_plan", "load_plan"),
     "headcode.api": ("from_pretrained", "load_surrogate_model"),

@@ -58,26 +58,68 @@ def nnls_gram(G: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def greedy_path(G: np.ndarray, b: np.ndarray, max_terms: int) -> list[np.ndarray]:
-    """Weight vectors ``[K]`` with 1, 2, ... ``max_terms`` active terms (fewer if none helps)."""
+    """Weight vectors ``[K]`` with 1, 2, ... ``max_terms`` active terms (fewer if none helps).
+
+    Forward (orthogonal matching pursuit with non-negative refits), then backward from the
+    largest set: drop the term whose loss is least, refit, repeat. Each size keeps the better of
+    the two, so a term the forward pass picked early and a later pick made redundant does not
+    stay in every smaller program (forward alone misses ``a + b + c`` when its path goes
+    ``a, a + d, a + d + c``)."""
+    forward = _forward_path(G, b, max_terms)
+    if len(forward) < 2:
+        return forward
+    best = {np.count_nonzero(w): w for w in forward}
+    for w in _backward_path(G, b, forward[-1]):
+        n = np.count_nonzero(w)
+        if n not in best or _loss(G, b, w) < _loss(G, b, best[n]) - 1e-12:
+            best[n] = w
+    return [best[n] for n in sorted(best)]
+
+
+def _loss(G: np.ndarray, b: np.ndarray, w: np.ndarray) -> float:
+    """The quadratic loss up to a constant: ``w'Gw - 2b'w``."""
+    return float(w @ G @ w - 2.0 * b @ w)
+
+
+def _refit(G: np.ndarray, b: np.ndarray, active: list[int]) -> np.ndarray:
+    w = np.zeros(G.shape[0])
+    w[active] = nnls_gram(G[np.ix_(active, active)], b[active])
+    return w
+
+
+def _forward_path(G: np.ndarray, b: np.ndarray, max_terms: int) -> list[np.ndarray]:
     K = G.shape[0]
+    # a column's correlation with the residual per unit norm: a spread term (uniform over a
+    # class, entries 1/n) is weighed against a one-hot term (first_of) on equal footing
+    norm = np.sqrt(np.maximum(np.diag(G), 1e-300))
     w = np.zeros(K)
     active: list[int] = []
     path: list[np.ndarray] = []
     for _ in range(max_terms):
         grad = b - G @ w
         grad[active] = -np.inf
-        j = int(np.argmax(grad))
+        j = int(np.argmax(grad / norm))
         if not np.isfinite(grad[j]) or grad[j] <= 1e-12 * max(1.0, float(np.abs(b).max())):
             break
         active.append(j)
-        wa = nnls_gram(G[np.ix_(active, active)], b[active])
-        w = np.zeros(K)
-        w[active] = wa
+        w = _refit(G, b, active)
         active = [a for a in active if w[a] > 0]
         if path and np.count_nonzero(w) <= np.count_nonzero(path[-1]):
             path[-1] = w  # a term was swapped, not added
         else:
             path.append(w)
+    return path
+
+
+def _backward_path(G: np.ndarray, b: np.ndarray, w: np.ndarray) -> list[np.ndarray]:
+    """From ``w``'s support down to one term, each step dropping the term that costs least."""
+    active = [int(j) for j in np.flatnonzero(w)]
+    path = []
+    while len(active) > 1:
+        trials = [_refit(G, b, [a for a in active if a != j]) for j in active]
+        w = min(trials, key=lambda t: _loss(G, b, t))
+        active = [int(j) for j in np.flatnonzero(w)]
+        path.append(w)
     return path
 
 

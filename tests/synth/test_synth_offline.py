@@ -67,3 +67,33 @@ def test_rows_iou_empty_row_goes_to_first_key():
     assert rows_iou(stack, a, np.array([1.0])) == 1.0
     a2 = np.array([1.0, 0.0, 1.0])
     assert rows_iou(stack, a2, np.array([1.0])) == 0.5
+
+
+def _gram(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return X.T @ X, X.T @ y
+
+
+def test_greedy_path_weighs_a_spread_term_by_its_norm():
+    # y = one-hot + a term spread thin over 8 entries; a sharp decoy overlaps the spread term's
+    # first entry. Correlation per unit norm picks the spread term; raw correlation the decoy.
+    spread = np.r_[0.0, np.full(8, 1 / 8)]
+    sharp = np.r_[1.0, np.zeros(8)]
+    decoy = np.r_[0.0, 1.0, np.zeros(7)]
+    X = np.stack([sharp, spread, decoy], axis=1)
+    G, b = _gram(X, 0.6 * sharp + 0.4 * spread)
+    path = greedy_path(G, b, 2)
+    assert [np.flatnonzero(w).tolist() for w in path] == [[0], [0, 1]]
+    np.testing.assert_allclose(path[-1], [0.6, 0.4, 0.0], atol=1e-9)
+
+
+def test_greedy_path_drops_an_early_pick_a_later_one_made_redundant():
+    # y = a + b exactly; d lies between them and correlates best, so forward selection starts
+    # with d and its two-term program keeps it; backward from {d, a, b} finds a + b.
+    a, c = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    d = np.array([0.7, 0.7, 0.15])
+    X = np.stack([a, c, d], axis=1)
+    G, b = _gram(X, a + c)
+    path = greedy_path(G, b, 3)
+    assert np.flatnonzero(path[0]).tolist() == [2]
+    assert np.flatnonzero(path[1]).tolist() == [0, 1]
+    np.testing.assert_allclose(path[1], [1.0, 1.0, 0.0], atol=1e-9)
