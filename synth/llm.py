@@ -21,7 +21,7 @@ from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns
 from headcode.synth import prompts
 from headcode.synth.backend import Rejected
-from headcode.synth.sandbox import Limits, run_programs
+from headcode.synth.sandbox import Limits, Vocabulary, run_programs
 from headcode.synth.scores import iou
 from headcode.synth.summary import summarise
 
@@ -41,6 +41,7 @@ class LLMOptions:
     workers: int = 2
     max_programs_per_reply: int = 8   # programs taken from one reply (the rest are dropped)
     head_time_s: float = 600.0        # wall-clock budget per head: programs not run by then are refused
+    vocabulary: Vocabulary | None = None  # the model's: programs are compiled against it (None: the texts' pieces)
 
 
 class OpenAIBackend:
@@ -97,7 +98,8 @@ class OpenAIBackend:
             if time.monotonic() > self._deadline:
                 results = [None] * len(part)
             else:
-                results = run_programs(part, toks, self.options.limits, workers=self.options.workers)
+                results = run_programs(part, toks, self.options.limits, workers=self.options.workers,
+                                       vocabulary=self.options.vocabulary)
             self._keep(part, results, texts)
 
     def _keep(self, todo: Sequence[str], results: Sequence, texts: Sequence[int]) -> None:

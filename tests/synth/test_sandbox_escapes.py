@@ -231,6 +231,41 @@ def test_explain_scores_the_compiled_head():
     np.testing.assert_allclose(r.scores[0], program_scores_naive(head.spec, ids)[0].numpy())
 
 
+# a predicate whose state saturates: consistent over the model's vocabulary (so compile builds it),
+# but another table over the few pieces of the scored texts (the review after issue 17)
+SATURATING = ("seen = set()\n\ndef late(p):\n    seen.add(p)\n    return len(seen) > 300 and p.lower() == ' the'\n\n"
+              "def attend(t):\n    return 0.5 * most_recent(t, tok(late)) + 0.5 * first(t)\n")
+
+
+def test_explain_compiles_against_the_models_vocabulary():
+    """Explain compiles a traced program against the model's whole vocabulary, by the function
+    compile uses, in a fresh process: a predicate with module-level state builds the same table
+    in both, and the scores are the compiled head's on the text's own ids."""
+    import torch
+
+    from headcode.kernels.program_head.naive import program_scores_naive
+
+    vocab = [f" w{i}" for i in range(400)] + list(dict.fromkeys(TEXTS[0].pieces))
+    text = Tokens.synthetic(list(TEXTS[0].pieces), ids=[vocab.index(p) for p in TEXTS[0].pieces])
+    head = S.compile_in_sandbox(SATURATING, vocab, "fp-model", limits=FAST)
+    assert head.compiled, head.reasons
+    (r,) = S.run_programs([SATURATING], [text], FAST, vocabulary=S.Vocabulary(tuple(vocab), "fp-model"))
+    assert r.ok and r.mode == "traced", r.reason
+    compiled = program_scores_naive(head.spec, torch.from_numpy(text.ids)[None])[0].numpy()
+    np.testing.assert_array_equal(r.scores[0], compiled)
+    (few,) = S.run_programs([SATURATING], [text], FAST)  # the texts' own 7 pieces: another head
+    assert few.ok and not np.array_equal(few.scores[0], compiled)
+
+
+def test_a_text_of_another_tokenizer_is_refused():
+    vocab = S.Vocabulary(("<s>", " The", " cat"), "fp-small")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        S.run_programs([GOOD], TEXTS, FAST, vocabulary=vocab)
+    swapped = Tokens.synthetic(["<s>", " cat"], ids=[0, 1])
+    with pytest.raises(ValueError, match="another tokenizer"):
+        S.run_programs([GOOD], [swapped], FAST, vocabulary=vocab)
+
+
 # the host's own path and the terminal ----------------------------------------------------------------
 def test_from_source_holds_the_language(tmp_path):
     from headcode.compiler.program import Program, ProgramError
