@@ -140,9 +140,15 @@ def _head_scores(status: dict, arrays: dict[str, np.ndarray], n_pieces: int,
     bad = check_head_data(status.get("head"), tables, n_pieces)
     if bad:
         raise ValueError("the sandbox returned a malformed head: " + "; ".join(bad[:3]))
-    head = CompiledHead.from_meta_json(dict(status["head"], source=""), tables)
-    return [program_scores_naive(head.spec, torch.from_numpy(i)[None])[0].numpy() if len(i) else np.zeros((0, 0))
-            for i in ids]
+    spec = CompiledHead.from_meta_json(dict(status["head"], source=""), tables).spec
+    # the reference reads ids only through ``tables[:, id]`` and id equality, so the head restricted
+    # to the ids the texts hold scores them the same (a [n, 49k] table costs ~14 ms per call)
+    used = np.unique(np.concatenate([np.zeros(0, np.int64), *ids]))
+    if not used.size:
+        return [np.zeros((0, 0)) for _ in ids]
+    spec = type(spec)(spec.terms, np.ascontiguousarray(spec.tables[:, used]))
+    return [program_scores_naive(spec, torch.from_numpy(np.searchsorted(used, i))[None])[0].numpy()
+            if len(i) else np.zeros((0, 0)) for i in ids]
 
 
 def _prefix_scores(w: Worker, source: str, texts: Sequence[Tokens], deadline: float) -> list[np.ndarray]:
