@@ -63,6 +63,10 @@ FORGED = {
     "object_dtype": _zip({"status.npy": _status(b'{"ok": true}'),
                           "s0.npy": _npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", bytes(8))}),
     "status_not_object": write_reply({"ok": True}, {})[:0] + _zip({"status.npy": _status(b"[1, 2]")}),
+    # from a colleague's forged-reply catalogue (lost worktree, session 4)
+    "complex_scores": write_reply({"ok": True}, {"s0": np.ones((6, 6), np.complex128)}),
+    "declares_60000_members": b"\0" * 64 + b"PK\x05\x06" + bytes(4) + (60_000).to_bytes(2, "little") * 2 + bytes(10),
+    "status_of_3_MB": _zip({"status.npy": _status(b'{"ok": true, "pad": "' + b"x" * (3 << 20) + b'"}')}),
 }
 
 
@@ -77,6 +81,30 @@ def test_the_reader_refuses_every_forged_reply_before_allocating(name):
 def test_the_reader_reads_an_honest_reply():
     status, arrays = read_reply(write_reply({"ok": True, "head": {"a": [1, {"b": 2}]}}, {"s0": np.eye(3)}))
     assert status["head"]["a"][1]["b"] == 2 and np.array_equal(arrays["s0"], np.eye(3))
+
+
+def test_the_reader_reads_every_number_type_a_worker_writes():
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    arrays = {f"a{i}": (np.arange(12).reshape(3, 4) % 2).astype(k) for i, k in enumerate(kinds)}
+    arrays["fortran"] = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    status = {"ok": True, "head": {"terms": [{"kind": "first", "weight": 1.0}]}, "reason": "[{\"x"}
+    got, back = read_reply(write_reply(status, arrays))
+    assert got == status and set(back) == set(arrays)
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(back[k], a)
+        assert back[k].dtype == a.dtype and back[k].flags.writeable
+
+
+def test_the_forgeries_are_real():
+    """An unbounded reader chokes on them: the nested JSON overflows ``json.loads``, the bomb
+    declares half a gigabyte in a frame of a few hundred kilobytes."""
+    z = zipfile.ZipFile(io.BytesIO(FORGED["nested_json"]))
+    raw = z.read("status.npy")
+    with pytest.raises(RecursionError):
+        json.loads(raw[raw.index(b"\n") + 1:])
+    z = zipfile.ZipFile(io.BytesIO(FORGED["inflates_to_512_MB"]))
+    assert len(FORGED["inflates_to_512_MB"]) < 1_000_000 and z.getinfo("s0.npy").file_size > 500 << 20
 
 
 def _forger(body: bytes) -> str:
