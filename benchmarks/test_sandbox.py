@@ -46,6 +46,18 @@ def test_run_40x128(benchmark, texts, kind):
     assert r.ok and r.mode == ("traced" if kind == "traced" else "prefix")
 
 
+def test_run_40x128_model_vocabulary(benchmark, texts, pieces):
+    """Explain's path: the traced program compiled against a 49,152-piece vocabulary (the
+    model's), the built-in tables computed once in the host, scored on the texts' ids."""
+    benchmark.group = "sandbox"
+    words = sorted({p for t in texts for p in t.pieces})
+    vocab = S.Vocabulary(tuple(words) + tuple(pieces), "bench-model-vocab")
+    model_texts = [Tokens.synthetic(list(t.pieces), ids=[words.index(p) for p in t.pieces]) for t in texts]
+    S.run_programs([TRACED], model_texts[:1], vocabulary=vocab)  # the built-in tables, once per vocabulary
+    (r,) = benchmark.pedantic(lambda: S.run_programs([TRACED], model_texts, vocabulary=vocab), rounds=5)
+    assert r.ok and r.mode == "traced"
+
+
 @pytest.mark.parametrize("tables", ["cold", "warm"])
 def test_compile_49k(benchmark, pieces, tables):
     from headcode.compiler import compile_source

@@ -24,7 +24,17 @@ The rules (an allow-list at every level, so a construct nobody thought of is ref
   look like a call of a program-defined name. (``import numpy as np`` rebinds ``np`` to the
   module it already is, and is allowed.) Default argument values are literals only: a
   mutable default is state that survives from one call to the next, so a predicate with
-  one answers differently when explain scores it and when compile tabulates it.
+  one answers differently when explain scores it and when compile tabulates it;
+- dtypes: wherever numpy takes a dtype (``dtype=``, ``astype``, ``view``, ``np.dtype``, and
+  the positional places numpy's own signatures give it: ``np.zeros(3, 'O')``, ``a.sum(0, 'O')``,
+  ``np.add.reduce(a, 0, 'O')``), the value must be a number or text type written out
+  (``np.float32``, ``'int64'``, ``bool``, ``str``): object dtypes (``'O'``, ``'object'``,
+  ``object``, ``'i8,O'``), records, raw bytes and dtypes computed at run time are refused. A
+  numpy function reached through an alias the checker cannot follow (``z = np.zeros``) still
+  takes a positional dtype unchecked: numpy itself refuses to reinterpret bytes as references,
+  and the raw-memory constructors are not in the language;
+- determinism: randomness (``np.random``) and uninitialised memory (``np.empty``) are not in
+  the language: explain and compile run a program in two processes and must build one head.
 
 What a program may call is a positive list, ``compiler/language.py`` (how it was chosen is
 written there).
@@ -49,8 +59,13 @@ from headcode.compiler.language import (  # noqa: F401 - re-exported: the langua
     ALLOWED_IMPORTS,
     BUILTIN_NAMES,
     DENIED_METHODS,
+    DTYPE_BUILTINS,
+    DTYPE_KINDS,
+    NONDETERMINISTIC,
+    NUMPY_TYPES,
     SAFE_BUILTINS,
     allowed_attributes,
+    dtype_positions,
 )
 from headcode.compiler.namespace import namespace
 
@@ -157,7 +172,7 @@ def _node_reasons(n: ast.AST, known: set[str], attrs: frozenset[str]) -> Iterabl
         if n.attr.startswith("_"):
             yield f"{_where(n)}: attribute `.{n.attr}` is not allowed (attributes starting with `_`)"
         elif n.attr not in attrs:
-            yield f"{_where(n)}: attribute `.{n.attr}` is not allowed (not part of the program API)"
+            yield f"{_where(n)}: attribute `.{n.attr}` is not allowed ({_why_not(n.attr)})"
         if not isinstance(n.ctx, ast.Load):
             yield f"{_where(n)}: assigning or deleting attributes (`.{n.attr} = ...`) is not allowed"
     elif isinstance(n, ast.Import):
@@ -178,13 +193,101 @@ def _node_reasons(n: ast.AST, known: set[str], attrs: frozenset[str]) -> Iterabl
         yield f"{_where(n)}: name `{n.name}` is not allowed (names starting with `_`)"
 
 
+def _why_not(attr: str) -> str:
+    if attr in NONDETERMINISTIC:
+        return (f"{NONDETERMINISTIC[attr]}: a program must answer the same in every run, since explain "
+                "and compile run it in two processes and must build the same head")
+    return "not part of the program API"
+
+
+def _imported(tree: ast.AST) -> tuple[dict[str, str], dict[str, str]]:
+    """``(modules, numpy functions)``: names bound by an import and by nothing else, so they hold
+    what was imported: ``import numpy as np`` -> ``{"np": "numpy"}``, ``from numpy import zeros as
+    z`` -> ``{"z": "zeros"}``."""
+    modules: dict[str, str] = {}
+    functions: dict[str, str] = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            modules.update({a.asname or a.name: a.name for a in n.names if "." not in a.name})
+        elif isinstance(n, ast.ImportFrom) and n.module == "numpy":
+            functions.update({a.asname or a.name: a.name for a in n.names})
+    other = {name for parent in ast.walk(tree) for name, _ in _binding_names(parent)}
+    return ({k: v for k, v in modules.items() if k not in other} | {"np": "numpy", "numpy": "numpy"},
+            {k: v for k, v in functions.items() if k not in other})
+
+
+def _dtype_reason(v: ast.AST, where: str, modules: set[str]) -> str | None:
+    """Why ``v``, in a dtype position, is refused (``None``: a number or text type written out)."""
+    if isinstance(v, ast.Constant) and v.value is None:
+        return None
+    bad = None
+    if isinstance(v, ast.Constant) and isinstance(v.value, str) and len(v.value) <= 64:
+        import numpy as np
+
+        try:
+            d = np.dtype(v.value)  # numpy's parser of dtype strings: runs no program code
+        except Exception:  # noqa: BLE001 - not a dtype: numpy refuses it when the program runs, too
+            return None
+        if d.hasobject:
+            bad = "an object dtype"
+        elif d.kind not in DTYPE_KINDS or d.fields is not None or d.subdtype is not None:
+            bad = f"dtype {v.value!r} (records, raw bytes, dates)"
+        else:
+            return None
+    elif isinstance(v, ast.Name) and v.id in DTYPE_BUILTINS:
+        return None
+    elif isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name) and v.value.id in modules:
+        if v.attr in NUMPY_TYPES:
+            return None
+        bad = "an object dtype" if v.attr.startswith("object") else None
+    elif isinstance(v, ast.Name) and v.id == "object":
+        bad = "an object dtype"
+    if bad:
+        return f"{where}: {bad} is not allowed (object arrays hold references that raw memory could forge)"
+    return (f"{where}: a dtype must be written out as a number or text type (np.float32, 'int64', bool, "
+            f"str), not computed: `{ast.unparse(v)[:40]}`")
+
+
+def _dtype_reasons(tree: ast.AST) -> Iterable[str]:
+    """A dtype (keyword ``dtype=``, or the positional place numpy gives it: ``astype``, ``view``,
+    ``np.dtype``, ``np.zeros(3, 'O')``, ``a.sum(0, 'O')``) must be a number or text type written
+    out: object dtypes, records and computed dtypes are refused."""
+    functions, methods = dtype_positions()
+    modules, imported = _imported(tree)
+    numpy = {k for k, v in modules.items() if v == "numpy"}
+    for n in ast.walk(tree):
+        if not isinstance(n, ast.Call):
+            continue
+        f, place = n.func, None
+        if isinstance(f, ast.Attribute):
+            module = modules.get(f.value.id) if isinstance(f.value, ast.Name) else None
+            # numpy's functions; no other allowed module takes a dtype; anything else may be an array
+            place = functions.get(f.attr) if module == "numpy" else None if module else methods.get(f.attr)
+        elif isinstance(f, ast.Name) and f.id in imported:
+            place = functions.get(imported[f.id])
+        where = f"{_where(n)}: `{ast.unparse(f)[:40]}`"
+        for kw in n.keywords:
+            if kw.arg == "dtype" and (r := _dtype_reason(kw.value, where, numpy)):
+                yield r
+            elif kw.arg is None and place is not None:
+                yield f"{where}: `**` arguments are not allowed here (its dtype could not be checked)"
+        if place is None:
+            continue
+        for i, a in enumerate(n.args):
+            if isinstance(a, ast.Starred):
+                yield f"{where}: `*` arguments are not allowed here (its dtype could not be checked)"
+                break
+            if i == place and (r := _dtype_reason(a, where, numpy)):
+                yield r
+
+
 def _alias_reasons(n: ast.AST, a: ast.alias, attrs: frozenset[str], path: list[str]) -> Iterable[str]:
     if a.name == "*":
         yield f"{_where(n)}: `import *` is not allowed"
         return
     for part in path:
         if part.startswith("_") or part not in attrs:
-            yield f"{_where(n)}: importing `{part}` is not allowed (not part of the program API)"
+            yield f"{_where(n)}: importing `{part}` is not allowed ({_why_not(part)})"
     if a.asname and a.asname.startswith("_"):
         yield f"{_where(n)}: name `{a.asname}` is not allowed (names starting with `_`)"
 
@@ -209,6 +312,7 @@ def check_source(source: str, max_chars: int = 200_000) -> list[str]:
     attrs = allowed_attributes()
     reasons.extend(_rebinding_reasons(tree, BUILTIN_NAMES | api))
     reasons.extend(_default_reasons(tree))
+    reasons.extend(_dtype_reasons(tree))
     for n in ast.walk(tree):
         reasons.extend(_node_reasons(n, known, attrs))
     def line(r: str) -> int:

@@ -8,6 +8,8 @@ every predicate over a piece is also a table over the vocabulary (see
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -118,3 +120,10 @@ def vocabulary_pieces(tokenizer: Any) -> list[str]:
     """``decode_piece`` for every id of the tokenizer (including added tokens)."""
     n = len(tokenizer)
     return [decode_piece(tokenizer, i) for i in range(n)]
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of the vocabulary (id -> piece) and special tokens: what tables depend on."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256(json.dumps([vocab, sorted(map(str, tokenizer.all_special_tokens))]).encode())
+    return h.hexdigest()[:16]

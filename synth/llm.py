@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from headcode.compiler.pattern import attention_from_scores
-from headcode.compiler.sandbox import Limits, run_programs
+from headcode.compiler.sandbox import Limits, Vocabulary, run_programs
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.patterns import HeadPatterns
@@ -41,6 +41,7 @@ class LLMOptions:
     workers: int = 2
     max_programs_per_reply: int = 8   # programs taken from one reply (the rest are dropped)
     head_time_s: float = 600.0        # wall-clock budget per head: programs not run by then are refused
+    vocabulary: Vocabulary | None = None  # the model's: programs are compiled against it (None: the texts' pieces)
 
 
 class OpenAIBackend:
@@ -114,7 +115,8 @@ class OpenAIBackend:
             if time.monotonic() > self._deadline:
                 results = [None] * len(part)
             else:
-                results = run_programs(part, toks, self.options.limits, workers=self.options.workers)
+                results = run_programs(part, toks, self.options.limits, workers=self.options.workers,
+                                       vocabulary=self.options.vocabulary)
             self._keep(part, results, texts)
 
     def _keep(self, todo: Sequence[str], results: Sequence, texts: Sequence[int]) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,6 +39,9 @@ from headcode.synth.fit import RowStack, greedy_path, mixture_rows, refine_iou, 
 from headcode.synth.mixture import Mixture, clean_terms
 from headcode.synth.occam import FrontPoint, pareto
 from headcode.synth.outfit import OutputGrams, output_grams, simplex_path
+
+if TYPE_CHECKING:
+    from headcode.compiler.sandbox import Vocabulary
 
 
 @dataclass
@@ -84,8 +88,10 @@ class OfflineBackend:
 
     name = "offline"
 
-    def __init__(self, options: OfflineOptions | None = None, progress: bool = True):
+    def __init__(self, options: OfflineOptions | None = None, progress: bool = True,
+                 vocabulary: Vocabulary | None = None):
         self.options = options or OfflineOptions()
+        self.vocabulary = vocabulary  # the model's (sandbox.Vocabulary): programs from disk compile against it
         self.progress = progress
         self.terms = self.options.terms
         self.bases: dict[int, B.TextBasis] = {}
@@ -291,7 +297,7 @@ class OfflineBackend:
             from headcode.compiler.pattern import attention_from_scores
             from headcode.compiler.sandbox import run_programs
 
-            (res,) = run_programs([source], [self.patterns.tokens[i] for i in texts])
+            (res,) = run_programs([source], [self.patterns.tokens[i] for i in texts], vocabulary=self.vocabulary)
             if not res.ok:
                 raise Rejected(f"cannot run program: {res.reason}")
             return [attention_from_scores(s) for s in res.scores]

@@ -88,6 +88,30 @@ def test_no_trace_after_explain_compile_load_generate(tmp_path, tiny_gpt2_dir, t
     assert not marker.exists() and not os.path.exists(str(marker))
 
 
+def test_explain_refuses_what_compile_refuses_over_the_models_vocabulary(tmp_path, tiny_gpt2_dir, tiny_tokenizer,
+                                                                         endpoint, capsys):
+    """A predicate that answers one way while it has been asked few times: over the few pieces
+    of the fit texts it looks pure, over the model's vocabulary (what compile tabulates) it
+    is not. Explain compiles against the model's vocabulary, so it refuses the
+    program with compile's reason rather than score a head compile would not build."""
+    limit = len(tiny_tokenizer) - 20  # more than twice the pieces the texts hold, fewer than the vocabulary
+    src = (f"calls = [0]\n\ndef late(p):\n    calls[0] += 1\n    return calls[0] > {limit}\n\n"
+           "def attend(t):\n    return 0.5 * most_recent(t, tok(late)) + 0.5 * first(t)\n")
+    REPLY["text"] = f"```python\n{src}```\n"
+    out = tmp_path / "explain"
+    assert main(["explain", tiny_gpt2_dir, "--corpus", "stories", "--out", str(out), "--heads", "L0.H1",
+                 "--backend", "openai", "--base-url", endpoint, "--model", "canned", "--rounds", "0",
+                 "--max-texts", "8", "--max-tokens", "24", "--no-progress"]) == 0
+    state = json.loads((out / "state" / "L0.H1.json").read_text())
+    (why,) = [r["reason"] for r in state["refused"] if r["program"] == program_name(src)]
+    assert "not a function of the token alone" in why
+    (out / "programs" / "L1.H2.py").write_text(src)
+    capsys.readouterr()
+    assert main(["compile", str(out), "--json"]) == 0
+    row = {r["head"]: r for r in json.loads(capsys.readouterr().out)["heads"]}["L1.H2"]
+    assert row["status"] != "compiled" and "not a function of the token alone" in " ".join(row["reasons"])
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -14,9 +14,10 @@ Protocol: frames of an 8-byte little-endian length and a body. Parent -> child: 
 (the parent is trusted). Child -> parent: an uncompressed ``.npz`` with a JSON ``status`` and
 numeric arrays (``sandbox.frames``), which the host reads as hostile bytes. Requests:
 
-- ``score``: the program compiled against the distinct pieces of the texts to score (a small
-  vocabulary, no order): the host scores the head from token ids itself — what explain scores
-  is what compile builds. ``traced: false`` for a program that is not a selector pattern.
+- ``score``: the program compiled as ``compile`` compiles it, against the model's vocabulary
+  (the host sends it, with the built-in predicates' tables): the host scores the head from
+  token ids itself — what explain scores is what compile builds. ``traced: false`` for a
+  program that is not a selector pattern.
 - ``row``: a free-form program on one prefix of a text; the host sends prefixes in order, so
   the process never holds a token after the row it computes.
 - ``compile``: trace, validate and lower a program against a vocabulary (``tok()`` tables
@@ -40,17 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from headcode.compiler import check
+from headcode.compiler import check, tables
 from headcode.compiler import program as program_mod
 from headcode.compiler.compile import compile_in_process
-from headcode.compiler.head import CompiledHead
-from headcode.compiler.ir_to_plan import ir_to_plan
 from headcode.compiler.namespace import namespace
-from headcode.compiler.program_to_ir import program_to_ir
 from headcode.compiler.sandbox import lockdown as sandbox_os
 from headcode.compiler.sandbox.frames import write_reply
 from headcode.compiler.tokens import Tokens
-from headcode.compiler.validate import CompileError, validate
+from headcode.compiler.validate import CompileError
 
 PR_SET_PDEATHSIG = 1
 
@@ -138,21 +136,21 @@ class Child:
 
     # requests ----------------------------------------------------------------------------------
     def score(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
-        """The program compiled against the texts' distinct pieces (a small vocabulary, in no
-        particular order): the host scores that head itself, so explain scores exactly what
-        compile builds and this process never sees a text in order. A program that does not
-        compile to selectors answers ``traced: false``; the host then sends prefixes (``row``)."""
+        """The program compiled exactly as ``compile`` compiles it — the same function, against
+        the same vocabulary (the model's own, sent by the host): the host scores that head
+        from token ids itself, so what explain scores is what compile builds, and this process
+        never sees a text. A program that does not compile to selectors answers
+        ``traced: false`` (the host then sends prefixes, ``row``)."""
         name, fn = self.function(req["source"])
         prog = program_mod.Program(name, req["source"], fn)
+        tables.preload(req.get("tables", {}), len(req["pieces"]), req["fingerprint"])
         try:
-            expr = program_to_ir(prog)
-            terms = validate(expr, name)
-        except (program_mod.Untraceable, CompileError):
+            head = compile_in_process(prog, list(req["pieces"]), req["fingerprint"], strict=True)
+        except CompileError as e:
+            if isinstance(e.__cause__, tables.TableError):  # compile would refuse it for this reason
+                raise Refused("; ".join(e.reasons)) from e
             return {"ok": True, "traced": False}, {}
-        out_terms, names, tabs = ir_to_plan(terms, list(req["pieces"]), req["fingerprint"])
-        head = CompiledHead(name=name, source="", terms=out_terms, table_names=names, tables=tabs,
-                            fingerprint=req["fingerprint"], compiled=True, reasons=())
-        return {"ok": True, "traced": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(tabs)}
+        return {"ok": True, "traced": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(head.tables)}
 
     def row(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
         """Row ``q = len(prefix) - 1`` of a free-form program run on that prefix alone: the
@@ -164,6 +162,7 @@ class Child:
     def compile(self, req: dict) -> tuple[dict, dict[str, np.ndarray]]:
         name, fn = self.function(req["source"])
         prog = program_mod.Program(req.get("name") or name, req["source"], fn)
+        tables.preload(req.get("tables", {}), len(req["pieces"]), req["fingerprint"])
         head = compile_in_process(prog, list(req["pieces"]), req["fingerprint"], req.get("model_id", ""))
         return {"ok": True, "head": head.meta_json()}, {"tables": np.ascontiguousarray(head.tables)}
 

@@ -92,8 +92,8 @@ def compile_programs(s: CompileSettings, tokenizer: Any = None) -> CompileResult
     from tqdm.auto import tqdm
 
     from headcode.compiler import SurrogatePlan, compile_source, save_plan
-    from headcode.compiler.tokens import vocabulary_pieces
-    from headcode.runtime.model.loading import load_tokenizer, resolve, tokenizer_fingerprint
+    from headcode.compiler.tokens import tokenizer_fingerprint, vocabulary_pieces
+    from headcode.runtime.model.loading import load_tokenizer, resolve
 
     if not s.time_limit > 0:
         raise HeadcodeError("--time-limit must be a positive number of seconds")

@@ -83,17 +83,46 @@ def captured_patterns(s: ExplainSettings, loaded: Any = None) -> tuple[Any, str,
     return hp, hp.model, hp.heads
 
 
-def make_backend(s: ExplainSettings) -> Any:
+def model_vocabulary(s: ExplainSettings, hp: Any, loaded: Any = None) -> Any:
+    """The vocabulary of the model that captured ``hp`` (``sandbox.Vocabulary``): programs are
+    compiled against it in explain as ``compile`` compiles them, so what explain scores is what
+    a plan runs. The tokenizer tried: ``loaded``'s, else the patterns' model's, then the model
+    given (unless it is only the default); the first whose ids name the captured texts' pieces.
+    ``None`` (with a warning) when there is none, as for synthetic patterns: then programs are
+    compiled against the texts' own pieces."""
+    import warnings
+
+    from headcode.compiler.sandbox import Vocabulary
+    from headcode.runtime.model.loading import load_tokenizer
+
+    given = [] if s.patterns and s.model == DEFAULT_MODEL else [s.model]
+    tried = []
+    for spec in [None] if loaded is not None else dict.fromkeys([hp.model, *given]):
+        try:
+            vocab = Vocabulary.of_tokenizer(loaded.tokenizer if spec is None else load_tokenizer(spec))
+            for t in hp.tokens:
+                vocab.ids(t)
+            return vocab
+        except (HeadcodeError, ValueError) as e:
+            tried.append(f"{spec or 'the loaded model'}: {str(e)[:120]}")
+    warnings.warn(f"headcode explain: no tokenizer for the captured texts ({'; '.join(tried)}); programs are "
+                  "compiled against the texts' own pieces, not the model's vocabulary, so a predicate that "
+                  "keeps state may compile otherwise for the model: give the model that captured the texts "
+                  "as the first argument", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def make_backend(s: ExplainSettings, vocabulary: Any = None) -> Any:
     if s.backend == "offline":
         from headcode.synth.offline import OfflineBackend
 
-        return OfflineBackend(progress=False)  # explain_heads shows the one bar
+        return OfflineBackend(progress=False, vocabulary=vocabulary)  # explain_heads shows the one bar
     if s.backend == "openai":
         from headcode.synth.llm import LLMOptions, OpenAIBackend
 
         return OpenAIBackend(LLMOptions(base_url=s.base_url, model=s.llm, rounds=s.rounds,
                                         max_programs_per_reply=s.max_programs_per_reply,
-                                        head_time_s=s.head_time_limit))
+                                        head_time_s=s.head_time_limit, vocabulary=vocabulary))
     raise HeadcodeError(f"unknown backend {s.backend!r}: use offline or openai")
 
 
@@ -126,7 +155,7 @@ def explain_model(s: ExplainSettings, loaded: Any = None) -> ExplainResult:
     if not hp.texts("fit") or not hp.texts("select") or not hp.texts("test"):
         raise HeadcodeError("the captured texts must cover the fit, select and test splits: "
                             "use a larger corpus or a larger --max-texts")
-    backend = make_backend(s)
+    backend = make_backend(s, model_vocabulary(s, hp, loaded))
     results = explain_heads(hp, backend, heads, state_dir=out / "state", max_programs=s.max_programs,
                             progress=s.progress, **runner)
     if not results:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headcode.compiler.tokens import tokenizer_fingerprint  # noqa: F401 - re-exported: a loaded model carries it
 from headcode.errors import HeadcodeError
 from headcode.files import replacing
 
@@ -52,13 +52,6 @@ def bundled_gguf(name: str) -> Path:
     if not path.is_file():
         raise HeadcodeError(f"{path} is missing: reinstall {pkg.replace('_', '-')}")
     return path
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of the vocabulary (id -> piece) and special tokens: what tables depend on."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    h = hashlib.sha256(json.dumps([vocab, sorted(map(str, tokenizer.all_special_tokens))]).encode())
-    return h.hexdigest()[:16]
 
 
 def _file_key(path: Path) -> str:

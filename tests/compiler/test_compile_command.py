@@ -13,9 +13,8 @@ from headcode.cli import main
 from headcode.compiler import compile_program, load_plan, run_head
 from headcode.compiler.pattern import attention_from_scores
 from headcode.compiler.program import Program
-from headcode.compiler.tokens import Tokens, vocabulary_pieces
+from headcode.compiler.tokens import Tokens, tokenizer_fingerprint, vocabulary_pieces
 from headcode.errors import HeadcodeError
-from headcode.runtime.model.loading import tokenizer_fingerprint
 
 TEXT = ("Tom saw a big red ball! He ran to the ball, and kicked it.\n\"Look at me,\" said Tom. "
         "His friend Lily laughed; they played until 5 o'clock. The next day, Tom and Lily read a book.")

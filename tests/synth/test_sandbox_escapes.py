@@ -63,6 +63,10 @@ FORGED = {
     "object_dtype": _zip({"status.npy": _status(b'{"ok": true}'),
                           "s0.npy": _npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }", bytes(8))}),
     "status_not_object": write_reply({"ok": True}, {})[:0] + _zip({"status.npy": _status(b"[1, 2]")}),
+    # from a colleague's forged-reply catalogue (lost worktree, session 4)
+    "complex_scores": write_reply({"ok": True}, {"s0": np.ones((6, 6), np.complex128)}),
+    "declares_60000_members": b"\0" * 64 + b"PK\x05\x06" + bytes(4) + (60_000).to_bytes(2, "little") * 2 + bytes(10),
+    "status_of_3_MB": _zip({"status.npy": _status(b'{"ok": true, "pad": "' + b"x" * (3 << 20) + b'"}')}),
 }
 
 
@@ -77,6 +81,30 @@ def test_the_reader_refuses_every_forged_reply_before_allocating(name):
 def test_the_reader_reads_an_honest_reply():
     status, arrays = read_reply(write_reply({"ok": True, "head": {"a": [1, {"b": 2}]}}, {"s0": np.eye(3)}))
     assert status["head"]["a"][1]["b"] == 2 and np.array_equal(arrays["s0"], np.eye(3))
+
+
+def test_the_reader_reads_every_number_type_a_worker_writes():
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    arrays = {f"a{i}": (np.arange(12).reshape(3, 4) % 2).astype(k) for i, k in enumerate(kinds)}
+    arrays["fortran"] = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    status = {"ok": True, "head": {"terms": [{"kind": "first", "weight": 1.0}]}, "reason": "[{\"x"}
+    got, back = read_reply(write_reply(status, arrays))
+    assert got == status and set(back) == set(arrays)
+    for k, a in arrays.items():
+        np.testing.assert_array_equal(back[k], a)
+        assert back[k].dtype == a.dtype and back[k].flags.writeable
+
+
+def test_the_forgeries_are_real():
+    """An unbounded reader chokes on them: the nested JSON overflows ``json.loads``, the bomb
+    declares half a gigabyte in a frame of a few hundred kilobytes."""
+    z = zipfile.ZipFile(io.BytesIO(FORGED["nested_json"]))
+    raw = z.read("status.npy")
+    with pytest.raises(RecursionError):
+        json.loads(raw[raw.index(b"\n") + 1:])
+    z = zipfile.ZipFile(io.BytesIO(FORGED["inflates_to_512_MB"]))
+    assert len(FORGED["inflates_to_512_MB"]) < 1_000_000 and z.getinfo("s0.npy").file_size > 500 << 20
 
 
 def _forger(body: bytes) -> str:
@@ -229,6 +257,41 @@ def test_explain_scores_the_compiled_head():
     ids = torch.tensor([[vocab.index(p) for p in TEXTS[0].pieces]])
     assert r.ok and r.mode == "traced"
     np.testing.assert_allclose(r.scores[0], program_scores_naive(head.spec, ids)[0].numpy())
+
+
+# a predicate whose state saturates: consistent over the model's vocabulary (so compile builds it),
+# but another table over the few pieces of the scored texts (the review after issue 17)
+SATURATING = ("seen = set()\n\ndef late(p):\n    seen.add(p)\n    return len(seen) > 300 and p.lower() == ' the'\n\n"
+              "def attend(t):\n    return 0.5 * most_recent(t, tok(late)) + 0.5 * first(t)\n")
+
+
+def test_explain_compiles_against_the_models_vocabulary():
+    """Explain compiles a traced program against the model's whole vocabulary, by the function
+    compile uses, in a fresh process: a predicate with module-level state builds the same table
+    in both, and the scores are the compiled head's on the text's own ids."""
+    import torch
+
+    from headcode.kernels.program_head.naive import program_scores_naive
+
+    vocab = [f" w{i}" for i in range(400)] + list(dict.fromkeys(TEXTS[0].pieces))
+    text = Tokens.synthetic(list(TEXTS[0].pieces), ids=[vocab.index(p) for p in TEXTS[0].pieces])
+    head = S.compile_in_sandbox(SATURATING, vocab, "fp-model", limits=FAST)
+    assert head.compiled, head.reasons
+    (r,) = S.run_programs([SATURATING], [text], FAST, vocabulary=S.Vocabulary(tuple(vocab), "fp-model"))
+    assert r.ok and r.mode == "traced", r.reason
+    compiled = program_scores_naive(head.spec, torch.from_numpy(text.ids)[None])[0].numpy()
+    np.testing.assert_array_equal(r.scores[0], compiled)
+    (few,) = S.run_programs([SATURATING], [text], FAST)  # the texts' own 7 pieces: another head
+    assert few.ok and not np.array_equal(few.scores[0], compiled)
+
+
+def test_a_text_of_another_tokenizer_is_refused():
+    vocab = S.Vocabulary(("<s>", " The", " cat"), "fp-small")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        S.run_programs([GOOD], TEXTS, FAST, vocabulary=vocab)
+    swapped = Tokens.synthetic(["<s>", " cat"], ids=[0, 1])
+    with pytest.raises(ValueError, match="another tokenizer"):
+        S.run_programs([GOOD], [swapped], FAST, vocabulary=vocab)
 
 
 # the host's own path and the terminal ----------------------------------------------------------------
