@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headcode.compiler.tokens import tokenizer_fingerprint  # noqa: F401 - re-exported: a loaded model carries it
+from headcode.compiler.tokens import tokenizer_fingerprint
 from headcode.errors import HeadcodeError
 from headcode.files import replacing
 
