@@ -1,7 +1,7 @@
 """headcode.compiler: trace programs into selector IR, validate, lower to vocabulary tables and
 kernel terms, run them, and save/load surrogate plans.
 
-Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_plan``; driver ``compile`` (run in the sandbox's worker; ``sandbox`` compiles untrusted source there); ``dispatch``
+Passes: ``program_to_ir`` -> ``validate`` -> ``ir_to_terms``; driver ``compile`` (run in the sandbox's worker; ``sandbox`` compiles untrusted source there); ``dispatch``
 (``run_head``); ``export`` (``save_plan``/``load_plan``). Names are imported lazily so that
 ``import headcode.compiler.predicates`` stays torch-free.
 """

@@ -1,5 +1,5 @@
 """The compiler driver: program -> ``CompiledHead`` through the passes
-``program_to_ir`` (trace) -> ``validate`` -> ``ir_to_plan`` (tables, terms).
+``program_to_ir`` (trace) -> ``validate`` -> ``ir_to_terms`` (tables, terms).
 
 Program source is untrusted: ``compile_source`` (and ``compile_program``, which compiles a
 program's source) checks it (``compiler.check``) and runs the passes inside the sandbox
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from headcode.compiler.head import CompiledHead
-from headcode.compiler.ir_to_plan import ir_to_plan
+from headcode.compiler.ir_to_terms import ir_to_terms
 from headcode.compiler.program import Program, Untraceable
 from headcode.compiler.program_to_ir import program_to_ir
 from headcode.compiler.tables import TableError
@@ -46,7 +46,7 @@ def compile_in_process(program: Program, pieces: Sequence[str], fingerprint: str
             raise CompileError([f"untraceable: {e}"], program.name) from e
         terms = validate(expr, program.name)
         try:
-            plan = ir_to_plan(terms, pieces, fingerprint)
+            plan = ir_to_terms(terms, pieces, fingerprint)
         except TableError as e:
             raise CompileError([str(e)], program.name) from e
     except CompileError as e:

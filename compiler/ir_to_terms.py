@@ -1,4 +1,4 @@
-"""Pass 3: IR -> kernel plan. Merge equal terms, evaluate every predicate over the vocabulary
+"""Pass 3: IR -> one head's kernel terms and tables. Merge equal terms, evaluate every predicate over the vocabulary
 into one table stack, and give each term its table rows."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _Stack:
         return np.stack(self.rows).astype(np.uint8)
 
 
-def ir_to_plan(terms: list[tuple[float, ir.Sel]], pieces: Sequence[str], fingerprint: str
+def ir_to_terms(terms: list[tuple[float, ir.Sel]], pieces: Sequence[str], fingerprint: str
                ) -> tuple[tuple[Term, ...], tuple[str, ...], np.ndarray]:
     """Validated ``[(weight, Sel)]`` -> (terms, table names, tables ``[n_tables, vocab] uint8``).
     ``tables.TableError`` if a predicate raises on a piece."""
