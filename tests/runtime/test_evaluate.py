@@ -175,4 +175,38 @@ def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir
     r = json.loads(out.read_text())
     ppl = r["perplexity"]
     assert {"optimal_ablation", "mean_ablation"} <= set(ppl) and ppl["optimal_ablation"] > 1
-    assert main(args[:-2] + ["--own-choice", "optimal_ablation"]) == 1
+    assert main(args[:-2] + ["--own-choice", "uniform,optimal"]) == 1
+
+
+def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tiny_gpt2_dir, tmp_path):
+    """``--calibrate``: heads chosen with warm constants; at each share the calibrated surrogates,
+    the programs as explained, optimal ablation at the same heads and at its own; the plan saved
+    at the headline share is the calibrated one, and gives the perplexity reported for it."""
+    from headcode.compiler.export import load_plan, save_plan
+    from headcode.runtime.evaluation.heldout import eval_texts
+    from headcode.runtime.surrogate.apply import surrogates_applied
+    from headcode.runtime.text.corpus import load_corpus
+    from tests.runtime.test_surrogate import make_plan
+
+    lm = load_model(tiny_gpt2_dir)
+    save_plan(make_plan(lm), tmp_path / "s.safetensors")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    out, saved = tmp_path / "eval.json", tmp_path / "cal.safetensors"
+    assert main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
+                 "--text", str(corpus), "--out", str(out), "--quiet", "--measure-texts", "2", "--curve", "0,0.25",
+                 "--baselines", "mean_ablation", "--calibrate", "--calibrate-steps", "4",
+                 "--save-plan", str(saved)]) == 0
+    r = json.loads(out.read_text())
+    row = r["curve"][-1]
+    want = {"surrogate", "calibrated", "explained", "mean_ablation", "mean_ablation_own", "optimal_ablation",
+            "optimal_ablation_own"}
+    assert want <= set(row) and all(row[k] > 1 for k in want)
+    assert r["calibration"]["fits"]["calibrated@2"]["steps"] == 4
+    plan = load_plan(saved)
+    assert list(plan.heads) == [h["head"] for h in r["heads_replaced"]]
+    assert all("jointly" in h.surrogate.fitted for h in plan.heads.values())
+    test = eval_texts(load_corpus(str(corpus), "paragraph"), lm.tokenizer, None, 256).tests[0].texts
+    with surrogates_applied(lm, plan):
+        ppl = token_loss(lm.model, test, lm.tokenizer).perplexity
+    assert ppl == pytest.approx(row["calibrated"], rel=1e-6)
