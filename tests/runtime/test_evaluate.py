@@ -146,7 +146,7 @@ def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
     res = run_demo(DemoSettings(out=tmp_path / "demo", model=tiny_gpt2_dir, corpus=str(corpus), max_texts=3,
-                                progress=False))
+                                calibrate_steps=4, progress=False))
     assert res.explain.heads == 8 and res.compile.compiled + res.compile.refused == 8
     assert set(load_plan(res.compile.out).heads) == {h.head for h in res.compile.heads if h.compiled}
     assert json.loads(res.evaluate.out.read_text()) == res.evaluate.report  # the report written is the one returned
@@ -155,6 +155,9 @@ def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_
     test = res.evaluate.report["test_sets"][next(iter(res.evaluate.report["test_sets"]))]
     for row in test["curve"]:
         assert f"{row['surrogate']:.2f}" in table and f"{row['mean_ablation']:.2f}" in table
+        assert f"{row['calibrated']:.2f}" in table and f"{row['optimal_ablation']:.2f}" in table
+    cal = load_plan(res.outputs[-1])  # the demo calibrates its plan: what it saves is what runs
+    assert res.outputs[-1].name == "calibrated.safetensors" and all(h.surrogate for h in cal.heads.values())
 
 
 def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir, tmp_path):
