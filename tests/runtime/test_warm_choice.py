@@ -99,3 +99,20 @@ def test_replaying_the_base_prefix_gives_the_same_losses(model, request):
         assert calls
     finally:
         hook.remove()
+
+
+def test_select_with_warm_constants_keeps_them_in_the_plan(lm):
+    from headcode.errors import HeadcodeError
+    from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
+
+    plan = make_plan(lm, {HeadRef(0, 1): SRC, HeadRef(1, 2): SRC2, HeadRef(1, 0): SRC})
+    fit, select = _texts(lm, 4, 17, T=16), _texts(lm, 3, 18, T=16)
+    s = SelectSettings(fraction=0.25, warm=True, measure_texts=2, rounds=1, progress=False)
+    sel = select_plan(lm, plan, select, s, fit)
+    warm = warm_plan(lm, plan, fit)
+    assert len(sel.heads) == 2 and "warm" in sel.report["selection"]["heads_ran_as"]
+    for k, h in sel.plan.heads.items():
+        np.testing.assert_allclose(h.constant, warm.heads[k].constant, rtol=1e-9, atol=1e-12)
+        assert h.surrogate.weights == warm.heads[k].surrogate.weights
+    with pytest.raises(HeadcodeError, match="fit texts"):
+        select_plan(lm, plan, select, s)
