@@ -61,7 +61,9 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
     fit = replace(s.fit, progress=s.progress)
     cal = calibrate(lm, plan, texts.fit, texts.select, fit, state_path)
     report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,
-              "heads": list(plan.heads), "fit_texts": len(texts.fit), "select_texts": len(texts.select),
+              "heads": list(plan.heads), "fit_texts": len(texts.fit),
+              "heads_chosen_with": None if s.fraction is None else (
+                  "warm constants (mean residual on the fit split)" if s.warm_choice else "the programs as explained"), "select_texts": len(texts.select),
               **cal.report, "settings": asdict(s)}
     if s.compare:  # the test split is read here, after every fit is done, for perplexities only
         from headcode.runtime.calibration.compare import compare
