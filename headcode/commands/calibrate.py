@@ -28,6 +28,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the calibrated plan to write (.safetensors)")
     p.add_argument("--fraction", type=float, default=None,
                    help="first choose this share of all heads among the plan's (default: calibrate every head)")
+    p.add_argument("--no-warm-choice", action="store_true",
+                   help="with --fraction: choose heads with the programs as explained (default: each with its warm "
+                        "constant, the mean residual on the fit split)")
+    p.add_argument("--rounds", type=int, default=4, help="with --fraction: choose heads in this many rounds")
+    p.add_argument("--measure-texts", type=int, default=8, help="with --fraction: select texts measured per head")
+    p.add_argument("--measure-factor", type=float, default=1.5,
+                   help="with --fraction: heads measured one by one, this many times the number to replace")
     p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
     p.add_argument("--max-texts", type=int, default=64, help="fit and select texts, each (default 64)")
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed)
     res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
                                            corpus=args.corpus, unit=args.unit, fraction=args.fraction,
+                                           warm_choice=not args.no_warm_choice, rounds=args.rounds,
+                                           measure_texts=args.measure_texts, measure_factor=args.measure_factor,
                                            max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
                                            compare=args.compare, progress=not args.no_progress))
     r = res.report

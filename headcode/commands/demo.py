@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=float, default=0.25, help="share of all heads to replace (default 0.25)")
     p.add_argument("--qa", default=None, help="comma list of QA tasks (default none: faster)")
     p.add_argument("--qa-limit", type=int, default=100)
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="evaluate the programs as explained only (default: calibrate the chosen heads for the model "
+                        "and compare with optimal ablation; DIR/calibrated.safetensors is the plan to serve)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     qa = tuple(t.strip() for t in args.qa.split(",") if t.strip()) if args.qa else ()
     res = run_demo(DemoSettings(out=Path(args.out), model=args.model, corpus=args.corpus, heads=args.heads,
                                 max_texts=args.max_texts, fraction=args.fraction, qa=qa, qa_limit=args.qa_limit,
-                                progress=not args.quiet))
+                                calibrate=not args.no_calibrate, progress=not args.quiet))
     print()
     print(f"{res.explain.heads} heads explained (mean test IoU {res.explain.summary.get('mean_iou_test') or 0:.3f}, "
           f"median program size {res.explain.summary.get('median_size')}); {res.compile.compiled} compiled, "

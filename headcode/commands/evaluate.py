@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="report file (.json)")
     p.add_argument("--save-plan", default=None,
                    help="also write a plan with only the heads replaced at --fraction (for serve, bench)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="choose heads with warm constants (each head's mean residual on the fit split), then at each "
+                        "share calibrate the chosen surrogates jointly (`calibrated`) beside the programs as explained "
+                        "and optimal ablation at the same heads and its own (adds optimal_ablation to --baselines and "
+                        "--own-choice)")
+    p.add_argument("--calibrate-steps", type=int, default=300, help="with --calibrate: Adam steps per fit")
+    p.add_argument("--calibrate-lr", type=float, default=0.02, help="with --calibrate: learning rate")
+    p.add_argument("--calibrate-texts-per-step", type=int, default=1, help="with --calibrate: fit texts a step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -79,6 +87,14 @@ def _list(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.evaluate import EvaluateSettings, evaluate_plan, parse_fractions, summary
 
+    baselines, own, cal = _list(args.baselines), _list(args.own_choice), None
+    if args.calibrate:
+        from headcode.runtime.calibration.fit import CalibrationSettings
+
+        cal = CalibrationSettings(steps=args.calibrate_steps, lr=args.calibrate_lr,
+                                  texts_per_step=args.calibrate_texts_per_step, progress=not args.quiet)
+        baselines += ("optimal_ablation",) * ("optimal_ablation" not in baselines)
+        own += ("optimal_ablation",) * ("optimal_ablation" not in own)
     res = evaluate_plan(EvaluateSettings(
         surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, fraction=args.fraction,
         text=args.text, unit=args.unit, max_texts=args.max_texts, max_tokens=args.max_tokens, qa=_list(args.qa or ""),
@@ -86,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         measure_tokens=args.measure_tokens, measure_factor=args.measure_factor, rounds=args.rounds,
         backend=args.backend, batch_size=args.batch_size, plot=Path(args.plot) if args.plot else None,
         save_plan=Path(args.save_plan) if args.save_plan else None, progress=not args.quiet,
-        test_text=tuple(args.test_text), test_tokens=args.test_tokens, baselines=_list(args.baselines),
-        own_choice=_list(args.own_choice), qa_at=parse_fractions(args.qa_at), qa_baselines=_list(args.qa_baselines)))
+        test_text=tuple(args.test_text), test_tokens=args.test_tokens, baselines=baselines,
+        own_choice=own, calibrate=cal, qa_at=parse_fractions(args.qa_at), qa_baselines=_list(args.qa_baselines)))
     print(summary(res.report))
     return 0

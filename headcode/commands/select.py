@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
                    help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--warm", action="store_true",
+                   help="choose with each head's warm constant (its mean residual on the fit split) added; "
+                        "the plan written keeps the constants (calibrate it next)")
     p.add_argument("--out", required=True, help="the plan to write (.safetensors), only the chosen heads")
     p.add_argument("--report", default=None, help="report file (default: next to --out, .json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -69,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
         raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
     lm = load_model(args.model)
     plan = plan_for_model(args.surrogates, lm)
-    select = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)["select"]
+    splits = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)
+    select = splits["select"]
     settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,
                               measure_factor=args.measure_factor, measure_texts=args.measure_texts,
                               measure_tokens=args.measure_tokens, rounds=args.rounds, batch_size=args.batch_size,
-                              backend=args.backend, progress=not args.quiet)
-    sel = select_plan(lm, plan, select, settings)
+                              backend=args.backend, warm=args.warm, progress=not args.quiet)
+    sel = select_plan(lm, plan, select, settings, splits.get("fit", ()))
     report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,
               "plan": str(args.out)}
     save_plan(sel.plan, args.out)

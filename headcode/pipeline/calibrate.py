@@ -4,7 +4,8 @@ The explanation (each head's terms and weights, fitted to its own pattern) is ke
 head gets a surrogate — the same terms with weights, and a constant output, fitted for the model
 on KL(base ‖ replaced) over the fit split, stopped on the select split
 (``runtime.calibration.fit``). The test split is never read. ``fraction``: first choose that share
-of the model's heads among the plan's (``runtime.evaluation.select_plan``), then calibrate them.
+of the model's heads among the plan's (``runtime.evaluation.select_plan``; each head with its warm constant, the mean residual on the fit
+split, unless ``warm_choice`` is off), then calibrate them jointly from there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class CalibrateSettings:
     corpus: str = "stories"
     unit: str = "paragraph"
     fraction: float | None = None    # choose this share of all heads first; None: every head of the plan
+    warm_choice: bool = True         # ... with each head's warm constant (mean residual on the fit split)
+    rounds: int = 4                  # ... in rounds (runtime.evaluation.select_plan.SelectSettings)
+    measure_texts: int = 8
+    measure_factor: float = 1.5
     max_texts: int = 64              # fit and select texts (each)
     max_tokens: int = 128
     fit: CalibrationSettings = field(default_factory=CalibrationSettings)
@@ -50,11 +55,15 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
     if s.fraction is not None:
         from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
 
-        plan = select_plan(lm, plan, texts.select, SelectSettings(fraction=s.fraction, progress=s.progress)).plan
+        plan = select_plan(lm, plan, texts.select, SelectSettings(
+            fraction=s.fraction, warm=s.warm_choice, rounds=s.rounds, measure_texts=s.measure_texts,
+            measure_factor=s.measure_factor, progress=s.progress), texts.fit).plan
     fit = replace(s.fit, progress=s.progress)
     cal = calibrate(lm, plan, texts.fit, texts.select, fit, state_path)
     report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,
-              "heads": list(plan.heads), "fit_texts": len(texts.fit), "select_texts": len(texts.select),
+              "heads": list(plan.heads), "fit_texts": len(texts.fit),
+              "heads_chosen_with": None if s.fraction is None else (
+                  "warm constants (mean residual on the fit split)" if s.warm_choice else "the programs as explained"), "select_texts": len(texts.select),
               **cal.report, "settings": asdict(s)}
     if s.compare:  # the test split is read here, after every fit is done, for perplexities only
         from headcode.runtime.calibration.compare import compare

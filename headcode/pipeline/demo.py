@@ -30,6 +30,11 @@ class DemoSettings:
     rounds: int = 2
     measure_texts: int = 4
     measure_factor: float = 1.2
+    # calibration (issue 19): heads chosen with warm constants, then the chosen surrogates fitted jointly
+    # for the model, beside the programs as explained and optimal ablation at the same heads; the plan
+    # written to DIR/calibrated.safetensors is what runs. Fewer steps than `calibrate`'s default: time.
+    calibrate: bool = True
+    calibrate_steps: int = 150
     progress: bool = True
 
 
@@ -44,7 +49,9 @@ class DemoResult:
     def outputs(self) -> tuple[Path, ...]:
         """What a reader opens first: the report, the programs, the plan, the evaluation and its plot."""
         found = (self.explain.report, self.explain.out / "programs", self.compile.out, self.evaluate.out)
-        return found + ((Path(self.evaluate.plot),) if self.evaluate.plot else ())
+        found += (Path(self.evaluate.plot),) if self.evaluate.plot else ()
+        saved = self.evaluate.report.get("saved_plan")  # the calibrated plan: what to serve
+        return found + ((Path(saved),) if saved else ())
 
 
 def run_demo(s: DemoSettings) -> DemoResult:
@@ -60,11 +67,21 @@ def run_demo(s: DemoSettings) -> DemoResult:
     compiled = compile_programs(CompileSettings(dir=out / "explain", model=s.model, progress=s.progress),
                                 tokenizer=lm.tokenizer)
     t3 = time.perf_counter()
+    cal = None
+    extra: dict = {}
+    if s.calibrate:
+        from headcode.runtime.calibration.fit import CalibrationSettings
+
+        cal = CalibrationSettings(steps=s.calibrate_steps, progress=s.progress)
+        # one share beside the base model: each share is a joint fit and an optimal-ablation fit
+        extra = dict(curve=(0.0, s.fraction), baselines=("mean_ablation", "optimal_ablation"),
+                     save_plan=out / "calibrated.safetensors", max_tokens=128)
     evaluated = evaluate_plan(EvaluateSettings(surrogates=compiled.out, out=out / "eval.json", model=s.model,
                                                fraction=s.fraction, text=s.corpus, max_texts=s.max_texts, qa=s.qa,
                                                qa_limit=s.qa_limit, rounds=s.rounds, measure_texts=s.measure_texts,
-                                               measure_factor=s.measure_factor, own_choice=(), progress=s.progress),
-                               loaded=lm)
+                                               measure_factor=s.measure_factor, own_choice=(), calibrate=cal,
+                                               progress=s.progress, **extra),
+                              loaded=lm)
     t4 = time.perf_counter()
     return DemoResult(explained, compiled, evaluated,
                       {"load": t1 - t0, "explain": t2 - t1, "compile": t3 - t2, "evaluate": t4 - t3})

@@ -43,6 +43,10 @@ class EvaluateSettings:
     own_choice: tuple[str, ...] = ("mean_ablation",)  # baselines also at the heads they choose themselves
     qa_at: tuple[float, ...] = ()    # QA also at these fractions (always at `fraction`)
     qa_baselines: tuple[str, ...] = ("mean_ablation",)  # baselines measured on QA
+    # calibrate (issue 19): heads are chosen with warm constants (each head's mean residual on the fit
+    # split), then at each share of heads the chosen surrogates are calibrated jointly (`calibrated`),
+    # beside the programs as explained and optimal ablation at the same heads and at its own
+    calibrate: Any = None            # CalibrationSettings, or None: no calibration
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,11 @@ class EvaluateResult:
 
 
 def _problems(s: EvaluateSettings) -> list[str]:
-    from headcode.runtime.evaluation.report import BASELINES, KNOWN
+    from headcode.runtime.evaluation.report import BASELINES, KNOWN, OPTIMAL
 
     out = [] if 0.0 <= s.fraction <= 1.0 else [f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads"]
     out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*s.curve, *s.qa_at) if not 0.0 <= f <= 1.0]
-    for flag, names, ok in (("--baselines", s.baselines, KNOWN), ("--own-choice", s.own_choice, BASELINES),
+    for flag, names, ok in (("--baselines", s.baselines, KNOWN), ("--own-choice", s.own_choice, BASELINES + (OPTIMAL,)),
                             ("--qa-baselines", s.qa_baselines, KNOWN)):
         out += [f"{flag}: unknown baseline {b!r} (use {', '.join(ok)} or none)" for b in names if b not in ok]
     if s.test_tokens is not None and s.test_tokens < 2:
@@ -71,13 +75,15 @@ def _problems(s: EvaluateSettings) -> list[str]:
 def state_key(s: EvaluateSettings, fingerprint: str) -> str:
     """What decides every finished piece of a run: the plan's bytes, the model, the texts and the
     settings of the choice of heads. A resumed run reuses pieces only under the same key."""
+    import dataclasses
     import hashlib
     import json
 
     h = hashlib.sha256(Path(s.surrogates).read_bytes())
     keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "fraction",
             "measure_texts", "measure_tokens", "measure_factor", "rounds", "batch_size", "backend")
-    h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys]).encode())
+    cal = None if s.calibrate is None else dataclasses.asdict(s.calibrate) | {"progress": None}
+    h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys] + [cal]).encode())
     return h.hexdigest()
 
 
@@ -109,23 +115,33 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     corpus = load_corpus(s.text, s.unit)
     lm = loaded if loaded is not None else load_model(s.model)
     plan = plan_for_model(s.surrogates, lm)
-    heads = build_surrogates(plan, lm, backend=s.backend)
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
     et = eval_texts(corpus, lm.tokenizer, s.max_texts, s.max_tokens, tests, s.test_tokens)
+    if s.calibrate is not None:
+        from headcode.runtime.calibration.warm import warm_plan
+
+        fit = et.splits()["fit"] or et.splits()["select"]
+        plan = warm_plan(lm, plan, fit, s.batch_size, s.backend, s.progress)
+    heads = build_surrogates(plan, lm, backend=s.backend)
     state = EvalState(f"{s.out}.state.json", state_key(s, lm.fingerprint))
     settings = EvalSettings(fraction=s.fraction, curve=s.curve, baselines=s.baselines, own_choice=s.own_choice,
                             qa_tasks=s.qa, qa_limit=s.qa_limit, qa_at=s.qa_at, qa_baselines=s.qa_baselines,
                             batch_size=s.batch_size, measure_factor=s.measure_factor, measure_texts=s.measure_texts,
-                            measure_tokens=s.measure_tokens, rounds=s.rounds, progress=False)
+                            measure_tokens=s.measure_tokens, rounds=s.rounds, calibrate=s.calibrate, progress=False)
     info = {"surrogates": str(s.surrogates), "corpus": s.text, "unit": s.unit, "backend": s.backend,
             "test_text": list(s.test_text), "dropped_for_overlap": et.dropped_for_overlap,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
     with forward_passes(lm.model, "evaluate", enabled=s.progress):
         report = run_evaluation(lm, heads, et.splits(), settings, programs=programs,
                                 plot=str(s.plot or Path(s.out).with_suffix(".png")), info=info, tests=et.tests,
-                                state=state)
+                                state=state, plan=plan)
     if s.save_plan:
-        save_plan(subset_plan(plan, [h["head"] for h in report["heads_replaced"]]), s.save_plan)
+        chosen = subset_plan(plan, [h["head"] for h in report["heads_replaced"]])
+        fitted = state.get("calibrated|" + ",".join(sorted(chosen.heads, key=HeadRef.parse)))
+        if fitted is not None:  # the calibrated surrogates at the headline heads
+            chosen = type(chosen)(chosen.model_id, chosen.fingerprint,
+                                  {k: chosen.heads[k].calibrated(*fitted["heads"][k]) for k in chosen.heads})
+        save_plan(chosen, s.save_plan)
         report["saved_plan"] = str(s.save_plan)
     write_json(s.out, report)
     state.remove()

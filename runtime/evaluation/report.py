@@ -52,6 +52,7 @@ class EvalSettings:
     measure_texts: int = 8                  # select texts used for the measured stage
     measure_tokens: int = 128               # ... truncated to this many tokens
     rounds: int = 4                         # choose the headline heads in rounds (interactions)
+    calibrate: Any = None                   # CalibrationSettings: also `calibrated` and `explained` at the heads
     progress: bool = True
 
 
@@ -75,22 +76,36 @@ def _ppl(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray]
 
 
 OPTIMAL = "optimal_ablation"  # a constant per head fitted on KL to the base model (runtime.calibration)
+CALIBRATED = "calibrated"      # the surrogates fitted jointly for the model at the chosen heads
+EXPLAINED = "explained"        # the programs as explained: the explanation's weights, no constant
 
 
 class Ablations:
-    """What the ablation baselines put in a head's place: ``means [L, H, D]`` (mean-ablation, from
-    the fit split) and, for a set of heads, constants fitted jointly on the fit split and stopped
-    on the select split (optimal ablation; kept in the evaluation state for resuming)."""
+    """What the fitted variants and ablation baselines put in a head's place: ``means [L, H, D]``
+    (mean-ablation, from the fit split); for a set of heads, constants fitted jointly on the fit
+    split and stopped on the select split (optimal ablation) and, given the ``plan`` the heads were
+    chosen from, its surrogates calibrated jointly at those heads (``calibrated``, from each head's
+    weights and constant in the plan) or its programs as explained (``explained``). Every fit is
+    kept in the evaluation state for resuming."""
 
     def __init__(self, loaded: Any, fit: Sequence[np.ndarray], select: Sequence[np.ndarray], state: EvalState,
-                 progress: bool):
+                 progress: bool, plan: Any = None, calibration: Any = None, backend: str = "numba"):
         self.loaded, self.fit, self.select, self.state, self.progress = loaded, fit, select, state, progress
+        self.plan, self.calibration, self.backend = plan, calibration, backend
         self.means: Any = None
+        self.fits: dict[str, dict[str, Any]] = {}   # name@heads: each fit's select KL and steps
+
+    def _settings(self) -> Any:
+        from dataclasses import replace
+
+        from headcode.runtime.calibration.fit import CalibrationSettings
+
+        return replace(self.calibration or CalibrationSettings(), progress=self.progress, constant_only=False)
 
     def constants_at(self, heads: Sequence[HeadRef]) -> dict[HeadRef, HeadFn]:
         import torch
 
-        from headcode.runtime.calibration.fit import CalibrationSettings, fit_constants
+        from headcode.runtime.calibration.fit import fit_constants
         from headcode.runtime.surrogate.replacements import MeanHead
 
         if not heads:
@@ -98,10 +113,36 @@ class Ablations:
         key = f"optimal|{heads_key(heads)}"
         done = self.state.get(key)
         if done is None:
-            c = fit_constants(self.loaded, list(heads), self.fit, self.select,
-                              CalibrationSettings(progress=self.progress))
+            c = fit_constants(self.loaded, list(heads), self.fit, self.select, self._settings())
             done = self.state.put(key, {str(h): v.tolist() for h, v in c.items()})
         return {h: MeanHead(torch.tensor(done[str(h)], dtype=torch.float32)) for h in heads}
+
+    def calibrated_at(self, heads: Sequence[HeadRef]) -> dict[HeadRef, HeadFn]:
+        from headcode.runtime.calibration.fit import calibrate
+        from headcode.runtime.evaluation.select_plan import subset_plan
+        from headcode.runtime.surrogate.apply import build_surrogates
+
+        if not heads:
+            return {}
+        sub = subset_plan(self.plan, heads)
+        key = f"calibrated|{heads_key(heads)}"
+        done = self.state.get(key)
+        if done is None:
+            cal = calibrate(self.loaded, sub, self.fit, self.select, self._settings())
+            done = self.state.put(key, {"heads": {k: [list(h.surrogate.weights), list(h.surrogate.constant),
+                                                      h.surrogate.fitted] for k, h in cal.plan.heads.items()},
+                                        "kl_select_start": cal.report["kl_select_start"],
+                                        "kl_select_best": cal.report["kl_select_best"], "steps": cal.report["steps"]})
+        self.fits[f"calibrated@{len(heads)}"] = {k: v for k, v in done.items() if k != "heads"}
+        fitted = {k: sub.heads[k].calibrated(w, c, how) for k, (w, c, how) in done["heads"].items()}
+        return build_surrogates(fitted, self.loaded, self.backend)
+
+    def explained_at(self, heads: Sequence[HeadRef]) -> dict[HeadRef, HeadFn]:
+        from headcode.runtime.calibration.compare import explained
+        from headcode.runtime.evaluation.select_plan import subset_plan
+        from headcode.runtime.surrogate.apply import build_surrogates
+
+        return build_surrogates(explained(subset_plan(self.plan, heads)), self.loaded, self.backend) if heads else {}
 
 
 def _kind(name: str) -> str:
@@ -130,7 +171,10 @@ def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[
 
     out = {"surrogate": rank("surrogate", heads)}
     for b in s.own_choice:
-        out[b + OWN] = rank(b + OWN, dict(baseline_heads(b, every, means.means)))
+        # optimal ablation's own heads: those chosen with each head's warm start, its mean output,
+        # as the programs are chosen with theirs (the mean residual); then fitted jointly there
+        kind = "mean_ablation" if b == OPTIMAL else b
+        out[b + OWN] = out.get(kind + OWN) or rank(kind + OWN, dict(baseline_heads(kind, every, means.means)))
     return out
 
 
@@ -140,10 +184,14 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
     baseline at those same heads, and each baseline ranked by its own criterion at its own ``k``."""
     chosen = rankings["surrogate"].take(min(k, len(heads)))
     out = {"surrogate": {h: heads[h] for h in chosen}}
+    if s.calibrate is not None and baselines is None:
+        out[CALIBRATED] = means.calibrated_at(chosen)
+        out[EXPLAINED] = means.explained_at(chosen)
     for b in (s.baselines if baselines is None else baselines):
         out[b] = means.constants_at(chosen) if b == OPTIMAL else dict(baseline_heads(b, chosen, means.means))
     for b in (s.own_choice if baselines is None else [b for b in baselines if b in s.own_choice]):
-        out[b + OWN] = dict(baseline_heads(b, rankings[b + OWN].take(len(chosen)), means.means))
+        own = rankings[b + OWN].take(len(chosen))
+        out[b + OWN] = means.constants_at(own) if b == OPTIMAL else dict(baseline_heads(b, own, means.means))
     return out
 
 
@@ -205,7 +253,7 @@ def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str
 
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [100 * c["actual_fraction"] for c in curve]
-    for name in ("surrogate",) + KNOWN + tuple(b + OWN for b in BASELINES):
+    for name in ("surrogate", CALIBRATED, EXPLAINED) + KNOWN + tuple(b + OWN for b in KNOWN):
         ys = [c.get(name) for c in curve]
         if all(y is not None for y in ys):
             ax.plot(xs, ys, marker="o", linestyle="--" if name.endswith(OWN) else "-",
@@ -248,12 +296,16 @@ def _plots(sets: Mapping[str, dict], plot: str, model: str) -> list[str]:
 def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[str, Sequence[np.ndarray]],
                    settings: EvalSettings = EvalSettings(), programs: Mapping[HeadRef, str] | None = None,
                    plot: str | None = None, info: Mapping[str, Any] | None = None,
-                   tests: Sequence[TestSet] | None = None, state: EvalState | None = None) -> dict:
+                   tests: Sequence[TestSet] | None = None, state: EvalState | None = None,
+                   plan: Any = None) -> dict:
     """The evaluation report (a JSON-ready dict). ``heads``: every head the plan can replace;
     ``texts``: token ids per split (``fit``, ``select``, ``test``); ``tests``: the test sets (default:
     the ``test`` split alone), the first one being the headline; ``state``: finished pieces kept for
-    resuming (``runtime.evaluate_state``)."""
+    resuming (``runtime.evaluate_state``); ``plan``: the ``SurrogatePlan`` behind ``heads``, needed
+    with ``settings.calibrate`` (the chosen heads' surrogates are calibrated from it)."""
     s = settings
+    if s.calibrate is not None and plan is None:
+        raise HeadcodeError("calibrating in an evaluation needs the surrogate plan the heads come from")
     t0 = time.time()
     select = list(texts.get("select", ()))
     tests = list(tests) if tests is not None else [TestSet("test", "test split", tuple(texts.get("test", ())))]
@@ -262,7 +314,8 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
     total = loaded.n_layers * loaded.n_heads
     k_main = _n_heads(s.fraction, total)
     fit = list(texts.get("fit", ())) or select
-    means = Ablations(loaded, fit, select, state or EvalState(None, ""), s.progress)
+    means = Ablations(loaded, fit, select, state or EvalState(None, ""), s.progress, plan, s.calibrate,
+                      getattr(next(iter(heads.values()), None), "backend", "numba"))
     if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
         means.means = head_output_means(loaded, fit, s.batch_size, s.progress)
     rankings = choose_heads(loaded, heads, select, means, s, state)
@@ -291,7 +344,9 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
         "selection": {"split": "select", "method": rankings["surrogate"].method,
                       "base_loss": rankings["surrogate"].base_loss,
                       "measured_heads": len(rankings["surrogate"].measured)},
-        "seconds": {"selection": t_rank - t0, "perplexity": t_ppl - t_rank, "qa": time.time() - t_ppl},
+        "seconds": {"selection": t_rank - t0, "fits_and_perplexity": t_ppl - t_rank, "qa": time.time() - t_ppl},
+        "calibration": ({"settings": {k: v for k, v in vars(s.calibrate).items()}, "fits": means.fits}
+                        if s.calibrate is not None else None),
     }
     if plot:
         report["plots"] = _plots(sets, plot, loaded.name)

@@ -33,6 +33,7 @@ class SelectSettings:
     rounds: int = 4
     batch_size: int = 8
     backend: str = "numba"
+    warm: bool = False              # choose with each head's warm constant (its mean residual on fit texts)
     progress: bool = True
 
 
@@ -53,14 +54,23 @@ def subset_plan(plan: SurrogatePlan, heads: Sequence[HeadRef | str]) -> Surrogat
 
 
 def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndarray],
-                s: SelectSettings = SelectSettings()) -> Selection:
+                s: SelectSettings = SelectSettings(), fit_texts: Sequence[np.ndarray] = ()) -> Selection:
     """Choose ``s.fraction`` of the model's heads among the plan's compiled ones (``plan`` checked
-    against ``loaded`` already: ``surrogate.plan_for_model``)."""
+    against ``loaded`` already: ``surrogate.plan_for_model``). ``s.warm``: each head without a
+    surrogate first gets its mean residual on ``fit_texts`` as a constant (``calibration.warm``);
+    the plan returned keeps those constants (what the heads were chosen with)."""
     if not 0.0 < s.fraction <= 1.0:
         raise HeadcodeError(f"fraction {s.fraction} is not in (0, 1]: give the share of all heads to replace")
     compiled = plan.compiled_heads()
     if not compiled:
         raise HeadcodeError("the plan has no compiled heads to choose from: run `headcode compile` first")
+    if s.warm:
+        from headcode.runtime.calibration.warm import warm_plan
+
+        if not len(fit_texts):
+            raise HeadcodeError("choosing heads with warm constants needs fit texts: the corpus has no fit split")
+        plan = warm_plan(loaded, plan, fit_texts, s.batch_size, s.backend, s.progress)
+        compiled = plan.compiled_heads()
     fns = build_surrogates(compiled, loaded, s.backend)
     total = loaded.n_layers * loaded.n_heads
     k = int(round(s.fraction * total))
@@ -91,6 +101,8 @@ def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndar
         "select_loss": {"base": ranking.base_loss, "chosen": together, "increase": together - ranking.base_loss,
                         "texts": len(sub), "note": "on the select split, where the heads were chosen: not held out"},
         "kv_cache": saving.to_json(),
-        "selection": {"split": "select", "method": ranking.method},
+        "selection": {"split": "select", "method": ranking.method,
+                      "heads_ran_as": "programs with warm constants (mean residual on the fit split)" if s.warm
+                      else "programs as in the plan"},
     }
     return Selection(subset_plan(plan, chosen), tuple(chosen), report)

@@ -51,6 +51,18 @@ class Ranking:
         return self.heads[: max(0, k)]
 
 
+def ran(fn: HeadFn, ids: torch.Tensor, v: torch.Tensor, start: torch.Tensor, n_q: int) -> torch.Tensor:
+    """What a replaced head outputs ``[B, n_q, D]``: ``fn``'s ``A @ V`` plus its head's constant on
+    the real query rows (the layer adds it in ``apply_plan``; the probes here call ``fn`` alone)."""
+    out = fn(ids, v, start, n_q)
+    c = getattr(getattr(fn, "head", None), "constant", ())
+    if not len(c):
+        return out
+    pos = torch.arange(v.shape[1] - n_q, v.shape[1], device=out.device)
+    real = (pos[None, :] >= start.to(out.device)[:, None]).to(out.dtype)[..., None]       # [B, n_q, 1]
+    return out + real * torch.tensor(c, dtype=out.dtype, device=out.device)
+
+
 class _Probe:
     """Attached as ``_headcode_surrogate``: all heads neural, candidates mixed in by ``alpha``."""
 
@@ -70,10 +82,11 @@ class _Probe:
             o = out[:, h]
             if h in self.fixed:  # already chosen: replaced outright
                 with torch.no_grad():
-                    o = self.fixed[h](ids, value[:, h // self.group, :T].detach(), start, query.shape[2]).to(o.dtype)
+                    o = ran(self.fixed[h], ids, value[:, h // self.group, :T].detach(), start, query.shape[2])
+                o = o.to(out.dtype)
             elif h in self.fns:
                 with torch.no_grad():
-                    sur = self.fns[h](ids, value[:, h // self.group, :T].detach(), start, query.shape[2])
+                    sur = ran(self.fns[h], ids, value[:, h // self.group, :T].detach(), start, query.shape[2])
                 o = o + self.alpha[self.slots[h]] * (sur.to(o.dtype) - o.detach())
             heads.append(o)
         return torch.stack(heads, dim=1)
@@ -133,10 +146,13 @@ def choose_in_rounds(loaded: Any, heads: Mapping[HeadRef, HeadFn], units: Mappin
     estimates every remaining unit (the sum of its heads' first-order estimates) on top of the
     units already chosen, measures the best candidates exactly on ``sub``, and keeps the best
     measured. Returns ``(chosen, measured, estimate, base loss)``."""
+    from headcode.runtime.evaluation.prefix import BasePrefix
+
     chosen: list = []
     measured: dict = {}
     est: dict = {}
     base_loss = None
+    prefix = BasePrefix(loaded, list(sub), batch_size)  # measured losses replay the base model below
     for r in range(rounds):
         left = [u for u in units if u not in chosen]
         fixed = {h: heads[h] for u in chosen for h in units[u]}
@@ -149,9 +165,9 @@ def choose_in_rounds(loaded: Any, heads: Mapping[HeadRef, HeadFn], units: Mappin
                                         batch_size, progress, fixed)
             est = {u: sum(per_head[h] for h in units[u]) for u in left}
             cands = sorted(left, key=lambda u: est[u])[:n_meas]
-        base = loss_with(loaded, fixed, sub, batch_size)
+        base = prefix.mean_loss(fixed)
         base_loss = base if base_loss is None else base_loss
-        meas = {u: loss_with(loaded, {**fixed, **{h: heads[h] for h in units[u]}}, sub, batch_size) - base
+        meas = {u: prefix.mean_loss({**fixed, **{h: heads[h] for h in units[u]}}) - base
                 for u in tqdm(cands, desc="measure", unit="unit", disable=not progress, leave=False)}
         measured.update(meas)
         chosen += sorted(meas, key=lambda u: meas[u])[:n_pick]

@@ -146,7 +146,7 @@ def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
     res = run_demo(DemoSettings(out=tmp_path / "demo", model=tiny_gpt2_dir, corpus=str(corpus), max_texts=3,
-                                progress=False))
+                                calibrate_steps=4, progress=False))
     assert res.explain.heads == 8 and res.compile.compiled + res.compile.refused == 8
     assert set(load_plan(res.compile.out).heads) == {h.head for h in res.compile.heads if h.compiled}
     assert json.loads(res.evaluate.out.read_text()) == res.evaluate.report  # the report written is the one returned
@@ -155,6 +155,9 @@ def test_demo_runs_the_steps_as_functions_and_prints_a_table(tiny_gpt2_dir, tmp_
     test = res.evaluate.report["test_sets"][next(iter(res.evaluate.report["test_sets"]))]
     for row in test["curve"]:
         assert f"{row['surrogate']:.2f}" in table and f"{row['mean_ablation']:.2f}" in table
+        assert f"{row['calibrated']:.2f}" in table and f"{row['optimal_ablation']:.2f}" in table
+    cal = load_plan(res.outputs[-1])  # the demo calibrates its plan: what it saves is what runs
+    assert res.outputs[-1].name == "calibrated.safetensors" and all(h.surrogate for h in cal.heads.values())
 
 
 def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir, tmp_path):
@@ -175,4 +178,38 @@ def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir
     r = json.loads(out.read_text())
     ppl = r["perplexity"]
     assert {"optimal_ablation", "mean_ablation"} <= set(ppl) and ppl["optimal_ablation"] > 1
-    assert main(args[:-2] + ["--own-choice", "optimal_ablation"]) == 1
+    assert main(args[:-2] + ["--own-choice", "uniform,optimal"]) == 1
+
+
+def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tiny_gpt2_dir, tmp_path):
+    """``--calibrate``: heads chosen with warm constants; at each share the calibrated surrogates,
+    the programs as explained, optimal ablation at the same heads and at its own; the plan saved
+    at the headline share is the calibrated one, and gives the perplexity reported for it."""
+    from headcode.compiler.export import load_plan, save_plan
+    from headcode.runtime.evaluation.heldout import eval_texts
+    from headcode.runtime.surrogate.apply import surrogates_applied
+    from headcode.runtime.text.corpus import load_corpus
+    from tests.runtime.test_surrogate import make_plan
+
+    lm = load_model(tiny_gpt2_dir)
+    save_plan(make_plan(lm), tmp_path / "s.safetensors")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    out, saved = tmp_path / "eval.json", tmp_path / "cal.safetensors"
+    assert main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
+                 "--text", str(corpus), "--out", str(out), "--quiet", "--measure-texts", "2", "--curve", "0,0.25",
+                 "--baselines", "mean_ablation", "--calibrate", "--calibrate-steps", "4",
+                 "--save-plan", str(saved)]) == 0
+    r = json.loads(out.read_text())
+    row = r["curve"][-1]
+    want = {"surrogate", "calibrated", "explained", "mean_ablation", "mean_ablation_own", "optimal_ablation",
+            "optimal_ablation_own"}
+    assert want <= set(row) and all(row[k] > 1 for k in want)
+    assert r["calibration"]["fits"]["calibrated@2"]["steps"] == 4
+    plan = load_plan(saved)
+    assert list(plan.heads) == [h["head"] for h in r["heads_replaced"]]
+    assert all("jointly" in h.surrogate.fitted for h in plan.heads.values())
+    test = eval_texts(load_corpus(str(corpus), "paragraph"), lm.tokenizer, None, 256).tests[0].texts
+    with surrogates_applied(lm, plan):
+        ppl = token_loss(lm.model, test, lm.tokenizer).perplexity
+    assert ppl == pytest.approx(row["calibrated"], rel=1e-6)
