@@ -11,6 +11,7 @@ from test_calibration import SRC, SRC2, _texts
 from test_surrogate import make_plan
 
 from headcode.compiler.head import SurrogatePlan
+from headcode.compiler.tokens import Tokens
 from headcode.runtime.calibration.warm import mean_residuals, warm_plan
 from headcode.runtime.evaluation.measures import head_output_means
 from headcode.runtime.evaluation.prefix import BasePrefix
@@ -20,7 +21,6 @@ from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
 from headcode.runtime.surrogate.apply import build_surrogates
 from headcode.runtime.surrogate.replacements import MeanHead, pattern_heads
-from headcode.runtime.text.tokens import Tokens
 
 
 @pytest.fixture(scope="module")
