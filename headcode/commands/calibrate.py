@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
+
+from headcode.commands._options import add_model, add_rank, default, rank_from
 
 HELP = "fit the surrogates' weights and constant outputs for the model (KL to the base model)"
 
@@ -23,7 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from headcode.runtime.calibration.fit import CalibrationSettings
 
     d = CalibrationSettings()
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    from headcode.pipeline.calibrate import CalibrateSettings
+
+    f = partial(default, CalibrateSettings)
+    add_model(p)
     p.add_argument("--surrogates", required=True, help="the plan to calibrate (from compile or select)")
     p.add_argument("--out", required=True, help="the calibrated plan to write (.safetensors)")
     p.add_argument("--fraction", type=float, default=None,
@@ -31,14 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-warm-choice", action="store_true",
                    help="with --fraction: choose heads with the programs as explained (default: each with its warm "
                         "constant, the mean residual on the fit split)")
-    p.add_argument("--rounds", type=int, default=4, help="with --fraction: choose heads in this many rounds")
-    p.add_argument("--measure-texts", type=int, default=8, help="with --fraction: select texts measured per head")
-    p.add_argument("--measure-factor", type=float, default=1.5,
-                   help="with --fraction: heads measured one by one, this many times the number to replace")
-    p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
-    p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
-    p.add_argument("--max-texts", type=int, default=64, help="fit and select texts, each (default 64)")
-    p.add_argument("--max-tokens", type=int, default=128, help="truncate each text (default 128)")
+    add_rank(p, "heads (with --fraction)", f("rank"))
+    p.add_argument("--corpus", default=f("corpus"), help="stories | lambada | FILE.txt | hf:<dataset>")
+    p.add_argument("--unit", default=f("unit"), choices=["sentence", "paragraph"])
+    p.add_argument("--max-texts", type=int, default=f("max_texts"), help=f"fit and select texts, each (default {f('max_texts')})")
+    p.add_argument("--max-tokens", type=int, default=f("max_tokens"), help=f"truncate each text (default {f('max_tokens')})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps, one fit text each (default {d.steps})")
     p.add_argument("--texts-per-step", type=int, default=d.texts_per_step,
                    help=f"fit texts one step averages the KL over (default {d.texts_per_step})")
@@ -63,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                               seed=args.seed)
     res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
                                            corpus=args.corpus, unit=args.unit, fraction=args.fraction,
-                                           warm_choice=not args.no_warm_choice, rounds=args.rounds,
-                                           measure_texts=args.measure_texts, measure_factor=args.measure_factor,
+                                           warm_choice=not args.no_warm_choice, rank=rank_from(args),
                                            max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
                                            compare=args.compare, progress=not args.no_progress))
     r = res.report

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from headcode.commands._options import add_model
+
 HELP = "capture heads' attention on a corpus into a .safetensors patterns file"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    add_model(p)
     p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
     p.add_argument("--heads", default=None, help="all (default), or e.g. L3.H7,L5 (a whole layer),L2-4")

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from headcode.commands._options import add_model
+
 HELP = "explain -> compile -> evaluate on a model and the bundled stories, with a summary"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    add_model(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--heads", default=None, help="heads to explain: all (default), or e.g. L0-9,L12.H3")

@@ -20,23 +20,28 @@ pieces are kept in OUT.state.json (removed when the report is written).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
+from headcode.commands._options import add_model, add_rank, default, rank_from
 from headcode.kernels.program_head import backends
+from headcode.runtime.evaluation.settings import EvalSettings
 
 HELP = "perplexity and QA of a model with compiled programs in place of some heads"
 QA_TASKS = ("piqa", "arc_easy", "sciq", "hellaswag")
-BASELINES = ("mean_ablation", "first_token", "uniform")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    from headcode.pipeline.evaluate import EvaluateSettings
+
+    e, f = EvalSettings(), partial(default, EvaluateSettings)
+    add_model(p)
     p.add_argument("--surrogates", required=True, help="surrogates.safetensors from `headcode compile`")
-    p.add_argument("--fraction", type=float, default=0.25, help="share of all heads to replace (default 0.25)")
-    p.add_argument("--text", default="stories", help="corpus: stories | lambada | FILE.txt | hf:<dataset>")
-    p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
-    p.add_argument("--max-texts", type=int, default=None, help="at most this many texts per split")
-    p.add_argument("--max-tokens", type=int, default=256,
+    p.add_argument("--fraction", type=float, default=e.fraction, help=f"share of all heads to replace (default {e.fraction})")
+    p.add_argument("--text", default=f("text"), help="corpus: stories | lambada | FILE.txt | hf:<dataset>")
+    p.add_argument("--unit", default=f("unit"), choices=["sentence", "paragraph"])
+    p.add_argument("--max-texts", type=int, default=f("max_texts"), help="at most this many texts per split")
+    p.add_argument("--max-tokens", type=int, default=f("max_tokens"),
                    help="truncate each corpus text to this many tokens (a --test-text file is cut into windows)")
     p.add_argument("--test-text", action="append", default=[], metavar="FILE|CORPUS",
                    help="more test text (repeatable): a text file, all of it test, or a corpus name "
@@ -44,27 +49,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-tokens", type=int, default=None,
                    help="take test-split texts until this many tokens are predicted (e.g. 20000 for LAMBADA); "
                         "default: --max-texts texts")
-    p.add_argument("--baselines", default=",".join(BASELINES),
-                   help=f"baselines at the surrogates' heads (default {','.join(BASELINES)}; 'none' for none; "
+    p.add_argument("--baselines", default=",".join(e.baselines),
+                   help=f"baselines at the surrogates' heads (default {','.join(e.baselines)}; 'none' for none; "
                         "also optimal_ablation: a constant per head fitted on KL to the base model, one fit per share)")
-    p.add_argument("--own-choice", default="mean_ablation",
-                   help="baselines also measured at the heads their own criterion chooses (default mean_ablation; "
+    p.add_argument("--own-choice", default=",".join(e.own_choice),
+                   help=f"baselines also measured at the heads their own criterion chooses (default {','.join(e.own_choice)}; "
                         "each is one more choice of heads on the select split)")
     p.add_argument("--qa-at", default="", help="QA also at these fractions, e.g. 0.5 (the --fraction always)")
-    p.add_argument("--qa-baselines", default="mean_ablation",
-                   help="baselines measured on QA, at the surrogates' heads and their own (default mean_ablation)")
+    p.add_argument("--qa-baselines", default=",".join(e.qa_baselines),
+                   help=f"baselines measured on QA, at the surrogates' heads and their own (default {','.join(e.qa_baselines)})")
     p.add_argument("--qa", default=None, help=f"comma list of QA tasks, e.g. {','.join(QA_TASKS)} (default none)")
-    p.add_argument("--qa-limit", type=int, default=200, help="questions per QA task (default 200)")
-    p.add_argument("--curve", default="0,0.1,0.25,0.5", help="fractions for the plot (default 0,0.1,0.25,0.5)")
-    p.add_argument("--measure-texts", type=int, default=8, help="select texts for measuring heads one by one")
-    p.add_argument("--measure-tokens", type=int, default=128, help="... truncated to this many tokens")
-    p.add_argument("--measure-factor", type=float, default=1.5,
-                   help="heads measured one by one: this many times the number to replace")
-    p.add_argument("--rounds", type=int, default=4,
-                   help="choose heads in this many rounds, each on top of the heads already chosen")
+    p.add_argument("--qa-limit", type=int, default=e.qa_limit, help=f"questions per QA task (default {e.qa_limit})")
+    curve = ",".join(f"{x:g}" for x in e.curve)
+    p.add_argument("--curve", default=curve, help=f"fractions for the plot (default {curve})")
+    add_rank(p, "heads", e.rank)
     p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
                    help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--plot", default=None, help="plot file (default: next to --out, .png)")
     p.add_argument("--out", required=True, help="report file (.json)")
     p.add_argument("--save-plan", default=None,
@@ -74,9 +74,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "share calibrate the chosen surrogates jointly (`calibrated`) beside the programs as explained "
                         "and optimal ablation at the same heads and its own (adds optimal_ablation to --baselines and "
                         "--own-choice)")
-    p.add_argument("--calibrate-steps", type=int, default=300, help="with --calibrate: Adam steps per fit")
-    p.add_argument("--calibrate-lr", type=float, default=0.02, help="with --calibrate: learning rate")
-    p.add_argument("--calibrate-texts-per-step", type=int, default=1, help="with --calibrate: fit texts a step")
+    from headcode.runtime.calibration.fit import CalibrationSettings
+
+    c = CalibrationSettings()
+    p.add_argument("--calibrate-steps", type=int, default=c.steps, help=f"with --calibrate: Adam steps per fit (default {c.steps})")
+    p.add_argument("--calibrate-lr", type=float, default=c.lr, help=f"with --calibrate: learning rate (default {c.lr})")
+    p.add_argument("--calibrate-texts-per-step", type=int, default=c.texts_per_step,
+                   help=f"with --calibrate: fit texts a step (default {c.texts_per_step})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -86,6 +90,7 @@ def _list(text: str) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.evaluate import EvaluateSettings, evaluate_plan, parse_fractions, summary
+    from headcode.runtime.evaluation.settings import OPTIMAL
 
     baselines, own, cal = _list(args.baselines), _list(args.own_choice), None
     if args.calibrate:
@@ -93,16 +98,16 @@ def run(args: argparse.Namespace) -> int:
 
         cal = CalibrationSettings(steps=args.calibrate_steps, lr=args.calibrate_lr,
                                   texts_per_step=args.calibrate_texts_per_step, progress=not args.quiet)
-        baselines += ("optimal_ablation",) * ("optimal_ablation" not in baselines)
-        own += ("optimal_ablation",) * ("optimal_ablation" not in own)
+        baselines += (OPTIMAL,) * (OPTIMAL not in baselines)
+        own += (OPTIMAL,) * (OPTIMAL not in own)
+    measured = EvalSettings(
+        fraction=args.fraction, curve=parse_fractions(args.curve), baselines=baselines, own_choice=own,
+        qa_tasks=_list(args.qa or ""), qa_limit=args.qa_limit, qa_at=parse_fractions(args.qa_at),
+        qa_baselines=_list(args.qa_baselines), rank=rank_from(args), calibrate=cal)
     res = evaluate_plan(EvaluateSettings(
-        surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, fraction=args.fraction,
-        text=args.text, unit=args.unit, max_texts=args.max_texts, max_tokens=args.max_tokens, qa=_list(args.qa or ""),
-        qa_limit=args.qa_limit, curve=parse_fractions(args.curve), measure_texts=args.measure_texts,
-        measure_tokens=args.measure_tokens, measure_factor=args.measure_factor, rounds=args.rounds,
-        backend=args.backend, batch_size=args.batch_size, plot=Path(args.plot) if args.plot else None,
-        save_plan=Path(args.save_plan) if args.save_plan else None, progress=not args.quiet,
-        test_text=tuple(args.test_text), test_tokens=args.test_tokens, baselines=baselines,
-        own_choice=own, calibrate=cal, qa_at=parse_fractions(args.qa_at), qa_baselines=_list(args.qa_baselines)))
+        surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, text=args.text, unit=args.unit,
+        max_texts=args.max_texts, max_tokens=args.max_tokens, backend=args.backend,
+        plot=Path(args.plot) if args.plot else None, save_plan=Path(args.save_plan) if args.save_plan else None,
+        progress=not args.quiet, test_text=tuple(args.test_text), test_tokens=args.test_tokens, evaluation=measured))
     print(summary(res.report))
     return 0

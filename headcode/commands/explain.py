@@ -19,13 +19,15 @@ import argparse
 import json
 from pathlib import Path
 
+from headcode.commands._options import add_model
+
 HELP = "explain heads as programs (offline search or an OpenAI-compatible model) with a report"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from headcode.pipeline.explain import ExplainSettings
 
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    add_model(p)
     p.add_argument("--corpus", default="stories", help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--heads", default=None, help="all (default), or e.g. L3.H7,L5 (a whole layer),L2-4")

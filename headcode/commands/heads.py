@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from headcode.commands._options import add_model
+
 HELP = "show a model's layers, heads, KV heads and parameters"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m",
-                   help="smollm2-135m (bundled default), a hub id, a checkpoint directory or a .gguf file")
+    add_model(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from headcode.commands._options import add_model, add_rank, rank_from
 from headcode.files import write_json
 from headcode.kernels.program_head import backends
 
@@ -24,23 +25,21 @@ HELP = "choose the heads to replace (optionally whole KV groups) and write a pla
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    from headcode.runtime.evaluation.select_plan import SelectSettings
+
+    d = SelectSettings()
+    add_model(p)
     p.add_argument("--surrogates", required=True, help="the plan to choose from (from `headcode compile`)")
-    p.add_argument("--fraction", type=float, default=0.25, help="share of all heads to replace (default 0.25)")
+    p.add_argument("--fraction", type=float, default=d.fraction, help=f"share of all heads to replace (default {d.fraction})")
     p.add_argument("--whole-groups", action="store_true",
                    help="replace whole KV groups only (the KV cache shrinks); the budget rounds to groups")
     p.add_argument("--text", default="stories", help="corpus: stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--unit", default="paragraph", choices=["sentence", "paragraph"])
     p.add_argument("--max-texts", type=int, default=None, help="at most this many texts per split")
     p.add_argument("--max-tokens", type=int, default=256, help="truncate each text to this many tokens")
-    p.add_argument("--measure-texts", type=int, default=8, help="select texts for measuring heads one by one")
-    p.add_argument("--measure-tokens", type=int, default=128, help="... truncated to this many tokens")
-    p.add_argument("--measure-factor", type=float, default=1.5,
-                   help="heads (groups) measured one by one: this many times the number to replace")
-    p.add_argument("--rounds", type=int, default=4, help="choose in this many rounds, each on top of the last")
+    add_rank(p, "heads (groups)", d.rank)
     p.add_argument("--backend", default=backends.DEFAULT, choices=backends.names(),
                    help="; ".join(f"{b.name}: {b.summary}" for b in backends.BACKENDS.values()))
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warm", action="store_true",
                    help="choose with each head's warm constant (its mean residual on the fit split) added; "
                         "the plan written keeps the constants (calibrate it next)")
@@ -74,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_for_model(args.surrogates, lm)
     splits = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)
     select = splits["select"]
-    settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups,
-                              measure_factor=args.measure_factor, measure_texts=args.measure_texts,
-                              measure_tokens=args.measure_tokens, rounds=args.rounds, batch_size=args.batch_size,
+    settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups, rank=rank_from(args),
                               backend=args.backend, warm=args.warm, progress=not args.quiet)
     sel = select_plan(lm, plan, select, settings, splits.get("fit", ()))
     report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,

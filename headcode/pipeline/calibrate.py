@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from headcode.runtime.calibration.fit import CalibrationSettings
+from headcode.runtime.evaluation.settings import RankSettings
 from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
@@ -27,9 +28,7 @@ class CalibrateSettings:
     unit: str = "paragraph"
     fraction: float | None = None    # choose this share of all heads first; None: every head of the plan
     warm_choice: bool = True         # ... with each head's warm constant (mean residual on the fit split)
-    rounds: int = 4                  # ... in rounds (runtime.evaluation.select_plan.SelectSettings)
-    measure_texts: int = 8
-    measure_factor: float = 1.5
+    rank: RankSettings = RankSettings()  # ... by measured loss on the select split
     max_texts: int = 64              # fit and select texts (each)
     max_tokens: int = 128
     fit: CalibrationSettings = field(default_factory=CalibrationSettings)
@@ -56,8 +55,7 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
         from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
 
         plan = select_plan(lm, plan, texts.select, SelectSettings(
-            fraction=s.fraction, warm=s.warm_choice, rounds=s.rounds, measure_texts=s.measure_texts,
-            measure_factor=s.measure_factor, progress=s.progress), texts.fit).plan
+            fraction=s.fraction, warm=s.warm_choice, rank=s.rank, progress=s.progress), texts.fit).plan
     fit = replace(s.fit, progress=s.progress)
     cal = calibrate(lm, plan, texts.fit, texts.select, fit, state_path)
     report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,

@@ -6,12 +6,13 @@ second run continues an interrupted one."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from headcode.pipeline.compile import CompileResult, CompileSettings, compile_programs
 from headcode.pipeline.evaluate import EvaluateResult, EvaluateSettings, evaluate_plan
 from headcode.pipeline.explain import ExplainResult, ExplainSettings, explain_model
+from headcode.runtime.evaluation.settings import OPTIMAL, EvalSettings, RankSettings
 from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
@@ -27,9 +28,7 @@ class DemoSettings:
     qa_limit: int = 100
     # choosing the heads to replace is most of the evaluation's time: the demo measures fewer
     # candidates, on fewer select texts, in fewer rounds than `headcode evaluate` does by default
-    rounds: int = 2
-    measure_texts: int = 4
-    measure_factor: float = 1.2
+    rank: RankSettings = RankSettings(rounds=2, measure_texts=4, measure_factor=1.2)
     # calibration (issue 19): heads chosen with warm constants, then the chosen surrogates fitted jointly
     # for the model, beside the programs as explained and optimal ablation at the same heads; the plan
     # written to DIR/calibrated.safetensors is what runs. Fewer steps than `calibrate`'s default: time.
@@ -67,20 +66,18 @@ def run_demo(s: DemoSettings) -> DemoResult:
     compiled = compile_programs(CompileSettings(dir=out / "explain", model=s.model, progress=s.progress),
                                 tokenizer=lm.tokenizer)
     t3 = time.perf_counter()
-    cal = None
     extra: dict = {}
+    measured = EvalSettings(fraction=s.fraction, qa_tasks=s.qa, qa_limit=s.qa_limit, own_choice=(), rank=s.rank)
     if s.calibrate:
         from headcode.runtime.calibration.fit import CalibrationSettings
 
         cal = CalibrationSettings(steps=s.calibrate_steps, progress=s.progress)
         # one share beside the base model: each share is a joint fit and an optimal-ablation fit
-        extra = dict(curve=(0.0, s.fraction), baselines=("mean_ablation", "optimal_ablation"),
-                     save_plan=out / "calibrated.safetensors", max_tokens=128)
+        measured = replace(measured, curve=(0.0, s.fraction), baselines=("mean_ablation", OPTIMAL), calibrate=cal)
+        extra = dict(save_plan=out / "calibrated.safetensors", max_tokens=128)
     evaluated = evaluate_plan(EvaluateSettings(surrogates=compiled.out, out=out / "eval.json", model=s.model,
-                                               fraction=s.fraction, text=s.corpus, max_texts=s.max_texts, qa=s.qa,
-                                               qa_limit=s.qa_limit, rounds=s.rounds, measure_texts=s.measure_texts,
-                                               measure_factor=s.measure_factor, own_choice=(), calibrate=cal,
-                                               progress=s.progress, **extra),
+                                               text=s.corpus, max_texts=s.max_texts, progress=s.progress,
+                                               evaluation=measured, **extra),
                               loaded=lm)
     t4 = time.perf_counter()
     return DemoResult(explained, compiled, evaluated,

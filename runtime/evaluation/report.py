@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +25,11 @@ from headcode.runtime.evaluation.heldout import TestSet
 from headcode.runtime.evaluation.measures import head_output_means, token_loss
 from headcode.runtime.evaluation.qa import model_scorer, qa_with_intervals
 from headcode.runtime.evaluation.selection import Ranking, rank_heads
+from headcode.runtime.evaluation.settings import KNOWN, OPTIMAL, OWN, EvalSettings
 from headcode.runtime.evaluation.state import EvalState, heads_key, ranking_from_json, ranking_to_json
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.surrogate.apply import apply_plan
 from headcode.runtime.surrogate.replacements import HeadFn, baseline_heads
-
-BASELINES = ("mean_ablation", "first_token", "uniform")
-KNOWN = BASELINES + ("optimal_ablation",)  # optimal ablation: at the surrogates' heads only, on request (a fit)
-CURVE = (0.0, 0.1, 0.25, 0.5)
-OWN = "_own"  # suffix of a baseline at the heads of its own choosing
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    fraction: float = 0.25                  # of all heads, the headline budget (heads are ranked for it)
-    curve: tuple[float, ...] = CURVE        # fractions for the plot
-    baselines: tuple[str, ...] = BASELINES  # at the surrogates' heads
-    own_choice: tuple[str, ...] = ("mean_ablation",)  # also at the heads of their own choosing
-    qa_tasks: tuple[str, ...] = ()
-    qa_limit: int | None = 200              # documents per task
-    qa_at: tuple[float, ...] = ()           # QA at these fractions too (the headline always)
-    qa_baselines: tuple[str, ...] = ("mean_ablation",)
-    batch_size: int = 8
-    measure_factor: float = 1.5             # heads measured alone: this x the headline budget
-    measure_texts: int = 8                  # select texts used for the measured stage
-    measure_tokens: int = 128               # ... truncated to this many tokens
-    rounds: int = 4                         # choose the headline heads in rounds (interactions)
-    calibrate: Any = None                   # CalibrationSettings: also `calibrated` and `explained` at the heads
-    progress: bool = True
 
 
 def _n_heads(fraction: float, total: int) -> int:
@@ -71,11 +47,10 @@ def _with(loaded: Any, fns: Mapping[HeadRef, HeadFn], work):
 
 
 def _ppl(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], s: EvalSettings, desc: str) -> float:
-    return _with(loaded, fns, lambda: token_loss(loaded.model, texts, loaded.tokenizer, s.batch_size,
+    return _with(loaded, fns, lambda: token_loss(loaded.model, texts, loaded.tokenizer, s.rank.batch_size,
                                                  s.progress, desc).perplexity)
 
 
-OPTIMAL = "optimal_ablation"  # a constant per head fitted on KL to the base model (runtime.calibration)
 CALIBRATED = "calibrated"      # the surrogates fitted jointly for the model at the chosen heads
 EXPLAINED = "explained"        # the programs as explained: the explanation's weights, no constant
 
@@ -163,9 +138,8 @@ def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[
         done = state.get(f"ranking|{name}|{heads_key(fns)}")
         if done is not None:
             return ranking_from_json(done)
-        r = rank_heads(loaded, fns, select, n_measure=int(np.ceil(s.measure_factor * k_main)),
-                       measure_texts=s.measure_texts, measure_tokens=s.measure_tokens,
-                       batch_size=s.batch_size, progress=s.progress, budget=k_main, rounds=s.rounds)
+        r = rank_heads(loaded, fns, select, n_measure=s.rank.n_measure(k_main), progress=s.progress,
+                       budget=k_main, **s.rank.kwargs())
         state.put(f"ranking|{name}|{heads_key(fns)}", ranking_to_json(r))
         return r
 
@@ -231,7 +205,7 @@ def _qa(loaded: Any, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef, He
     fractions = [s.fraction] + [f for f in s.qa_at if f != s.fraction]
     variants = {f"{f:g}": variants_at(_n_heads(f, total), rankings, heads, means, s, s.qa_baselines)
                 for f in fractions}
-    model_score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.batch_size, s.progress)
+    model_score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.rank.batch_size, s.progress)
 
     def score(task: str, name: str, fns: Mapping[HeadRef, HeadFn], qs: Sequence) -> list[np.ndarray]:
         key = f"qa|{task}|{len(qs)}|{_kind(name)}|{heads_key(fns)}"
@@ -294,7 +268,7 @@ def _plots(sets: Mapping[str, dict], plot: str, model: str) -> list[str]:
 
 
 def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[str, Sequence[np.ndarray]],
-                   settings: EvalSettings = EvalSettings(), programs: Mapping[HeadRef, str] | None = None,
+                   settings: EvalSettings | None = None, programs: Mapping[HeadRef, str] | None = None,
                    plot: str | None = None, info: Mapping[str, Any] | None = None,
                    tests: Sequence[TestSet] | None = None, state: EvalState | None = None,
                    plan: Any = None) -> dict:
@@ -303,7 +277,7 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
     the ``test`` split alone), the first one being the headline; ``state``: finished pieces kept for
     resuming (``runtime.evaluate_state``); ``plan``: the ``SurrogatePlan`` behind ``heads``, needed
     with ``settings.calibrate`` (the chosen heads' surrogates are calibrated from it)."""
-    s = settings
+    s = settings or EvalSettings()
     if s.calibrate is not None and plan is None:
         raise HeadcodeError("calibrating in an evaluation needs the surrogate plan the heads come from")
     t0 = time.time()
@@ -317,7 +291,7 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
     means = Ablations(loaded, fit, select, state or EvalState(None, ""), s.progress, plan, s.calibrate,
                       getattr(next(iter(heads.values()), None), "backend", "numba"))
     if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
-        means.means = head_output_means(loaded, fit, s.batch_size, s.progress)
+        means.means = head_output_means(loaded, fit, s.rank.batch_size, s.progress)
     rankings = choose_heads(loaded, heads, select, means, s, state)
     t_rank = time.time()
     rows = [(f, variants_at(_n_heads(f, total), rankings, heads, means, s)) for f in sorted(set(s.curve) | {s.fraction})]

@@ -19,6 +19,7 @@ from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
 from headcode.runtime.evaluation.selection import loss_with, rank_heads
 from headcode.runtime.evaluation.selection_groups import cache_saving, kv_groups, rank_groups
+from headcode.runtime.evaluation.settings import RankSettings
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.surrogate.apply import build_surrogates
 
@@ -27,11 +28,7 @@ from headcode.runtime.surrogate.apply import build_surrogates
 class SelectSettings:
     fraction: float = 0.25          # of all heads
     whole_groups: bool = False      # replace only whole KV groups (the KV cache shrinks)
-    measure_factor: float = 1.5     # heads (groups) measured alone: this x the budget
-    measure_texts: int = 8
-    measure_tokens: int = 128
-    rounds: int = 4
-    batch_size: int = 8
+    rank: RankSettings = RankSettings()   # how heads (groups) are chosen on the select split
     backend: str = "numba"
     warm: bool = False              # choose with each head's warm constant (its mean residual on fit texts)
     progress: bool = True
@@ -69,27 +66,26 @@ def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndar
 
         if not len(fit_texts):
             raise HeadcodeError("choosing heads with warm constants needs fit texts: the corpus has no fit split")
-        plan = warm_plan(loaded, plan, fit_texts, s.batch_size, s.backend, s.progress)
+        plan = warm_plan(loaded, plan, fit_texts, s.rank.batch_size, s.backend, s.progress)
         compiled = plan.compiled_heads()
     fns = build_surrogates(compiled, loaded, s.backend)
     total = loaded.n_layers * loaded.n_heads
     k = int(round(s.fraction * total))
     group = loaded.n_heads // loaded.n_kv_heads
-    kw = dict(measure_texts=s.measure_texts, measure_tokens=s.measure_tokens, batch_size=s.batch_size,
-              progress=s.progress, rounds=s.rounds)
+    kw = dict(progress=s.progress, **s.rank.kwargs())
     if s.whole_groups:
         n_groups = max(1, int(round(k / group)))
-        ranking = rank_groups(loaded, fns, select_texts, n_groups, int(np.ceil(s.measure_factor * n_groups)), **kw)
+        ranking = rank_groups(loaded, fns, select_texts, n_groups, s.rank.n_measure(n_groups), **kw)
         chosen = ranking.heads
         detail = {"groups": [{"group": str(g), "heads": [str(h) for h in g.heads],
                               "select_loss_increase": ranking.measured.get(g)} for g in ranking.groups]}
     else:
         k = max(1, min(k, len(fns)))
-        ranking = rank_heads(loaded, fns, select_texts, n_measure=int(np.ceil(s.measure_factor * k)), budget=k, **kw)
+        ranking = rank_heads(loaded, fns, select_texts, n_measure=s.rank.n_measure(k), budget=k, **kw)
         chosen = ranking.take(k)
         detail = {"groups": [str(g) for g in kv_groups(chosen, loaded.n_heads, loaded.n_kv_heads)]}
-    sub = [t[: s.measure_tokens] for t in select_texts if len(t) > 1][: s.measure_texts]
-    together = loss_with(loaded, {h: fns[h] for h in chosen}, sub, s.batch_size)
+    sub = [t[: s.rank.measure_tokens] for t in select_texts if len(t) > 1][: s.rank.measure_texts]
+    together = loss_with(loaded, {h: fns[h] for h in chosen}, sub, s.rank.batch_size)
     saving = cache_saving(loaded, chosen)
     report = {
         "model": loaded.name, "total_heads": total, "candidates": len(fns),

@@ -20,6 +20,7 @@ from headcode.runtime.evaluation.measures import (
 )
 from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
 from headcode.runtime.evaluation.selection import rank_heads
+from headcode.runtime.evaluation.settings import RankSettings
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
@@ -49,7 +50,7 @@ def test_evaluate_with_exact_patterns_equals_base(tiny_llama_dir, tmp_path):
     toks, splits, texts = _split_texts(lm)
     heads = pattern_heads(capture(lm, toks, splits=splits, progress=False))
     plot = str(tmp_path / "curve.png")
-    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), measure_factor=1.0, measure_texts=2, progress=False,
+    s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), rank=RankSettings(measure_factor=1.0, measure_texts=2), progress=False,
                      own_choice=("mean_ablation", "first_token", "uniform"))
     r = run_evaluation(lm, heads, texts, s, programs={h: "exact" for h in heads}, plot=plot)
     json.dumps(r)  # JSON-ready

@@ -14,6 +14,7 @@ from headcode.cli import main
 from headcode.runtime.evaluation.heldout import eval_texts, overlapping, read_test_text
 from headcode.runtime.evaluation.intervals import paired_difference, wilson
 from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
+from headcode.runtime.evaluation.settings import RankSettings
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
@@ -168,7 +169,7 @@ def test_mean_ablation_chooses_its_own_heads(tiny_llama_dir):
     g = torch.Generator().manual_seed(0)
     harmful = {HeadRef(l, h): MeanHead(5 * torch.randn(lm.head_dim, generator=g)) for l in (0, 1) for h in (1, 2, 3)}
     s = EvalSettings(fraction=0.25, curve=(0.0, 0.25), baselines=("mean_ablation",), own_choice=("mean_ablation",),
-                     measure_factor=4.0, measure_texts=4, rounds=1, progress=False)
+                     rank=RankSettings(measure_factor=4.0, measure_texts=4, rounds=1), progress=False)
     r = run_evaluation(lm, {**exact, **harmful}, texts, s)
     ours = {h["head"] for h in r["heads_replaced"]}
     own = set(r["own_choice"]["mean_ablation"]["heads"])
@@ -192,7 +193,7 @@ def test_an_interrupted_evaluation_resumes_from_its_state(tiny_gpt2_dir, tmp_pat
     heads = {HeadRef(l, h): FirstTokenHead() if h % 2 else MeanHead(torch.randn(lm.head_dim, generator=g))
              for l in range(2) for h in range(4)}
     s = EvalSettings(fraction=0.5, curve=(0.0, 0.25, 0.5), baselines=("mean_ablation",), own_choice=("uniform",),
-                     qa_tasks=("arc_easy",), qa_limit=3, measure_texts=2, progress=False)
+                     qa_tasks=("arc_easy",), qa_limit=3, rank=RankSettings(measure_texts=2), progress=False)
     path = tmp_path / "e.json.state.json"
     first = run_evaluation(lm, heads, texts, s, state=EvalState(path, "k"))
 

@@ -16,6 +16,7 @@ from headcode.runtime.calibration.warm import mean_residuals, warm_plan
 from headcode.runtime.evaluation.measures import head_output_means
 from headcode.runtime.evaluation.prefix import BasePrefix
 from headcode.runtime.evaluation.selection import estimate_effects, loss_with
+from headcode.runtime.evaluation.settings import RankSettings
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
@@ -107,7 +108,7 @@ def test_select_with_warm_constants_keeps_them_in_the_plan(lm):
 
     plan = make_plan(lm, {HeadRef(0, 1): SRC, HeadRef(1, 2): SRC2, HeadRef(1, 0): SRC})
     fit, select = _texts(lm, 4, 17, T=16), _texts(lm, 3, 18, T=16)
-    s = SelectSettings(fraction=0.25, warm=True, measure_texts=2, rounds=1, progress=False)
+    s = SelectSettings(fraction=0.25, warm=True, rank=RankSettings(measure_texts=2, rounds=1), progress=False)
     sel = select_plan(lm, plan, select, s, fit)
     warm = warm_plan(lm, plan, fit)
     assert len(sel.heads) == 2 and "warm" in sel.report["selection"]["heads_ran_as"]
