@@ -49,8 +49,11 @@ from headcode.runtime.surrogate.cache import cache_nbytes
 @dataclass(frozen=True)
 class EngineSettings:
     max_batch: int = 16                      # requests decoded together
-    max_waiting: int = 64                    # requests waiting for a row; one more gets 429
+    max_queue: int = 64                      # requests running or waiting at once; one more gets 429
     request_timeout: float | None = 600.0    # seconds from submission to the last token
+
+
+_OUTCOME = {"stop": "ok", "length": "ok", "cancelled": "cancelled", "error": "failed"}
 
 
 @dataclass(eq=False)
@@ -75,10 +78,10 @@ class BatchEngine:
     (``handle.new_cache`` with a plan, else a ``DynamicCache``)."""
 
     def __init__(self, model: torch.nn.Module, decode: Callable[[Sequence[int]], str], eos_ids: set[int],
-                 new_cache: Callable[[], Cache], settings: EngineSettings = EngineSettings(),
+                 new_cache: Callable[[], Cache], settings: EngineSettings | None = None,
                  metrics: ServeMetrics | None = None):
         self.model, self.decode, self.eos_ids, self.new_cache = model, decode, set(eos_ids), new_cache
-        self.settings, self.metrics = settings, metrics or ServeMetrics()
+        self.settings, self.metrics = settings or EngineSettings(), metrics or ServeMetrics()
         self._cv = threading.Condition()
         self._waiting: deque[Ticket] = deque()
         self._rows: list[_Row] = []
@@ -101,12 +104,13 @@ class BatchEngine:
     def submit(self, ticket: Ticket) -> None:
         with self._cv:
             if self._draining:
-                self.metrics.requests.labels("refused").inc()
+                self.metrics.requests.labels("rejected").inc()
                 raise ShuttingDown("the server is shutting down and takes no new requests: retry on another")
-            if len(self._waiting) >= self.settings.max_waiting:
-                self.metrics.requests.labels("refused").inc()
-                raise Overloaded(f"the server is at capacity ({self.settings.max_batch} running, "
-                                 f"{len(self._waiting)} waiting): retry later")
+            busy = len(self._rows) + len(self._waiting)  # rows read from this thread: at worst one step old
+            if busy >= self.settings.max_queue:
+                self.metrics.requests.labels("rejected").inc()
+                raise Overloaded(f"the server is at capacity ({len(self._rows)} running, {len(self._waiting)} "
+                                 f"waiting, --max-queue {self.settings.max_queue}): retry later")
             if ticket.deadline is None and self.settings.request_timeout is not None:
                 ticket.deadline = ticket.submitted + self.settings.request_timeout
             self._waiting.append(ticket)
@@ -121,13 +125,21 @@ class BatchEngine:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def drain(self, timeout: float) -> None:
-        """Take no new request; finish the accepted ones, ending any left after ``timeout`` seconds
-        with an error event; returns when nothing is left (or the engine thread ended)."""
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self, timeout: float) -> None:
+        """Take no new request (``ShuttingDown``); the accepted ones go on, and any left after
+        ``timeout`` seconds end with an error event (503)."""
         with self._cv:
             if not self._draining:
                 self._draining, self._deadline = True, time.monotonic() + timeout
             self._cv.notify()
+
+    def drain(self, timeout: float) -> None:
+        """``begin_drain``, then wait until nothing is left (the engine thread ends)."""
+        self.begin_drain(timeout)
         if self._thread is not None:
             self._thread.join(timeout + 30)
 
@@ -159,7 +171,7 @@ class BatchEngine:
         if not row.done:
             row.done = True
             row.ticket.sink(event)
-            self.metrics.requests.labels(event.finish or event.kind).inc()
+            self.metrics.requests.labels(_OUTCOME.get(event.finish or event.kind, "failed")).inc()
 
     def _why_end(self, ticket: Ticket, now: float) -> Event | None:
         if ticket.cancelled.is_set():

@@ -3,8 +3,9 @@ several apps in one process — tests, replicas — never share or clash):
 
 - ``headcode_queue_length``, ``headcode_running_requests``: waiting for a row / decoding now;
 - ``headcode_generated_tokens_total`` and ``headcode_tokens_per_second`` (over the last 10 s);
-- ``headcode_requests_total{outcome}``: stop / length / cancelled / error / refused;
-- ``headcode_time_to_first_token_seconds`` and ``headcode_token_latency_seconds`` (between two
+- ``headcode_requests_total{outcome}``: ok (end of text, a stop string or max_tokens), cancelled
+  (the client went away), failed (an error, a timeout), rejected (429 queue full, 503 draining);
+- ``headcode_time_to_first_token_seconds`` and ``headcode_time_per_token_seconds`` (between two
   tokens of one request) histograms;
 - ``headcode_cache_bytes`` and ``headcode_cache_bytes_peak``: the running batch's K/V and selector
   states, counted from the tensors.
@@ -35,7 +36,7 @@ class ServeMetrics:
         self.requests = Counter("headcode_requests", "requests ended, by outcome", ["outcome"], registry=r)
         self.ttft = Histogram("headcode_time_to_first_token_seconds", "submission to first token",
                               buckets=_TTFT, registry=r)
-        self.latency = Histogram("headcode_token_latency_seconds", "time between two tokens of one request",
+        self.latency = Histogram("headcode_time_per_token_seconds", "time between two tokens of one request",
                                  buckets=_LATENCY, registry=r)
         self.cache = Gauge("headcode_cache_bytes", "K/V and selector states of the running batch", registry=r)
         self.cache_peak = Gauge("headcode_cache_bytes_peak", "most K/V and state bytes held at once", registry=r)

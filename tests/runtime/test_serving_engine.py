@@ -107,7 +107,7 @@ def test_sampled_rows_repeat_with_their_seed_and_stop_strings_end_a_row(llama):
 def test_a_cancelled_row_leaves_at_once_and_the_queue_refuses_past_its_bound(llama):
     ids = tuple(llama.tokenizer(TEXTS[0])["input_ids"])
     with surrogates_applied(llama, make_plan(llama, PLAN)) as handle:
-        engine = _engine(llama, handle, max_batch=1, max_waiting=1)
+        engine = _engine(llama, handle, max_batch=1, max_queue=2)
         long = Ticket(GenerationRequest(ids, 400, temperature=0), (first := queue.SimpleQueue()).put)
         engine.submit(long)
         assert first.get(timeout=60).kind == "token"
