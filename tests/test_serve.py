@@ -434,7 +434,7 @@ def test_shutdown_under_load_loses_no_accepted_request_silently(tiny_llama_dir, 
     import threading
 
     cmd = [sys.executable, "-m", "headcode.cli", "serve", tiny_llama_dir, "--surrogates", plan_path, "--port", "0",
-           "--name", "tiny-sym", "--max-tokens", "500", "--drain-timeout", "1"]
+           "--name", "tiny-sym", "--max-tokens", "500", "--drain-timeout", "10"]
     err = open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -446,7 +446,7 @@ def test_shutdown_under_load_loses_no_accepted_request_silently(tiny_llama_dir, 
         got, finish = "", None
         try:
             stream = client.completions.create(model="tiny-sym", prompt=PROMPTS[i % 4], stream=True,
-                                               max_tokens=20 if i % 2 else 500, temperature=0)
+                                               max_tokens=6 if i % 2 else 500, temperature=0)
             for k, c in enumerate(stream):
                 if k == 0:
                     started.wait(30)
