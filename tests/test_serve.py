@@ -358,10 +358,17 @@ def _metric(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_a_client_that_disconnects_frees_its_row_at_once(app_server):
+def test_a_client_that_disconnects_frees_its_row_at_once(app_server, monkeypatch):
     import time
 
-    client, url, _ = app_server(max_batch=1, max_queue=1, max_tokens=400)
+    client, url, app = app_server(max_batch=1, max_queue=1, max_tokens=400)
+    engine, step = app.state.generator.engine, app.state.generator.engine._step
+
+    def slow_step() -> None:  # 400 tokens take ~8 s: the stream is surely still running when it closes
+        time.sleep(0.02)
+        step()
+
+    monkeypatch.setattr(engine, "_step", slow_step)
     stream = client.completions.create(model="tiny-sym", prompt="Tom", max_tokens=400, temperature=0, stream=True)
     next(iter(stream))
     with pytest.raises(openai.RateLimitError, match="capacity"):  # the one row is taken, no queue
@@ -391,14 +398,24 @@ def _post(url: str, body: dict | bytes) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_bad_too_long_and_over_capacity_requests_interleaved_with_good_ones(app_server, reference):
-    client, url, _ = app_server(max_batch=2, max_queue=3, max_tokens=400)
+def test_bad_too_long_and_over_capacity_requests_interleaved_with_good_ones(app_server, reference, monkeypatch):
+    import time
+
+    client, url, app = app_server(max_batch=2, max_queue=3, max_tokens=400)
+    engine, step = app.state.generator.engine, app.state.generator.engine._step
+
+    def slow_step() -> None:  # 40 tokens take > 1 s: the refusals below meet all three in the engine
+        time.sleep(0.03)
+        step()
+
+    monkeypatch.setattr(engine, "_step", slow_step)
     good = [(PROMPTS[i], 40) for i in range(3)]  # two rows run, one waits: the queue is then full
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(_streamed, client, "tiny-sym", p, max_tokens=n, temperature=0) for p, n in good]
         for _ in range(500):  # until all three are in
             if _metric(url, "headcode_running_requests") + _metric(url, "headcode_queue_length") >= 3:
                 break
+            time.sleep(0.01)
         over = _post(f"{url}/completions", {"model": "tiny-sym", "prompt": "Tom", "max_tokens": 2})
         too_long = _post(f"{url}/completions", {"model": "tiny-sym", "prompt": "Tom " * 300, "max_tokens": 300,
                                                 "stream": True})

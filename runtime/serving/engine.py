@@ -216,6 +216,7 @@ class BatchEngine:
         except Exception as e:  # noqa: BLE001 - this request fails, the batch goes on
             return self._end(row, Event("error", message=f"generation failed: {type(e).__name__}: {e}"))
         self._emit(row, choose(logits[0], req, row.gen))
+        self.metrics.generated(1)  # the prefill's token counts too
         if row.done:
             return None
         P, T = len(req.prompt_ids), self._length

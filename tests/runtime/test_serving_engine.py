@@ -123,3 +123,68 @@ def test_a_cancelled_row_leaves_at_once_and_the_queue_refuses_past_its_bound(lla
     while not first.empty():
         rest.append(first.get())
     assert rest[-1].finish == "cancelled" and len(rest) < 100  # it left long before its 400 tokens
+
+
+def _calibrated(lm, plan, scale: float = 0.5):
+    """``plan`` with every head calibrated: its own term weights and a random constant output."""
+    g = torch.Generator().manual_seed(7)
+    return type(plan)(plan.model_id, plan.fingerprint, {
+        k: h.calibrated([t.weight for t in h.terms], (torch.randn(lm.head_dim, generator=g) * scale).tolist(), "test")
+        for k, h in plan.heads.items()})
+
+
+def test_a_calibrated_plan_served_batched_equals_greedy_alone(llama):
+    """Issue 19's constants in the batched path: every row of a left-padded batch gets each
+    calibrated head's constant from its own first real position on, exactly as alone."""
+    plan = _calibrated(llama, make_plan(llama, PLAN))
+    assert all(any(c != 0 for c in h.constant) for h in plan.heads.values())
+    ids = llama.tokenizer(" ".join(TEXTS))["input_ids"]
+    reqs = [GenerationRequest(tuple(ids[: 4 + 9 * i]), max_tokens=6 + 3 * i, temperature=0) for i in range(6)]
+    with surrogates_applied(llama, make_plan(llama, PLAN)):
+        plain = [_alone(llama.model, list(r.prompt_ids), r.max_tokens) for r in reqs]
+    with surrogates_applied(llama, plan) as handle:
+        engine = _engine(llama, handle)
+        got = _run(engine, reqs, gap=0.01)
+        engine.drain(10)
+        alone = [_alone(llama.model, list(r.prompt_ids), r.max_tokens) for r in reqs]
+    assert [_tokens(e) for e in got] == alone
+    assert alone != plain  # the constants change what is generated
+
+
+def test_batched_logits_equal_alone_within_float32_rounding(llama):
+    """What the engine does, by hand: two prompts of different lengths prefilled alone, the shorter
+    left-padded, joined, then decoded together; each row's logits equal its run alone to 1e-4
+    (float32: the batched matmuls and the masked attention over padding sum in another order)."""
+    from headcode.runtime.serving import rows as R
+
+    ids = llama.tokenizer(" ".join(TEXTS))["input_ids"]
+    prompts, n = [ids[:9], ids[:23]], 8
+    with surrogates_applied(llama, make_plan(llama, PLAN)) as handle, torch.no_grad():
+        alone, fed = [], []
+        for p in prompts:
+            x = torch.tensor([p])
+            out = llama.model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=n,
+                                       min_new_tokens=n, do_sample=False, pad_token_id=0, output_logits=True,
+                                       return_dict_in_generate=True)
+            alone.append(torch.stack(out.logits, 1)[0])                                # [n, V]
+            fed.append(out.sequences[0, len(p):])  # what generate chose (min_new_tokens may forbid an end)
+        caches, first = [], []
+        for p in prompts:
+            c = handle.new_cache()
+            x = torch.tensor([p])
+            first.append(llama.model(input_ids=x, attention_mask=torch.ones_like(x), cache=c).logits[0, -1])
+            caches.append(c)
+        T = len(prompts[1])
+        R.pad_left(caches[0], T - len(prompts[0]))
+        R.join(caches[0], caches[1])
+        batch, starts = caches[0], torch.tensor([T - len(prompts[0]), 0])
+        R.set_starts(batch, starts.tolist())
+        got = [torch.stack(first)]
+        for step in range(n - 1):
+            nxt = torch.stack([fed[0][step], fed[1][step]])[:, None]
+            mask = (torch.arange(T + step + 1)[None] >= starts[:, None]).long()
+            got.append(llama.model(input_ids=nxt, attention_mask=mask, position_ids=(T + step - starts)[:, None],
+                                   cache=batch).logits[:, -1])
+        got = torch.stack(got, 1)                                                      # [2, n, V]
+    for b in range(2):
+        torch.testing.assert_close(got[b], alone[b], rtol=0, atol=1e-4)
