@@ -430,8 +430,17 @@ def test_bad_too_long_and_over_capacity_requests_interleaved_with_good_ones(app_
     assert health["status"] == "ok" and health["running"] == 0
 
 
-def test_an_error_mid_stream_is_an_error_event_then_done(app_server):
-    client, url, _ = app_server(request_timeout=0.05, max_tokens=400)
+def test_an_error_mid_stream_is_an_error_event_then_done(app_server, monkeypatch):
+    import time
+
+    client, url, app = app_server(request_timeout=0.05, max_tokens=400)
+    engine, step = app.state.generator.engine, app.state.generator.engine._step
+
+    def slow_step() -> None:  # every step outlasts the 0.05 s limit, however fast the machine
+        time.sleep(0.1)
+        step()
+
+    monkeypatch.setattr(engine, "_step", slow_step)
     status, text = _post(f"{url}/completions", {"model": "tiny-sym", "prompt": "Tom", "max_tokens": 400,
                                                 "stream": True})
     assert status == 200
