@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from headcode.runtime.surrogate.serving import RequestError
+from headcode.runtime.serving.requests import RequestError
 
 
 class _Common(BaseModel):

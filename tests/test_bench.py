@@ -92,3 +92,15 @@ def test_surrogates_file_heads_are_the_ones_replaced(tiny_llama_dir, tmp_path):
     for c in rep["cases"]:
         assert c["plan"] == "file" and set(c["heads"]) <= {"L0.H1", "L1.H2"}
         assert math.isclose(c["speedup"], c["neural_ms"] / c["surrogate_ms"], rel_tol=1e-9)
+
+
+def test_bench_serve_runs_both_sides_in_their_own_servers(tiny_llama_dir, tmp_path):
+    out = tmp_path / "serve.json"
+    assert main(["bench", tiny_llama_dir, "--quick", "--only", "serve", "--out", str(out)]) == 0
+    (c,) = json.loads(out.read_text())["cases"]
+    assert c["group"] == "serve" and c["clients"] == 4
+    for side in (c["base"], c["surrogate"]):
+        assert side["tokens_per_s"] > 0 and side["ttft_p50"] > 0 and side["token_p99"] >= side["token_p50"] > 0
+        assert side["cache_bytes_peak"] > 0
+    assert math.isclose(c["speedup"], c["surrogate"]["tokens_per_s"] / c["base"]["tokens_per_s"], rel_tol=1e-6)
+    assert c["batching_gain"] > 0 and 0 < c["cache_ratio"] < 1  # half the KV groups keep no K/V

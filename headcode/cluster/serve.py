@@ -1,7 +1,7 @@
 """``serve --replicas N``: the same FastAPI app (``headcode.server``) as a Ray Serve deployment.
 
 Each replica is a Ray actor that loads the model with its plan and builds the app once
-(``build(settings)``, given by the caller — ``pipeline.serve.asgi_app`` — through Serve's
+(``build(settings)``, given by the caller — ``pipeline.serve.create_app`` — through Serve's
 late-bound ingress); Ray Serve's HTTP proxy on
 ``host:port`` routes each request to a replica, so the OpenAI API is the one ``headcode serve``
 answers in one process. Serve's own deployment options pass through unchanged

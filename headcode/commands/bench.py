@@ -16,6 +16,10 @@ median over repeated runs after warm-up; each ratio compares two sides measured 
 (``speedup`` = neural_ms / surrogate_ms). With ``--surrogates`` the layer, prefill and generation
 cases put that plan's compiled heads in place (as many as it has, up to each share). The JSON
 records the machine (CPU, cores, torch/numba/triton/transformers versions, GPU).
+``--only serve`` (not in the default set): 16 concurrent OpenAI clients (half streaming) against
+``headcode serve``, the base model and half the heads as whole KV groups, each in its own server
+process: tokens/s (and the base served one request at a time), TTFT and per-token p50/p99, K/V and
+state bytes at peak.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
     p.add_argument("--surrogates", default=None, help="surrogates.safetensors whose heads the model cases use")
     p.add_argument("--quick", action="store_true", help="few, short cases and few repeats (a smoke run)")
-    p.add_argument("--only", default=None, help=f"comma list of suites to run: {','.join(GROUPS)} (default all; "
+    p.add_argument("--only", default=None, help=f"comma list of suites to run: {','.join(GROUPS)} (default all but serve; "
                                                 "'model' covers layer, prefill and generation)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; 1 on a busy machine avoids waits on "

@@ -14,7 +14,8 @@ from typing import Any
 from headcode.errors import HeadcodeError
 from headcode.runtime.model.loading import DEFAULT_MODEL
 
-GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis")
+GROUPS = ("head", "memory", "compile", "model", "decode", "synthesis", "serve")
+DEFAULT_GROUPS = GROUPS[:-1]  # "serve" starts two servers: only when asked for (--only serve)
 FORMAT_VERSION = 1
 
 
@@ -24,7 +25,7 @@ class BenchSettings:
     model: str = DEFAULT_MODEL
     surrogates: Path | None = None           # a plan whose heads the model cases use
     quick: bool = False                      # few, short cases and few repeats (a smoke run)
-    only: tuple[str, ...] = GROUPS           # suites to run ("model": layer, prefill and generation)
+    only: tuple[str, ...] = DEFAULT_GROUPS   # suites to run ("model": layer, prefill and generation)
     threads: int | None = None               # torch intra-op threads (None: torch's own)
 
 
@@ -37,7 +38,7 @@ class BenchResult:
 def parse_groups(only: str | None) -> tuple[str, ...]:
     """``"head,model"`` -> the suites; a one-line error for an unknown one."""
     if only is None:
-        return GROUPS
+        return DEFAULT_GROUPS
     chosen = tuple(dict.fromkeys(g.strip() for g in only.split(",") if g.strip()))
     bad = set(chosen) - set(GROUPS)
     if bad or not chosen:
@@ -91,6 +92,11 @@ def _model_suites(s: BenchSettings, groups: set[str], settings: Any, log: Callab
 
         log("decoding and prefill through the headcode cache: base vs whole KV groups replaced")
         cases += decode_cases(lm, settings, plan, log)
+    if "serve" in groups:
+        from headcode.benchmarks.serve_cases import serve_cases
+
+        log("serving: concurrent clients against headcode serve, base vs 50% whole KV groups")
+        cases += serve_cases(s.model, lm, plan, s.quick, log)
     if "synthesis" in groups:
         from headcode.benchmarks.model_cases import synthesis_case
 
@@ -116,7 +122,7 @@ def _run(s: BenchSettings, groups: set[str], log: Callable[[str], None]) -> Benc
         log(f"memory: one head at T={bm.MEMORY_T}")
         cases.append(bm.memory_case())
     model_name = s.model
-    if groups & {"compile", "model", "decode", "synthesis"}:
+    if groups & {"compile", "model", "decode", "synthesis", "serve"}:
         model_name, more = _model_suites(s, groups, settings, log)
         cases += more
     report = {

@@ -1,6 +1,9 @@
-"""Serve a model, with a surrogate plan in place or not, over an OpenAI-compatible HTTP API:
-``start_server`` binds the port first (a busy port fails in a second, not after the model
-loads), then loads the model and the plan; ``Server.run()`` answers requests until interrupted."""
+"""Serve a model, with a surrogate plan in place or not, over an OpenAI-compatible HTTP API.
+
+``create_app(settings)`` builds the whole application from settings (the model and plan loaded,
+the batching engine, the routes): what a process or a replica (Ray Serve) deploys.
+``start_server`` binds the port first (a busy port fails in a second, not after the model loads),
+then builds the app; ``Server.run()`` answers requests until interrupted, then drains."""
 
 from __future__ import annotations
 
@@ -22,29 +25,35 @@ class ServeSettings:
     name: str | None = None                   # the model id clients use (default MODEL+PLAN, or MODEL)
     chat_template: Path | None = None         # a Jinja chat template for tokenizers without one
     max_tokens: int = 1024                    # the most tokens one request may generate
-    max_queue: int = 64                       # requests waiting or running past this get HTTP 429
+    max_queue: int = 64                       # requests running or waiting past this get HTTP 429
     backend: str = "numba"
     log_level: str = "warning"
+    max_batch: int = 16                       # requests decoded together (backends but numba: 1)
+    request_timeout: float | None = 600.0     # seconds from arrival to the last token; then an error (504)
+    drain_timeout: float = 30.0               # on shutdown: seconds the accepted requests may still run
 
 
 @dataclass(frozen=True, eq=False)
 class Server:
-    served: Any                               # headcode.server.ServedModel: what /v1/models says
-    url: str                                  # http://HOST:PORT/v1
-    has_chat_template: bool
-    app: Any
+    app: Any                                  # the FastAPI app (``create_app``)
     socket: Any
-    generator: Any
-    log_level: str = "warning"
+    url: str                                  # http://HOST:PORT/v1
+    settings: ServeSettings
+
+    @property
+    def served(self) -> Any:
+        """``headcode.server.ServedModel``: what /v1/models says."""
+        return self.app.state.served
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.app.state.generator.tokenizer, "chat_template", None))
 
     def run(self) -> None:
-        """Answer requests until interrupted; then release the model's worker thread."""
+        """Answer requests until interrupted; the accepted ones finish (or end with an error) first."""
         from headcode.server import run_server
 
-        try:
-            run_server(self.app, self.socket, self.log_level)
-        finally:
-            self.generator.close()
+        run_server(self.app, self.socket, self.settings.log_level, self.settings.drain_timeout)
 
 
 def _read(path: Path, what: str) -> str:
@@ -60,25 +69,22 @@ def check_settings(s: ServeSettings) -> None:
         raise HeadcodeError(f"--max-queue {s.max_queue}: give a positive number of requests")
     if s.max_tokens < 1:
         raise HeadcodeError(f"--max-tokens {s.max_tokens}: give a positive number of tokens")
+    if s.max_batch < 1:
+        raise HeadcodeError(f"--max-batch {s.max_batch}: give at least one row")
     if s.heads and not s.surrogates:
         raise HeadcodeError("--heads picks heads of a plan: give --surrogates FILE too")
 
 
-@dataclass(frozen=True, eq=False)
-class ServedApp:
-    app: Any                                  # the FastAPI app (headcode.server)
-    served: Any                               # headcode.server.ServedModel
-    generator: Any
-    has_chat_template: bool
+def create_app(s: ServeSettings) -> Any:
+    """The FastAPI app for ``s``: the model and plan loaded, the engine ready to start with the app."""
+    from transformers import DynamicCache
 
-
-def served_app(s: ServeSettings) -> ServedApp:
-    """The model loaded with the plan in place, and the app that serves it (this process or a
-    Ray Serve replica: ``headcode.cluster.serve``)."""
     from headcode.api import load_surrogate_model
-    from headcode.runtime.surrogate.serving import Generator
+    from headcode.runtime.serving.engine import EngineSettings
+    from headcode.runtime.serving.generator import Generator
     from headcode.server import ServedModel, build_app
 
+    check_settings(s)
     template = _read(s.chat_template, "chat template") if s.chat_template else None
     lm, handle = load_surrogate_model(s.model, s.surrogates, heads=s.heads, backend=s.backend)
     replaced = tuple(str(h) for h in handle.heads) if handle is not None else ()
@@ -86,28 +92,26 @@ def served_app(s: ServeSettings) -> ServedApp:
     served = ServedModel(id=s.name or (f"{name}+{Path(s.surrogates).stem}" if s.surrogates else name),
                          base_model=lm.name, plan=str(s.surrogates) if s.surrogates else None, heads=replaced,
                          total_heads=lm.n_layers * lm.n_heads, max_tokens=s.max_tokens)
-    gen = Generator(lm.model, lm.tokenizer, chat_template=template, max_queue=s.max_queue)
-    return ServedApp(build_app(gen, served), served, gen, bool(getattr(lm.tokenizer, "chat_template", None)))
-
-
-def asgi_app(s: ServeSettings) -> Any:
-    """The FastAPI app serving ``s`` (what each Ray Serve replica builds: ``headcode.cluster.serve``)."""
-    return served_app(s).app
+    config = lm.model.config
+    new_cache = handle.new_cache if handle is not None else (lambda: DynamicCache(config=config))
+    # rows join a batch with their numba selector states; other backends' states do not join yet
+    rows = s.max_batch if handle is None or s.backend == "numba" else 1
+    engine = EngineSettings(max_batch=rows, max_queue=s.max_queue, request_timeout=s.request_timeout)
+    gen = Generator(lm.model, lm.tokenizer, new_cache, chat_template=template, settings=engine)
+    return build_app(gen, served, s.drain_timeout)
 
 
 def start_server(s: ServeSettings) -> Server:
-    """A server ready to ``run()``: the socket bound, the model loaded with the plan in place."""
+    """A server ready to ``run()``: the socket bound, the app built (``create_app``)."""
     from headcode.server import listen
 
     check_settings(s)
-    if s.chat_template:
-        _read(s.chat_template, "chat template")
     sock = listen(s.host, s.port)
     try:
-        a = served_app(s)
+        app = create_app(s)
     except BaseException:
         sock.close()
         raise
     host, port = sock.getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    return Server(a.served, f"http://{host}:{port}/v1", a.has_chat_template, a.app, sock, a.generator, s.log_level)
+    return Server(app, sock, f"http://{host}:{port}/v1", s)

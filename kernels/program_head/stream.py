@@ -134,6 +134,14 @@ class LayerState:
         """Apply ``fn(tensor) -> tensor`` along the batch dimension of every state (beam search)."""
         self._set(**{k: fn(t) for k, t in self.arrays.items()})
 
+    def replace(self, **arrays: torch.Tensor) -> None:
+        """Swap in new arrays (batch first, named as in ``stream_cpu.STATE``): continuous batching
+        pads, trims and joins rows (``runtime.serving.rows``)."""
+        unknown = set(arrays) - set(self.arrays)
+        if unknown:
+            raise KeyError(f"not a state array: {', '.join(sorted(unknown))}")
+        self._set(**arrays)
+
     def _set(self, **arrays: torch.Tensor) -> None:
         self.arrays.update({k: t.contiguous() for k, t in arrays.items()})
         self._np = None

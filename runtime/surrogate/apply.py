@@ -35,10 +35,12 @@ store them). GPT-2's fused ``c_attn`` still computes the replaced heads' queries
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -46,10 +48,12 @@ from torch import nn
 
 from headcode.compiler.head import SurrogatePlan
 from headcode.errors import HeadcodeError
-from headcode.kernels.program_head.stream import LayerProgram, LayerState
+from headcode.kernels.program_head import backends
+from headcode.kernels.program_head.stream import LayerProgram
 from headcode.runtime.model.attention import NAME, grouped_attention, neural_attention, use_headcode_attention
 from headcode.runtime.model.capture import attention_modules
 from headcode.runtime.model.heads import HeadRef
+from headcode.runtime.surrogate.cache import HeadcodeCache, HeadcodeLayer, LayerLayout
 from headcode.runtime.surrogate.history import TokenHistory
 from headcode.runtime.surrogate.replacements import CompiledHeadFn, HeadFn, ProgramHeadFn
 
@@ -84,8 +88,16 @@ class LayerSurrogate:
                                             for h, fn in self.fns.items()) if len(c)}
         self._const: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # without a headcode cache, a whole sequence still runs the layer's compiled heads in one call
-        self.one_call = bool(self.stateful) and all(self.fns[h].backend == "numba" for h in self.stateful)
-        self.on_device = bool(self.stateful) and all(self.fns[h].backend == "triton" for h in self.stateful)
+        # the registered backend whose functional step carries the layer's states: the heads' own
+        # when they agree on one, else the default
+        chosen = {self.fns[h].backend for h in self.stateful} & set(backends.names())
+        self.backend = chosen.pop() if len(chosen) == 1 else backends.DEFAULT
+        self.one_call = bool(self.stateful) and self.backend == "numba"
+
+    @cached_property
+    def layout(self) -> LayerLayout:
+        """What this layer's ``HeadcodeLayer`` keeps (read once ``apply_plan`` has sliced the projections)."""
+        return LayerLayout(self.k_rows, self.key_groups, self.value_groups, self.program, self.backend)
 
     def _indices(self, q_rows: tuple[int, ...], k_rows: tuple[int, ...], v_rows: tuple[int, ...] | None,
                  device: torch.device) -> tuple[Any, ...]:
@@ -121,8 +133,12 @@ class LayerSurrogate:
             raise HeadcodeError("cannot capture attention on a layer with surrogate heads: "
                                 "remove the surrogate plan before capturing")
         cache = self.history.cache
-        if getattr(cache, "observe_tokens", None) is not None:  # a HeadcodeCache
-            return self._with_states(cache, cache.layers[module.layer_idx], query, key, value, mask, scaling, dropout)
+        if isinstance(cache, HeadcodeCache):
+            layer = cache.layers[module.layer_idx]
+            if not isinstance(layer, HeadcodeLayer) or layer.layout is not self.layout:
+                raise HeadcodeError("this headcode cache was made for another surrogate plan: start again "
+                                    "from the prompt with a new cache")
+            return self._with_states(cache, layer, query, key, value, mask, scaling, dropout)
         B, _, n_q, _ = query.shape
         out = value.new_empty(B, self.n_heads, n_q, value.shape[-1])
         if self.neural:
@@ -136,8 +152,10 @@ class LayerSurrogate:
             ids, start = ids.to(value.device), start.to(value.device)
             heads = self.fns
             if self.one_call and n_q == T and value.device.type == "cpu":  # a whole sequence: one kernel call
-                out[:, self.stateful] = LayerState(self.program, B, value.shape[-1]).step(
-                    ids, value[:, :, :T], start).to(out.dtype)
+                be = backends.get(self.backend)
+                res, _ = be.step(self.program, be.zero_state(self.program, B, value.shape[-1]), ids,
+                                 value[:, :, :T], start)
+                out[:, self.stateful] = res.to(out.dtype)
                 heads = {h: self.fns[h] for h in self.recompute}
             for h, fn in heads.items():
                 out[:, h] = fn(ids, value[:, h // self.group, :T], start, n_q).to(out.dtype)
@@ -160,13 +178,10 @@ class LayerSurrogate:
         real = (pos[None, :] >= start.to(out.device)[:, None]).to(out.dtype)        # [B, n_q]
         out[:, heads] += real[:, None, :, None] * c.to(out.dtype)[None, :, None, :]
 
-    def _with_states(self, cache: Any, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     mask: torch.Tensor | None, scaling: float, dropout: float) -> torch.Tensor:
+    def _with_states(self, cache: HeadcodeCache, layer: HeadcodeLayer, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, mask: torch.Tensor | None, scaling: float, dropout: float) -> torch.Tensor:
         """With a ``HeadcodeCache``: ``key``/``value`` hold only the kept groups' history; compiled
         heads advance their selector states by this call's tokens (one kernel call for the layer)."""
-        if getattr(layer, "surrogate", None) is not self:
-            raise HeadcodeError("this headcode cache was made for another surrogate plan: start again "
-                                "from the prompt with a new cache")
         B, _, n_q, _ = query.shape
         out = value.new_empty(B, self.n_heads, n_q, value.shape[-1])
         if self.neural:
@@ -185,6 +200,8 @@ class LayerSurrogate:
             else:
                 out.index_copy_(1, self._stateful_index(out.device), res.to(out.dtype))
         if self.recompute:
+            if cache.ids is None or cache.start is None:
+                raise HeadcodeError("the headcode cache holds no token ids: call the model itself with input_ids")
             ids, start = cache.ids.to(value.device), cache.start.to(value.device)
             for h in self.recompute:
                 fn = self.fns[h]
@@ -212,8 +229,8 @@ class SurrogateHandle:
         self.model, self.layers, self.history = model, layers, history
         self.attention_modules = attention_modules(model)
         self.heads = tuple(HeadRef(l, h) for l in sorted(layers) for h in layers[l].fns)
-        self._restore: list[tuple[nn.Module, str, Any]] = []
-        self._hook: Any = None
+        self._restore: list[tuple[nn.Module, str, nn.Module]] = []
+        self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._prev_impl: str | None = None
         self.active = True
 
@@ -228,42 +245,68 @@ class SurrogateHandle:
         self._restore.clear()
         if self._hook is not None:
             self._hook.remove()
-        self.model.__dict__.pop("_prepare_cache_for_generation", None)
+        self.model.__dict__.pop("generate", None)
         if self._prev_impl is not None and self._prev_impl != NAME:
             self.model.set_attn_implementation(self._prev_impl)
         self.history.reset()
         self.model.__dict__.pop("headcode_handle", None)
         self.active = False
 
-    def new_cache(self) -> Any:
+    def new_cache(self) -> HeadcodeCache:
         """A ``HeadcodeCache`` for this plan (``generate`` makes one by itself)."""
-        from headcode.runtime.surrogate.cache import HeadcodeCache
-
-        return HeadcodeCache(self)
-
-    def _install_cache(self) -> None:
-        """Make ``generate`` create a ``HeadcodeCache`` where it would create a ``DynamicCache``
-        (a cache the caller passes is used as given)."""
-        from transformers.cache_utils import DynamicCache
-
-        prepare = self.model._prepare_cache_for_generation  # bound method of the model's class
         handle = weakref.ref(self)
 
-        def prepare_cache(generation_config: Any, model_kwargs: dict, *args: Any, **kwargs: Any) -> Any:
-            res = prepare(generation_config, model_kwargs, *args, **kwargs)
+        def alive() -> bool:
             h = handle()
-            for name, c in list(model_kwargs.items()):  # by type: the keyword's name moves between releases
-                if h is not None and h.active and type(c) is DynamicCache and not getattr(c, "_is_user_defined", False):
-                    model_kwargs[name] = h.new_cache()
-            return res
+            return h is not None and h.active
 
-        self.model.__dict__["_prepare_cache_for_generation"] = prepare_cache
+        return HeadcodeCache({l: ls.layout for l, ls in self.layers.items()}, len(self.attention_modules),
+                             any(ls.recompute for ls in self.layers.values()), alive)
+
+    def _install_cache(self) -> None:
+        """``generate`` decodes through a ``HeadcodeCache``: the model's own ``generate`` (an instance
+        attribute over the class's public method, the way transformers installs ``custom_generate``)
+        is given ``handle.new_cache()`` as its documented cache argument when the caller passes no
+        cache, keeps the cache on and asks for no ``cache_implementation``; anything else goes through
+        as given."""
+        generate = self.model.generate  # the class's bound method
+        from transformers.generation import utils as generation_utils
+
+        # transformers 5.24 renamed past_key_values to cache (ALL_CACHE_NAMES lists both since then)
+        keyword = "cache" if hasattr(generation_utils, "ALL_CACHE_NAMES") else "past_key_values"
+        handle = weakref.ref(self)
+
+        @functools.wraps(generate)
+        def generate_with_states(*args: Any, **kwargs: Any) -> Any:
+            h = handle()
+            if h is not None and h.active and _wants_default_cache(_generation_config_of(generate), kwargs):
+                kwargs[keyword] = h.new_cache()
+            return generate(*args, **kwargs)
+
+        self.model.__dict__["generate"] = generate_with_states
 
     def __enter__(self) -> SurrogateHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+def _generation_config_of(generate: Callable[..., Any]) -> Any:
+    """The ``generation_config`` of the model whose bound ``generate`` this is."""
+    return getattr(getattr(generate, "__self__", None), "generation_config", None)
+
+
+def _wants_default_cache(model_config: Any, kwargs: dict[str, Any]) -> bool:
+    """Would ``generate`` called with ``kwargs`` make its default ``DynamicCache``? (no cache given,
+    the cache on, no ``cache_implementation``)"""
+    if any(kwargs.get(k) is not None for k in ("cache", "past_key_values")):
+        return False
+    config = kwargs.get("generation_config") or model_config
+    use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
+    implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+    # transformers refuses a cache together with any cache_implementation, "dynamic" included
+    return use_cache is not False and implementation is None
 
 
 def _model_of(model: Any) -> nn.Module:

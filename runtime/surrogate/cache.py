@@ -12,27 +12,48 @@ Layers without replaced heads are plain ``DynamicLayer``s. Heads that are not co
 recomputed over the whole history each step, from their group's cached values and the token ids
 this cache then keeps.
 
-``generate`` uses it by itself once a plan is applied (``apply_plan`` wraps the model's
-``_prepare_cache_for_generation``); pass ``cache=handle.new_cache()`` to call the model by hand,
-or a ``DynamicCache`` to use the recompute path instead. Beam search (``reorder_cache``),
+``generate`` uses it by itself once a plan is applied (the handle passes ``handle.new_cache()`` as
+``generate``'s documented cache argument when the caller gave none); pass ``cache=handle.new_cache()``
+to call the model by hand, or a ``DynamicCache`` to use the recompute path instead. Beam search (``reorder_cache``),
 ``batch_select_indices`` and ``batch_repeat_interleave`` reorder the states with the K/V; ``crop``
 (assisted decoding) cannot undo a running sum and raises.
 
 Selector states run where the heads' backend runs: Numba on the CPU (``numba``), Triton on the
 GPU (``triton``: two launches per layer and step, no host sync; ``stream_triton``). With the
 ``numba`` backend on a GPU model the new values of a step go to the host and back.
+
+The cache knows a layer's surrogate only through its ``LayerLayout`` (a frozen dataclass: which K/V
+rows to keep, the layer's program); the layer (``apply.LayerSurrogate``) imports this module, never
+the reverse.
 """
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from headcode.errors import HeadcodeError
-from headcode.kernels.program_head.stream import LayerState
+from headcode.kernels.program_head import backends
+from headcode.kernels.program_head.stream import LayerProgram, LayerState
+
+
+@dataclass(frozen=True, eq=False)
+class LayerLayout:
+    """What a layer's cache needs from its surrogate (``LayerSurrogate.layout``): the KV group of
+    each row of the key tensor the attention computes (``k_rows``; sliced projections compute fewer),
+    the groups whose K (``key_groups``) and V (``value_groups``) history is kept, the compiled heads'
+    ``program`` (``None``: none keeps a state) and the ``backend`` (``kernels.program_head.backends``)
+    whose functional ``zero_state``/``step`` carry their states."""
+
+    k_rows: tuple[int, ...]
+    key_groups: tuple[int, ...]
+    value_groups: tuple[int, ...]
+    program: LayerProgram | None
+    backend: str = backends.DEFAULT
 
 
 def first_real(mask: torch.Tensor) -> torch.Tensor:
@@ -46,13 +67,12 @@ class HeadcodeLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, surrogate: Any):
+    def __init__(self, layout: LayerLayout):
         super().__init__()
-        self.surrogate = surrogate
-        self.key_groups: tuple[int, ...] = surrogate.key_groups
-        self.value_groups: tuple[int, ...] = surrogate.value_groups
+        self.layout = layout
+        self.key_groups, self.value_groups = layout.key_groups, layout.value_groups
         self.length = 0
-        self.state: LayerState | None = None
+        self.state: LayerState | Any = None  # the backend's state (stream.LayerState for numba)
         self.new_values: torch.Tensor | None = None
         self._idx: dict[tuple, torch.Tensor] = {}
 
@@ -60,11 +80,13 @@ class HeadcodeLayer(DynamicLayer):
         """Rows of an incoming ``[B, n_rows, q, D]`` tensor to keep (``None``: all of them)."""
         key = (which, n_rows, str(device))
         if key not in self._idx:
-            ls = self.surrogate
-            have = ls.k_rows if which == "k" and n_rows == len(ls.k_rows) else tuple(range(n_rows))
+            k_rows = self.layout.k_rows
+            have = k_rows if which == "k" and n_rows == len(k_rows) else tuple(range(n_rows))
             want = self.key_groups if which == "k" else self.value_groups
             rows = [have.index(g) for g in want]
-            self._idx[key] = None if rows == list(range(n_rows)) else torch.tensor(rows, dtype=torch.long, device=device)
+            # long even when empty: a layer whose heads are all replaced keeps no rows (torch.tensor([]) is float)
+            self._idx[key] = None if rows == list(range(n_rows)) else torch.tensor(rows, dtype=torch.long,
+                                                                                    device=device)
         return self._idx[key]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
@@ -95,14 +117,14 @@ class HeadcodeLayer(DynamicLayer):
         if v is None or v.shape[2] != ids.shape[1]:
             raise HeadcodeError("the headcode cache got values without their token ids: call the model "
                                 "itself with input_ids (not one layer, not inputs_embeds)")
+        program = self.layout.program
+        if program is None:
+            raise HeadcodeError("this layer has no compiled heads to step: a headcode cache layer was "
+                                "asked for states it does not keep")
+        backend = backends.get(self.layout.backend)
         if self.state is None:
-            if self.surrogate.on_device:
-                from headcode.kernels.program_head.stream_triton import TritonLayerState
-
-                self.state = TritonLayerState(self.surrogate.program, v.shape[0], v.shape[-1], v.device)
-            else:
-                self.state = LayerState(self.surrogate.program, v.shape[0], v.shape[-1])
-        out = self.state.step(ids, v, start)
+            self.state = backend.zero_state(program, v.shape[0], v.shape[-1], v.device)
+        out, self.state = backend.step(program, self.state, ids, v, start)  # state in, state out
         self.new_values = None
         return out.to(v.device)
 
@@ -119,7 +141,7 @@ class HeadcodeLayer(DynamicLayer):
             raise HeadcodeError("a headcode cache cannot be cropped (its running sums cannot forget a "
                                 "token): use a DynamicCache for assisted decoding")
 
-    def _batch(self, fn: Any) -> None:
+    def _batch(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if self.is_initialized and self.keys is not None:
             self.keys, self.values = fn(self.keys), fn(self.values)
         if self.state is not None:
@@ -136,15 +158,17 @@ class HeadcodeLayer(DynamicLayer):
 
 
 class HeadcodeCache(DynamicCache):
-    """The cache of a model with a surrogate plan applied (``handle`` from ``apply_plan``)."""
+    """The cache of a model with a surrogate plan applied (made by ``SurrogateHandle.new_cache``):
+    ``layouts`` of the layers with replaced heads, the model's ``n_layers``, whether some head is
+    recomputed from the token ids (``needs_ids``), and ``alive()``: is the plan still applied."""
 
-    def __init__(self, handle: Any):
-        n_layers = len(handle.attention_modules)
-        layers: list[Any] = [HeadcodeLayer(handle.layers[i]) if i in handle.layers else DynamicLayer()
-                             for i in range(n_layers)]
+    def __init__(self, layouts: Mapping[int, LayerLayout], n_layers: int, needs_ids: bool = False,
+                 alive: Callable[[], bool] = lambda: True):
+        layers: list[DynamicLayer] = [HeadcodeLayer(layouts[i]) if i in layouts else DynamicLayer()
+                                      for i in range(n_layers)]
         Cache.__init__(self, layers=layers)
-        self._handle = weakref.ref(handle)
-        self.needs_ids = any(ls.recompute for ls in handle.layers.values())
+        self.alive = alive
+        self.needs_ids = needs_ids
         self.start: torch.Tensor | None = None
         self.new_ids: torch.Tensor | None = None
         self.ids: torch.Tensor | None = None
@@ -152,8 +176,7 @@ class HeadcodeCache(DynamicCache):
     def observe_tokens(self, ids: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         """Called before each forward (``TokenHistory``'s hook): this call's token ids and, in
         prefill, each row's first real position from the 2D attention mask."""
-        handle = self._handle()
-        if handle is None or not handle.active:
+        if not self.alive():
             raise HeadcodeError("this headcode cache belongs to a surrogate plan that was removed: "
                                 "start again from the prompt with a new cache")
         if ids is None:
@@ -171,7 +194,7 @@ class HeadcodeCache(DynamicCache):
         if self.needs_ids:
             self.ids = self.new_ids if past == 0 else torch.cat([self.ids, self.new_ids], dim=1)
 
-    def _rows(self, fn: Any) -> None:
+    def _rows(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if self.start is not None:
             self.start = fn(self.start)
         if self.ids is not None:

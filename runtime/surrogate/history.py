@@ -31,6 +31,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from headcode.errors import HeadcodeError
+from headcode.runtime.surrogate.cache import HeadcodeCache
 
 
 def find_cache(args: tuple, kwargs: dict) -> Cache | None:
@@ -117,9 +118,8 @@ class TokenHistory:
             ids = args[0]
         cache = find_cache(args, kwargs)
         self._current = weakref.ref(cache) if cache is not None else None
-        observe = getattr(cache, "observe_tokens", None)
-        if observe is not None:
-            observe(ids, kwargs.get("attention_mask"))
+        if isinstance(cache, HeadcodeCache):
+            cache.observe_tokens(ids, kwargs.get("attention_mask"))
             return
         self.update(ids, kwargs.get("attention_mask"), cache)
 

@@ -158,8 +158,7 @@ def test_serve_answers_with_a_calibrated_plan(calibrated, tiny_llama_dir):
             r = c.post("/v1/completions", json={"model": srv.served.id, "prompt": "Tom saw a ball",
                                                 "max_tokens": 8, "temperature": 0})
     finally:
-        srv.socket.close()
-        srv.generator.close()
+        srv.socket.close()  # the engine started and drained with the app (TestClient runs its lifespan)
     assert r.status_code == 200, r.text
     ids = torch.tensor([lm.tokenizer("Tom saw a ball")["input_ids"]])
     with surrogates_applied(lm, plan), torch.no_grad():

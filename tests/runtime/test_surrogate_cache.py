@@ -224,3 +224,38 @@ def test_a_plan_that_replaces_a_whole_layer_decodes_like_recompute(tiny_dir):
         recompute = _gen(lm.model, ids, use_cache=False, max_new_tokens=16, min_new_tokens=16)
     assert isinstance(_cache_of(ours), HeadcodeCache)
     assert torch.equal(ours.sequences, recompute.sequences)
+
+
+# every head of layer 0 (both KV groups: the layer keeps no K/V at all), half of layer 1
+WHOLE_LAYER = {**{HeadRef(0, h): src for h, src in enumerate(
+    ["def attend(t):\n    return 0.7 * previous(t, 1) + 0.3 * first(t)\n",
+     "def attend(t):\n    return same_token(t) + 0.2 * uniform(t)\n",
+     "def attend(t):\n    return 0.6 * decay(t, 0.5) + 0.4 * first(t)\n",
+     "def attend(t):\n    return 0.5 * induction(t) + 0.5 * previous(t, 2)\n"])},
+    **{h: src for h, src in HALF.items() if h.layer == 1}}
+
+
+def test_a_plan_that_replaces_a_whole_layer_decodes(tiny_llama_dir):
+    """The plan ``select --whole-groups`` can choose: every head of a layer. ``generate`` used to crash
+    on the empty (float) row index of that layer's K/V."""
+    lm = load_model(tiny_llama_dir)
+    ids = lm.tokenizer(TEXTS[0], return_tensors="pt").input_ids
+    with surrogates_applied(lm, make_plan(lm, WHOLE_LAYER)):
+        ours = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16)
+        recompute = _gen(lm.model, ids, max_new_tokens=16, min_new_tokens=16, use_cache=False)
+    cache = _cache_of(ours)
+    assert isinstance(cache, HeadcodeCache)
+    assert cache.layers[0].keys.shape[1] == 0 and cache.layers[0].values.shape[1] == 0
+    assert torch.equal(ours.sequences, recompute.sequences)
+    torch.testing.assert_close(torch.stack(ours.logits), torch.stack(recompute.logits), rtol=0, atol=1e-4)
+
+
+def test_generate_with_a_cache_implementation_or_no_cache_is_left_alone(tiny_llama_dir):
+    """The handle gives ``generate`` a headcode cache only where it would make its default one."""
+    lm = load_model(tiny_llama_dir)
+    ids = lm.tokenizer(TEXTS[2], return_tensors="pt").input_ids
+    with surrogates_applied(lm, make_plan(lm)):
+        static = _gen(lm.model, ids, max_new_tokens=4, min_new_tokens=4, cache_implementation="dynamic")
+        assert type(_cache_of(static)) is DynamicCache
+        assert _cache_of(_gen(lm.model, ids, max_new_tokens=4, min_new_tokens=4, use_cache=False)) is None
+    assert "generate" not in lm.model.__dict__  # removed with the plan

@@ -1,0 +1,1 @@
+"""Serving many requests at once on one model: continuous batching over the headcode cache."""
