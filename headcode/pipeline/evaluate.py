@@ -2,7 +2,7 @@
 test text only — the corpus's test split and each ``test_text`` (a file: all of it test; a corpus
 name: its test split) — for the base model, the surrogates and baselines at the same heads and at
 the heads each baseline's own criterion chooses; zero-shot QA with 95% intervals; a plot of
-perplexity against the share of heads replaced (``runtime.evaluation.report``). An interrupted run
+perplexity against the share of heads replaced (``runtime.evaluation.driver``). An interrupted run
 resumes from ``OUT.state.json``."""
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     from headcode.compiler.export import save_plan
     from headcode.files import write_json
     from headcode.progress import forward_passes
+    from headcode.runtime.evaluation.driver import run_evaluation
     from headcode.runtime.evaluation.heldout import eval_texts, read_test_text
-    from headcode.runtime.evaluation.report import run_evaluation
     from headcode.runtime.evaluation.select_plan import subset_plan
     from headcode.runtime.evaluation.state import EvalState
     from headcode.runtime.model.heads import HeadRef

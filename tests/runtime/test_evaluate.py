@@ -11,6 +11,7 @@ import torch
 
 from headcode.cli import main
 from headcode.compiler.tokens import Tokens
+from headcode.runtime.evaluation.driver import run_evaluation
 from headcode.runtime.evaluation.measures import (
     Question,
     choice_logprobs,
@@ -18,9 +19,8 @@ from headcode.runtime.evaluation.measures import (
     qa_accuracy,
     token_loss,
 )
-from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
 from headcode.runtime.evaluation.selection import rank_heads
-from headcode.runtime.evaluation.settings import RankSettings
+from headcode.runtime.evaluation.settings import EvalSettings, RankSettings
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from headcode.cli import main
+from headcode.runtime.evaluation.driver import run_evaluation
 from headcode.runtime.evaluation.heldout import eval_texts, overlapping, read_test_text
 from headcode.runtime.evaluation.intervals import paired_difference, wilson
-from headcode.runtime.evaluation.report import EvalSettings, run_evaluation
-from headcode.runtime.evaluation.settings import RankSettings
+from headcode.runtime.evaluation.settings import EvalSettings, RankSettings
 from headcode.runtime.model.capture import capture
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.model.loading import load_model
@@ -183,8 +183,8 @@ def test_mean_ablation_chooses_its_own_heads(tiny_llama_dir):
 
 # resuming ----------------------------------------------------------------------------------
 def test_an_interrupted_evaluation_resumes_from_its_state(tiny_gpt2_dir, tmp_path, monkeypatch):
+    import headcode.runtime.evaluation.driver as er
     import headcode.runtime.evaluation.qa as eqa
-    import headcode.runtime.evaluation.report as er
     from headcode.runtime.evaluation.state import EvalState
 
     lm = load_model(tiny_gpt2_dir)
