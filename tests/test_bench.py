@@ -104,3 +104,17 @@ def test_bench_serve_runs_both_sides_in_their_own_servers(tiny_llama_dir, tmp_pa
         assert side["cache_bytes_peak"] > 0
     assert math.isclose(c["speedup"], c["surrogate"]["tokens_per_s"] / c["base"]["tokens_per_s"], rel_tol=1e-6)
     assert c["batching_gain"] > 0 and 0 < c["cache_ratio"] < 1  # half the KV groups keep no K/V
+
+
+def test_the_decode_grid_given_on_the_command_line_is_the_one_run(tiny_llama_dir, tmp_path, monkeypatch):
+    import headcode.benchmarks.decode_cases as dc
+
+    seen = []
+    monkeypatch.setattr(dc, "decode_cases", lambda lm, settings, plan=None, log=print: seen.append(settings) or [])
+    out = tmp_path / "b.json"
+    assert main(["bench", tiny_llama_dir, "--quick", "--only", "decode", "--decode-contexts", "64,128",
+                 "--decode-batches", "2", "--decode-fractions", "0.5", "--prefill-lengths", "96",
+                 "--decode-steps", "3", "--out", str(out)]) == 0
+    (s,) = seen
+    assert (s.decode_contexts, s.decode_batches, s.decode_fractions, s.prefill_lengths, s.decode_steps) == \
+        ((64, 128), (2,), (0.5,), (96,), 3)

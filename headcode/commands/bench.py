@@ -28,13 +28,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from headcode.commands._options import add_model
 from headcode.pipeline.bench import GROUPS
 
 HELP = "time compiled programs against neural heads (one head, a layer, the model) and write JSON"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="smollm2-135m", help="model spec (default: smollm2-135m)")
+    add_model(p)
     p.add_argument("--surrogates", default=None, help="surrogates.safetensors whose heads the model cases use")
     p.add_argument("--quick", action="store_true", help="few, short cases and few repeats (a smoke run)")
     p.add_argument("--only", default=None, help=f"comma list of suites to run: {','.join(GROUPS)} (default all but serve; "
@@ -42,7 +43,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's own; 1 on a busy machine avoids waits on "
                         "a descheduled worker thread)")
+    p.add_argument("--decode-contexts", type=_ints, default=None, metavar="N,N", help="decode suite: contexts (e.g. 2048,4096)")
+    p.add_argument("--decode-batches", type=_ints, default=None, metavar="N,N", help="decode suite: batch sizes (e.g. 8)")
+    p.add_argument("--decode-fractions", type=_floats, default=None, metavar="F,F",
+                   help="decode suite: shares of heads replaced as whole KV groups (e.g. 0.5)")
+    p.add_argument("--prefill-lengths", type=_ints, default=None, metavar="N,N", help="decode suite: prefill lengths")
+    p.add_argument("--decode-steps", type=int, default=None, help="decode suite: decoding steps per timed run")
     p.add_argument("--out", required=True, help="report file (.json)")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
 
 
 def _fmt_ms(x: float | None) -> str:
@@ -84,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_benchmarks(BenchSettings(out=Path(args.out), model=args.model,
                                        surrogates=Path(args.surrogates) if args.surrogates else None,
-                                       quick=args.quick, only=parse_groups(args.only), threads=args.threads))
+                                       quick=args.quick, only=parse_groups(args.only), threads=args.threads,
+                                       decode_contexts=args.decode_contexts, decode_batches=args.decode_batches,
+                                       decode_fractions=args.decode_fractions, prefill_lengths=args.prefill_lengths,
+                                       decode_steps=args.decode_steps))
     print(table(res.report["cases"]))
     for s in res.report["skipped"]:
         print(f"skipped {s['name']}: {s['reason']}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,12 @@ class BenchSettings:
     quick: bool = False                      # few, short cases and few repeats (a smoke run)
     only: tuple[str, ...] = DEFAULT_GROUPS   # suites to run ("model": layer, prefill and generation)
     threads: int | None = None               # torch intra-op threads (None: torch's own)
+    # the decode suite's grid (None: benchmarks.cases.Settings' own): contexts, batches, shares, prefills
+    decode_contexts: tuple[int, ...] | None = None
+    decode_batches: tuple[int, ...] | None = None
+    decode_fractions: tuple[float, ...] | None = None
+    prefill_lengths: tuple[int, ...] | None = None
+    decode_steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ def _run(s: BenchSettings, groups: set[str], log: Callable[[str], None]) -> Benc
     from headcode.files import write_json
 
     settings = bm.Settings.quick() if s.quick else bm.Settings.full()
+    grid = ("decode_contexts", "decode_batches", "decode_fractions", "prefill_lengths", "decode_steps")
+    settings = replace(settings, **{k: getattr(s, k) for k in grid if getattr(s, k) is not None})
     t_start = time.perf_counter()
     cases: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
