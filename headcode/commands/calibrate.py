@@ -34,9 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the calibrated plan to write (.safetensors)")
     p.add_argument("--fraction", type=float, default=None,
                    help="first choose this share of all heads among the plan's (default: calibrate every head)")
-    p.add_argument("--no-warm-choice", action="store_true",
-                   help="with --fraction: choose heads with the programs as explained (default: each with its warm "
-                        "constant, the mean residual on the fit split)")
+    p.add_argument("--warm-choice", action="store_true",
+                   help="with --fraction: choose heads each with its warm constant (the mean residual on the fit "
+                        "split), not with the programs as explained (measured worse)")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="start every constant at zero (default: at the head's warm constant)")
     add_rank(p, "heads (with --fraction)", f("rank"))
     p.add_argument("--corpus", default=f("corpus"), help="stories | lambada | FILE.txt | hf:<dataset>")
     p.add_argument("--unit", default=f("unit"), choices=["sentence", "paragraph"])
@@ -45,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps, one fit text each (default {d.steps})")
     p.add_argument("--texts-per-step", type=int, default=d.texts_per_step,
                    help=f"fit texts one step averages the KL over (default {d.texts_per_step})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the term weights (default {d.lr})")
+    p.add_argument("--lr-constant", type=float, default=d.lr_constant,
+                   help=f"learning rate of the constants (default {d.lr_constant})")
     p.add_argument("--eval-every", type=int, default=d.eval_every,
                    help=f"steps between select-split evaluations (default {d.eval_every})")
     p.add_argument("--patience", type=int, default=d.patience,
@@ -62,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from headcode.pipeline.calibrate import CalibrateSettings, calibrate_plan
     from headcode.runtime.calibration.fit import CalibrationSettings
 
-    fit = CalibrationSettings(steps=args.steps, texts_per_step=args.texts_per_step, lr=args.lr, eval_every=args.eval_every, patience=args.patience,
+    fit = CalibrationSettings(steps=args.steps, texts_per_step=args.texts_per_step, lr=args.lr,
+                              lr_constant=args.lr_constant, eval_every=args.eval_every, patience=args.patience,
                               seed=args.seed)
     res = calibrate_plan(CalibrateSettings(surrogates=args.surrogates, out=args.out, model=args.model,
                                            corpus=args.corpus, unit=args.unit, fraction=args.fraction,
-                                           warm_choice=not args.no_warm_choice, rank=rank_from(args),
+                                           warm_choice=args.warm_choice, warm_start=not args.no_warm_start,
+                                           rank=rank_from(args),
                                            max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
                                            compare=args.compare, progress=not args.no_progress))
     r = res.report

@@ -70,15 +70,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-plan", default=None,
                    help="also write a plan with only the heads replaced at --fraction (for serve, bench)")
     p.add_argument("--calibrate", action="store_true",
-                   help="choose heads with warm constants (each head's mean residual on the fit split), then at each "
-                        "share calibrate the chosen surrogates jointly (`calibrated`) beside the programs as explained "
-                        "and optimal ablation at the same heads and its own (adds optimal_ablation to --baselines and "
-                        "--own-choice)")
+                   help="at each share calibrate the chosen surrogates jointly from their warm constants (each head's "
+                        "mean residual on the fit split) (`calibrated`), beside optimal ablation at the same heads and "
+                        "its own (adds optimal_ablation to --baselines, and to --own-choice unless that is 'none')")
+    p.add_argument("--warm-choice", action="store_true",
+                   help="with --calibrate: choose heads with their warm constants, not the programs as explained "
+                        "(measured worse; `explained` is then reported beside them)")
     from headcode.runtime.calibration.fit import CalibrationSettings
 
     c = CalibrationSettings()
     p.add_argument("--calibrate-steps", type=int, default=c.steps, help=f"with --calibrate: Adam steps per fit (default {c.steps})")
     p.add_argument("--calibrate-lr", type=float, default=c.lr, help=f"with --calibrate: learning rate (default {c.lr})")
+    p.add_argument("--calibrate-lr-constant", type=float, default=c.lr_constant,
+                   help=f"with --calibrate: learning rate of the constants (default {c.lr_constant})")
     p.add_argument("--calibrate-texts-per-step", type=int, default=c.texts_per_step,
                    help=f"with --calibrate: fit texts a step (default {c.texts_per_step})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -96,14 +100,15 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrate:
         from headcode.runtime.calibration.fit import CalibrationSettings
 
-        cal = CalibrationSettings(steps=args.calibrate_steps, lr=args.calibrate_lr,
+        cal = CalibrationSettings(steps=args.calibrate_steps, lr=args.calibrate_lr, lr_constant=args.calibrate_lr_constant,
                                   texts_per_step=args.calibrate_texts_per_step, progress=not args.quiet)
         baselines += (OPTIMAL,) * (OPTIMAL not in baselines)
-        own += (OPTIMAL,) * (OPTIMAL not in own)
+        own += (OPTIMAL,) * (OPTIMAL not in own and args.own_choice.strip() != "none")
     measured = EvalSettings(
         fraction=args.fraction, curve=parse_fractions(args.curve), baselines=baselines, own_choice=own,
         qa_tasks=_list(args.qa or ""), qa_limit=args.qa_limit, qa_at=parse_fractions(args.qa_at),
-        qa_baselines=_list(args.qa_baselines), rank=rank_from(args), calibrate=cal)
+        qa_baselines=_list(args.qa_baselines), rank=rank_from(args), calibrate=cal,
+        warm_choice=args.warm_choice)
     res = evaluate_plan(EvaluateSettings(
         surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, text=args.text, unit=args.unit,
         max_texts=args.max_texts, max_tokens=args.max_tokens, backend=args.backend,

@@ -4,8 +4,9 @@ The explanation (each head's terms and weights, fitted to its own pattern) is ke
 head gets a surrogate — the same terms with weights, and a constant output, fitted for the model
 on KL(base ‖ replaced) over the fit split, stopped on the select split
 (``runtime.calibration.fit``). The test split is never read. ``fraction``: first choose that share
-of the model's heads among the plan's (``runtime.evaluation.select_plan``; each head with its warm constant, the mean residual on the fit
-split, unless ``warm_choice`` is off), then calibrate them jointly from there.
+of the model's heads among the plan's (``runtime.evaluation.select_plan``: with the programs as
+explained, or with each head's warm constant when ``warm_choice``), then calibrate them jointly,
+each constant starting at the head's warm constant (its mean residual on the fit split).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class CalibrateSettings:
     corpus: str = "stories"
     unit: str = "paragraph"
     fraction: float | None = None    # choose this share of all heads first; None: every head of the plan
-    warm_choice: bool = True         # ... with each head's warm constant (mean residual on the fit split)
+    warm_choice: bool = False        # ... with each head's warm constant, not the program as explained (measured worse)
+    warm_start: bool = True          # the fit starts from each head's warm constant (mean residual on the fit split)
     rank: RankSettings = RankSettings()  # ... by measured loss on the select split
     max_texts: int = 64              # fit and select texts (each)
     max_tokens: int = 128
@@ -56,6 +58,11 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
 
         plan = select_plan(lm, plan, texts.select, SelectSettings(
             fraction=s.fraction, warm=s.warm_choice, rank=s.rank, progress=s.progress), texts.fit).plan
+    if s.warm_start and len(plan.compiled_heads()) == len(plan.heads):  # (an uncompiled head: calibrate says so)
+        # heads with a surrogate already (calibrated, or warm from the choice) keep it
+        from headcode.runtime.calibration.warm import warm_plan
+
+        plan = warm_plan(lm, plan, texts.fit, s.rank.batch_size, progress=s.progress)
     fit = replace(s.fit, progress=s.progress)
     cal = calibrate(lm, plan, texts.fit, texts.select, fit, state_path)
     report = {"model": lm.name, "surrogates": s.surrogates, "corpus": s.corpus, "unit": s.unit,

@@ -31,9 +31,10 @@ class EvaluateSettings:
     progress: bool = True
     test_text: tuple[str, ...] = ()  # more test text: files (all of it test) or corpus names (their test split)
     test_tokens: int | None = None   # take test texts until this many tokens are predicted (e.g. 20000)
-    # calibrate (issue 19): heads are chosen with warm constants (each head's mean residual on the fit
-    # split), then at each share of heads the chosen surrogates are calibrated jointly (`calibrated`),
-    # beside the programs as explained and optimal ablation at the same heads and at its own
+    # calibrate (issue 19): heads are chosen with the programs as explained (or with warm constants,
+    # each head's mean residual on the fit split: evaluation.warm_choice), then at each share of heads
+    # the chosen surrogates are calibrated jointly from their warm constants (`calibrated`), beside
+    # optimal ablation at the same heads and at its own
     # what is measured (the share of heads, the curve, baselines, QA, how heads are chosen, and
     # calibration: CalibrationSettings in evaluation.calibrate, or None)
     evaluation: EvalSettings = EvalSettings()
@@ -72,7 +73,8 @@ def state_key(s: EvaluateSettings, fingerprint: str) -> str:
     keys = ("model", "text", "unit", "max_texts", "max_tokens", "test_text", "test_tokens", "backend")
     cal = None if s.evaluation.calibrate is None else dataclasses.asdict(s.evaluation.calibrate) | {"progress": None}
     h.update(json.dumps([fingerprint] + [getattr(s, k) for k in keys]
-                        + [s.evaluation.fraction, dataclasses.asdict(s.evaluation.rank), cal]).encode())
+                        + [s.evaluation.fraction, dataclasses.asdict(s.evaluation.rank), cal,
+                           s.evaluation.warm_choice]).encode())
     return h.hexdigest()
 
 
@@ -106,12 +108,15 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     plan = plan_for_model(s.surrogates, lm)
     programs = {HeadRef.parse(k): ch.source for k, ch in plan.heads.items()}
     et = eval_texts(corpus, lm.tokenizer, s.max_texts, s.max_tokens, tests, s.test_tokens)
-    if s.evaluation.calibrate is not None:
+    heads = None
+    if s.evaluation.calibrate is not None:  # every fit starts from the heads' warm constants
         from headcode.runtime.calibration.warm import warm_plan
 
         fit = et.splits()["fit"] or et.splits()["select"]
+        if not s.evaluation.warm_choice:
+            heads = build_surrogates(plan, lm, backend=s.backend)
         plan = warm_plan(lm, plan, fit, s.evaluation.rank.batch_size, s.backend, s.progress)
-    heads = build_surrogates(plan, lm, backend=s.backend)
+    heads = heads if heads is not None else build_surrogates(plan, lm, backend=s.backend)
     state = EvalState(f"{s.out}.state.json", state_key(s, lm.fingerprint))
     settings = replace(s.evaluation, progress=False)
     info = {"surrogates": str(s.surrogates), "corpus": s.text, "unit": s.unit, "backend": s.backend,

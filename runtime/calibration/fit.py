@@ -35,7 +35,10 @@ from headcode.runtime.surrogate.apply import apply_plan
 class CalibrationSettings:
     steps: int = 300                # Adam steps
     texts_per_step: int = 1         # fit texts whose KL one step averages
-    lr: float = 0.02
+    lr: float = 0.02                # the term weights' logits (log-weights: unit scale)
+    # the constants are head outputs (a fitted one has RMS ~0.1): Adam moves every coordinate by
+    # about the rate each step, so at the logits' rate 68 constants overshoot within 25 steps
+    lr_constant: float = 0.003
     eval_every: int = 25            # steps between select-split evaluations
     patience: int = 4               # evaluations without a gain before stopping
     seed: int = 0
@@ -142,9 +145,12 @@ def _fit(model: torch.nn.Module, heads: dict[HeadRef, TrainableHead], fit: Seque
 
     keys = [str(h) for h in heads]
     params = [p for h in heads.values() for p in h.parameters() if p.numel()]
-    opt = torch.optim.Adam(params, lr=s.lr)
+    logits = [h.logits for h in heads.values() if h.logits.numel()]
+    groups = [{"params": [h.constant for h in heads.values()], "lr": s.lr_constant}]
+    opt = torch.optim.Adam(groups + ([{"params": logits, "lr": s.lr}] if logits else []))
     # a few texts a step is a noisy gradient: the rate decays (cosine) to a tenth by the last step
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.steps, 1), eta_min=0.1 * s.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * min(k, s.steps)
+                                                                                      / max(s.steps, 1))))
     order = random.Random(s.seed).choices(range(len(fit)), k=s.steps * s.texts_per_step)
     state = _load_state(state_path, s, keys)
     history: list[dict[str, float]] = []
@@ -202,7 +208,7 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, texts: Sequence[in
 
 def _calibrated_plan(plan: SurrogatePlan, heads: dict[HeadRef, TrainableHead], s: CalibrationSettings,
                      kl: float, steps: int) -> SurrogatePlan:
-    how = (f"weights and constant fitted jointly for {len(heads)} heads on KL(base || replaced) over the fit split, {steps} Adam steps, lr {s.lr}, "
+    how = (f"weights and constant fitted jointly for {len(heads)} heads on KL(base || replaced) over the fit split, {steps} Adam steps, lr {s.lr} (constants {s.lr_constant}), "
            f"seed {s.seed}; select-split KL {kl:.4f}")
     out = {}
     for key, h in plan.heads.items():

@@ -160,7 +160,8 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
     out = {"surrogate": {h: heads[h] for h in chosen}}
     if s.calibrate is not None and baselines is None:
         out[CALIBRATED] = means.calibrated_at(chosen)
-        out[EXPLAINED] = means.explained_at(chosen)
+        if s.warm_choice:  # else the surrogates as chosen are the programs as explained
+            out[EXPLAINED] = means.explained_at(chosen)
     for b in (s.baselines if baselines is None else baselines):
         out[b] = means.constants_at(chosen) if b == OPTIMAL else dict(baseline_heads(b, chosen, means.means))
     for b in (s.own_choice if baselines is None else [b for b in baselines if b in s.own_choice]):

@@ -46,5 +46,8 @@ class EvalSettings:
     qa_at: tuple[float, ...] = ()           # QA at these fractions too (the headline always)
     qa_baselines: tuple[str, ...] = ("mean_ablation",)
     rank: RankSettings = RankSettings()     # how the headline heads are chosen on the select split
-    calibrate: Any = None                   # CalibrationSettings: also `calibrated` and `explained` at the heads
+    calibrate: Any = None                   # CalibrationSettings: also `calibrated` at the heads (from warm starts)
+    # with calibrate: choose heads with each head's warm constant (`explained` is then measured beside
+    # them); off, they are chosen with the programs as explained, which measured better (README)
+    warm_choice: bool = False
     progress: bool = True

@@ -49,7 +49,7 @@ def test_a_planted_program_and_constant_are_recovered(tiny_llama_dir):
     lm = load_model(tiny_llama_dir)
     plan, true = _planted(lm)
     fit, select = _texts(lm, 8, 1), _texts(lm, 4, 2)
-    cal = calibrate(lm, plan, fit, select, CalibrationSettings(steps=240, lr=0.05, eval_every=40, patience=6,
+    cal = calibrate(lm, plan, fit, select, CalibrationSettings(steps=240, lr=0.05, lr_constant=0.05, eval_every=40, patience=6,
                                                                progress=False),
                     teacher=lambda ids: _log_probs_with(lm, true, ids))
     assert cal.report["kl_select_best"] < 0.1 * cal.report["kl_select_start"], cal.report["history"]
