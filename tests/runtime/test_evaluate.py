@@ -182,10 +182,12 @@ def test_evaluate_reports_optimal_ablation_at_the_surrogates_heads(tiny_gpt2_dir
     assert main(args[:-2] + ["--own-choice", "uniform,optimal"]) == 1
 
 
-def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tiny_gpt2_dir, tmp_path):
-    """``--calibrate``: heads chosen with warm constants; at each share the calibrated surrogates,
-    the programs as explained, optimal ablation at the same heads and at its own; the plan saved
-    at the headline share is the calibrated one, and gives the perplexity reported for it."""
+@pytest.mark.parametrize("warm_choice", [False, True], ids=["programs-choose", "warm-choice"])
+def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tiny_gpt2_dir, tmp_path, warm_choice):
+    """``--calibrate``: heads chosen with the programs as explained (or with warm constants, and then
+    the programs as explained beside them); at each share the calibrated surrogates, optimal
+    ablation at the same heads and at its own; the plan saved at the headline share is the
+    calibrated one, and gives the perplexity reported for it."""
     from headcode.compiler.export import load_plan, save_plan
     from headcode.runtime.evaluation.heldout import eval_texts
     from headcode.runtime.surrogate.apply import surrogates_applied
@@ -200,12 +202,13 @@ def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tin
     assert main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
                  "--text", str(corpus), "--out", str(out), "--quiet", "--measure-texts", "2", "--curve", "0,0.25",
                  "--baselines", "mean_ablation", "--calibrate", "--calibrate-steps", "4",
-                 "--save-plan", str(saved)]) == 0
+                 "--save-plan", str(saved)] + ["--warm-choice"] * warm_choice) == 0
     r = json.loads(out.read_text())
     row = r["curve"][-1]
-    want = {"surrogate", "calibrated", "explained", "mean_ablation", "mean_ablation_own", "optimal_ablation",
-            "optimal_ablation_own"}
+    want = {"surrogate", "calibrated", "mean_ablation", "mean_ablation_own", "optimal_ablation",
+            "optimal_ablation_own"} | ({"explained"} if warm_choice else set())
     assert want <= set(row) and all(row[k] > 1 for k in want)
+    assert ("explained" in row) == warm_choice  # without the warm choice, the surrogates as chosen are the programs
     assert r["calibration"]["fits"]["calibrated@2"]["steps"] == 4
     plan = load_plan(saved)
     assert list(plan.heads) == [h["head"] for h in r["heads_replaced"]]
