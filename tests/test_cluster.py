@@ -155,3 +155,91 @@ def test_serve_two_replicas_answers_the_openai_client(head_node, tiny_llama_dir,
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+# evaluate / select --cluster: the independent forward passes as Ray tasks -----------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance for the commands run in this process (``--cluster ray`` joins it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_plan(tiny_llama_dir, tmp_path_factory):
+    """A compiled program for every head of the tiny Llama (GQA), and a corpus file."""
+    from headcode.compiler import save_plan
+    from headcode.runtime.model.loading import load_model
+    from tests.runtime.test_evaluate import PARAGRAPHS
+    from tests.runtime.test_select import full_plan
+
+    d = tmp_path_factory.mktemp("plan")
+    save_plan(full_plan(load_model(tiny_llama_dir)), d / "full.safetensors")
+    (d / "c.txt").write_text("\n\n".join(f"{p} ({i})" for i, p in enumerate(PARAGRAPHS * 3)))
+    (d / "more.txt").write_text("\n\n".join(" ".join(p.split()[::-1]) for p in PARAGRAPHS * 2))  # a second test set
+    return d
+
+
+def _run(args: list[str]) -> None:
+    from headcode.cli import main
+
+    assert main(args) == 0
+
+
+@pytest.fixture
+def submitted(monkeypatch) -> dict[str, int]:
+    """Tasks the runs send to Ray, by function: that a run with --cluster ran its passes there."""
+    from headcode.cluster.evaluate import RayExecutor
+
+    counts: dict[str, int] = {}
+    remote = RayExecutor._remote
+
+    def counting(self, fn):
+        task = remote(self, fn)
+
+        class Counted:
+            def remote(self, *a):
+                counts[fn.__name__] = counts.get(fn.__name__, 0) + 1
+                return task.remote(*a)
+        return Counted()
+
+    monkeypatch.setattr(RayExecutor, "_remote", counting)
+    return counts
+
+
+def test_evaluate_on_ray_equals_the_local_run(tiny_llama_dir, tiny_plan, local_ray, submitted, tmp_path):
+    """Heads chosen, perplexities of every variant and test set, QA scores: equal to the last digit."""
+    args = ["evaluate", tiny_llama_dir, "--surrogates", str(tiny_plan / "full.safetensors"), "--fraction", "0.25",
+            "--text", str(tiny_plan / "c.txt"), "--test-text", str(tiny_plan / "more.txt"), "--curve", "0,0.25,0.5",
+            "--qa", "arc_easy", "--qa-limit", "4", "--measure-texts", "3", "--rounds", "2", "--batch-size", "2",
+            "--quiet"]
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--cluster", "ray"])):
+        _run(args + ["--out", str(tmp_path / f"{name}.json"), "--plot", str(tmp_path / f"{name}.png")] + extra)
+        r = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name] = {k: v for k, v in r.items() if k not in ("seconds", "plot", "plots")}
+    local, ray = reports["local"], reports["ray"]
+    assert len(local["heads_replaced"]) == 2 and local["qa"]["arc_easy"]["n"] == 4
+    assert len(local["test_sets"]) == 2 and len(local["curve"]) == 3
+    assert ray == local  # the same heads, perplexities and QA numbers, to the last digit
+    # every measured loss, perplexity and QA score came from Ray: 2 test sets x (base + 5 variants x 2 shares),
+    # each in one shard of 4 batches or less; QA: base + 3 variants
+    assert submitted["_set_loss"] >= 2 * 3 and submitted["_batch_logprobs"] >= 22 and submitted["_item_logprobs"] >= 4
+
+
+@pytest.mark.parametrize("whole_groups", [False, True])
+def test_select_on_ray_equals_the_local_run(tiny_llama_dir, tiny_plan, local_ray, submitted, tmp_path, whole_groups):
+    args = ["select", tiny_llama_dir, "--surrogates", str(tiny_plan / "full.safetensors"), "--fraction", "0.5",
+            "--text", str(tiny_plan / "c.txt"), "--measure-texts", "3", "--rounds", "2", "--quiet"]
+    args += ["--whole-groups"] if whole_groups else []
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--cluster", "ray"])):
+        _run(args + ["--out", str(tmp_path / f"{name}.safetensors")] + extra)
+        r = json.loads((tmp_path / f"{name}.json").read_text())
+        reports[name] = {k: v for k, v in r.items() if k != "plan"}
+    assert len(reports["local"]["heads"]) == 4
+    assert reports["ray"] == reports["local"]  # the same heads, measured losses and select loss
+    assert submitted["_set_loss"] >= 3  # the base and at least two candidates, in each of two rounds
