@@ -69,15 +69,3 @@ def connect(spec: ClusterSpec) -> Any:
                                 "`ray start --head` there, or fix the address") from e
     return ray
 
-
-def executor(text: str | None) -> Any:
-    """Where ``evaluate``/``select``/``calibrate`` run their independent forward passes: None (this
-    process) for no ``--cluster``, else a ``RayExecutor`` on that cluster (joined when first used;
-    a bad ``--cluster`` or no Ray is said now, before anything loads)."""
-    spec = parse_cluster(text)
-    if spec is None:
-        return None
-    require_ray()
-    from headcode.cluster.evaluate import RayExecutor
-
-    return RayExecutor(spec)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from headcode.cluster import ClusterSpec, connect
+from headcode.cluster import ClusterSpec, connect, parse_cluster, require_ray
 from headcode.runtime.evaluation.parallel import Fns, SetLosses
 
 MAX_RETRIES = 4         # runs of a task after its worker or node died
@@ -178,3 +178,14 @@ class RayExecutor:
         finally:
             for r in pending:
                 ray.cancel(r)
+
+
+def executor(text: str | None) -> RayExecutor | None:
+    """Where ``evaluate``/``select``/``calibrate`` run their independent forward passes: None (this
+    process) for no ``--cluster``, else a ``RayExecutor`` on that cluster (joined when first used;
+    a bad ``--cluster`` or no Ray is said now, before anything loads)."""
+    spec = parse_cluster(text)
+    if spec is None:
+        return None
+    require_ray()
+    return RayExecutor(spec)

@@ -60,7 +60,7 @@ def summary(report: dict, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headcode.cluster import executor
+    from headcode.cluster.evaluate import executor
     from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
     from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan

@@ -49,7 +49,7 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
     """Calibrate ``plan`` (checked against ``lm``) on the fit and select splits of ``s.corpus``."""
     from dataclasses import replace
 
-    from headcode.cluster import executor
+    from headcode.cluster.evaluate import executor
     from headcode.runtime.calibration.fit import calibrate
     from headcode.runtime.evaluation.heldout import eval_texts
     from headcode.runtime.text import corpus as C
@@ -116,7 +116,7 @@ def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
     if not Path(s.surrogates).is_file():  # before the model loads (seconds)
         raise HeadcodeError(f"no surrogate plan at {s.surrogates}: run `headcode compile DIR` (or select) first")
     if s.cluster is not None:  # a bad --cluster (or no Ray) is said before the model loads
-        from headcode.cluster import executor
+        from headcode.cluster.evaluate import executor
 
         if s.fraction is None:
             raise HeadcodeError("--cluster runs the choice of heads on Ray (the fit is sequential): give --fraction too")

@@ -83,7 +83,7 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     """Write the evaluation report of ``s.surrogates`` on ``s.model`` to ``s.out`` (and the plot).
     ``loaded``: the model, when already loaded. Every bad setting is named in one error before
     anything loads. With ``progress``: one bar, counting forward passes."""
-    from headcode.cluster import executor
+    from headcode.cluster.evaluate import executor
     from headcode.compiler.export import save_plan
     from headcode.files import write_json
     from headcode.progress import forward_passes
