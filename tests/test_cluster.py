@@ -12,9 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,36 +121,21 @@ def test_a_worker_killed_mid_run_is_retried_and_the_run_finishes(head_node, patt
     assert _outputs(out) == local_run
 
 
-def test_serve_two_replicas_answers_the_openai_client(head_node, tiny_llama_dir, tmp_path):
-    openai = pytest.importorskip("openai")
-    sys.path.insert(0, str(HERE))
-    from test_serve import continuer
-
+@contextmanager
+def _serving(head_node: str, model_dir: str, tmp_path: Path) -> Iterator[str]:
+    """``headcode serve MODEL --replicas 2`` on the cluster at ``head_node``: its OpenAI base URL once
+    both replicas answer; interrupted (Ctrl-C: the deployment is deleted) at the end."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "headcode.cli", "serve", tiny_llama_dir, "--replicas", "2", "--cluster",
+    cmd = [sys.executable, "-m", "headcode.cli", "serve", model_dir, "--replicas", "2", "--cluster",
            f"ray:{head_node}", "--port", str(port), "--name", "tiny", "--max-tokens", "64"]
     log = open(tmp_path / "serve.log", "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}/v1"
         deadline = time.time() + 300
         while "serving 2 replicas" not in Path(log.name).read_text():
             assert proc.poll() is None and time.time() < deadline, Path(log.name).read_text()[-2000:]
             time.sleep(0.5)
-        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
-        assert [m.id for m in client.models.list().data] == ["tiny"]
-        reference = continuer(tiny_llama_dir, None)
-        prompts = ["Tom liked to", "The next day, it", "His friend Lily", "They played until"]
-        for p in prompts:
-            r = client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0)
-            assert r.choices[0].text == reference(p, 8)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as h:
-            assert json.load(h)
-        bad = urllib.request.Request(f"{url}/completions", data=b'{"model": "tiny"}', method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(bad, timeout=30)
-        assert 400 <= e.value.code < 500  # a bad request gets a 4xx through the proxy too
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -155,6 +143,96 @@ def test_serve_two_replicas_answers_the_openai_client(head_node, tiny_llama_dir,
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_serve_two_replicas_answers_the_openai_client(head_node, tiny_llama_dir, tmp_path):
+    openai = pytest.importorskip("openai")
+    sys.path.insert(0, str(HERE))
+    from test_serve import continuer
+
+    with _serving(head_node, tiny_llama_dir, tmp_path) as url:
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+        reference = continuer(tiny_llama_dir, None)
+        prompts = ["Tom liked to", "The next day, it", "His friend Lily", "They played until"]
+        for p in prompts:
+            r = client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0)
+            assert r.choices[0].text == reference(p, 8)
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=30) as h:
+            assert json.load(h)
+        bad = urllib.request.Request(f"{url}/completions", data=b'{"model": "tiny"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(bad, timeout=30)
+        assert 400 <= e.value.code < 500  # a bad request gets a 4xx through the proxy too
+
+
+def _replica_pids() -> list[int]:
+    """Ray Serve's replica processes of the headcode deployment (titled ``ray::ServeReplica:APP:NAME``)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "cmdline").read_bytes().startswith(b"ray::ServeReplica:headcode"):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_serve_loses_no_request_when_a_replica_is_killed_under_load(head_node, tiny_llama_dir, tmp_path):
+    """A stream of requests from 4 clients; one replica's process is killed (SIGKILL) in the middle.
+    Every request gets the right answer: those sent after the kill go to the other replica (Ray
+    Serve routes around a dead one), and a request that was inside the killed replica fails with
+    a 5xx, which the openai client retries (``max_retries``): the client's retry is what keeps it."""
+    openai = pytest.importorskip("openai")
+    httpx = pytest.importorskip("httpx")
+    sys.path.insert(0, str(HERE))
+    from test_serve import continuer
+
+    prompts = ["Tom liked to", "The next day, it", "His friend Lily", "They played until"]
+    reference = continuer(tiny_llama_dir, None)
+    want = {p: reference(p, 8) for p in prompts}
+    statuses: list[int] = []
+    answers: list[tuple[str, str | BaseException]] = []
+    killed: list[int] = []
+    stop = threading.Event()
+    with _serving(head_node, tiny_llama_dir, tmp_path) as url:
+        http = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]}, timeout=120)
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=5, http_client=http)
+
+        def send(i: int) -> None:
+            while not stop.is_set():
+                p = prompts[(i + len(answers)) % len(prompts)]
+                try:
+                    r = client.completions.create(model="tiny", prompt=p, max_tokens=8, temperature=0)
+                    answers.append((p, r.choices[0].text))
+                except Exception as e:  # noqa: BLE001 - a lost request, reported below
+                    answers.append((p, e))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.time() + 240
+            while len(answers) < 8 and time.time() < deadline:
+                time.sleep(0.05)
+            pids = _replica_pids()
+            assert len(pids) == 2, pids
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            after = len(answers)
+            while len(answers) < after + 24 and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(180)
+    lost = [(p, a) for p, a in answers if isinstance(a, BaseException)]
+    assert killed and not lost, lost[:3]
+    assert len(answers) >= 32 and all(a == want[p] for p, a in answers)
+    print(f"{len(answers)} requests answered; HTTP statuses the client saw: "
+          f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }")
 
 
 # evaluate / select --cluster: the independent forward passes as Ray tasks -----------------------
