@@ -76,7 +76,42 @@ def head_node(tmp_path_factory):
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
                     "--disable-usage-stats"], check=True, capture_output=True, env=env, timeout=180)
     yield f"127.0.0.1:{port}"
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    _stop_head(port)
+
+
+def _cmdlines() -> dict[int, bytes]:
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit():
+                out[int(d.name)] = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+    return out
+
+
+def _stop_head(port: int) -> None:
+    """Stop the Ray instance this module started (not ``ray stop``: that stops every Ray instance
+    on the machine): the processes of its session directory, and their children (the workers)."""
+    import re
+
+    procs = _cmdlines()
+    gcs = [c for c in procs.values() if b"gcs_server" in c and f"--gcs_server_port={port}".encode() in c]
+    found = re.search(rb"session_[0-9_-]+", gcs[0]) if gcs else None
+    if found is None:
+        return
+    ours = {pid for pid, c in procs.items() if found.group() in c}
+    for pid in list(ours):
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        ours |= {int(k) for k in kids}
+    for pid in ours:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
 
 
 def test_explain_on_a_local_ray_instance_equals_the_local_run(patterns, local_run, tmp_path):
@@ -182,24 +217,35 @@ def _replica_pids() -> list[int]:
 @pytest.mark.slow
 def test_serve_loses_no_request_when_a_replica_is_killed_under_load(head_node, tiny_llama_dir, tmp_path):
     """A stream of requests from 4 clients; one replica's process is killed (SIGKILL) in the middle.
-    Every request gets the right answer: those sent after the kill go to the other replica (Ray
-    Serve routes around a dead one), and a request that was inside the killed replica fails with
-    a 5xx, which the openai client retries (``max_retries``): the client's retry is what keeps it."""
+    Every request gets the right answer: Ray Serve routes the requests after the kill to the other
+    replica (and restarts the dead one); a request caught inside the killed replica would fail with
+    a 5xx, which the openai client retries (``max_retries=5``; its retries are counted and printed:
+    none were needed in the runs on the 2-core machine, so there Serve's routing is what kept them)."""
+    import logging
+
     openai = pytest.importorskip("openai")
-    httpx = pytest.importorskip("httpx")
     sys.path.insert(0, str(HERE))
     from test_serve import continuer
 
     prompts = ["Tom liked to", "The next day, it", "His friend Lily", "They played until"]
     reference = continuer(tiny_llama_dir, None)
     want = {p: reference(p, 8) for p in prompts}
-    statuses: list[int] = []
+    retries: list[str] = []  # the openai client's own log of each retry it made
+
+    class Retries(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("Retrying request"):
+                retries.append(record.getMessage())
+
+    log, handler = logging.getLogger("openai"), Retries()
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
     answers: list[tuple[str, str | BaseException]] = []
     killed: list[int] = []
     stop = threading.Event()
     with _serving(head_node, tiny_llama_dir, tmp_path) as url:
-        http = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]}, timeout=120)
-        client = openai.OpenAI(base_url=url, api_key="none", max_retries=5, http_client=http)
+        client = openai.OpenAI(base_url=url, api_key="none", max_retries=5, timeout=120)
 
         def send(i: int) -> None:
             while not stop.is_set():
@@ -228,11 +274,12 @@ def test_serve_loses_no_request_when_a_replica_is_killed_under_load(head_node, t
             stop.set()
             for t in threads:
                 t.join(180)
+            log.removeHandler(handler)
+            log.setLevel(level)
     lost = [(p, a) for p, a in answers if isinstance(a, BaseException)]
     assert killed and not lost, lost[:3]
     assert len(answers) >= 32 and all(a == want[p] for p, a in answers)
-    print(f"{len(answers)} requests answered; HTTP statuses the client saw: "
-          f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }")
+    print(f"{len(answers)} requests answered, {len(retries)} retried by the client")
 
 
 # evaluate / select --cluster: the independent forward passes as Ray tasks -----------------------
