@@ -112,12 +112,15 @@ def _stop_head(port: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             continue
+    current = Path("/tmp/ray/ray_current_cluster")  # what a bare ray.init() would join next
+    if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink(missing_ok=True)
 
 
 def test_explain_on_a_local_ray_instance_equals_the_local_run(patterns, local_run, tmp_path):
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = tmp_path / "out"
         explain_model(ExplainSettings(out=out, patterns=patterns, progress=False, cluster="ray"))
@@ -156,11 +159,15 @@ def test_a_worker_killed_mid_run_is_retried_and_the_run_finishes(head_node, patt
     assert _outputs(out) == local_run
 
 
+SERVE_PORT: dict[str, int] = {}
+
+
 @contextmanager
 def _serving(head_node: str, model_dir: str, tmp_path: Path) -> Iterator[str]:
     """``headcode serve MODEL --replicas 2`` on the cluster at ``head_node``: its OpenAI base URL once
-    both replicas answer; interrupted (Ctrl-C: the deployment is deleted) at the end."""
-    port = _free_port()
+    both replicas answer; interrupted (Ctrl-C: the deployment is deleted) at the end. One port per
+    cluster: Serve's HTTP proxy keeps the port it was first started on."""
+    port = SERVE_PORT.setdefault(head_node, _free_port())
     cmd = [sys.executable, "-m", "headcode.cli", "serve", model_dir, "--replicas", "2", "--cluster",
            f"ray:{head_node}", "--port", str(port), "--name", "tiny", "--max-tokens", "64"]
     log = open(tmp_path / "serve.log", "w+")
@@ -288,7 +295,7 @@ def local_ray():
     """A local Ray instance for the commands run in this process (``--cluster ray`` joins it)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

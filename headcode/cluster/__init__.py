@@ -77,7 +77,8 @@ def connect(spec: ClusterSpec) -> Any:
             if spec.address:
                 ray.init(address=spec.address, log_to_driver=False, runtime_env=env)
             else:
-                ray.init(num_cpus=spec.num_cpus, log_to_driver=False, include_dashboard=False, runtime_env=env)
+                # "local": a new instance, never a cluster a past `ray start` left in /tmp/ray
+                ray.init(address="local", num_cpus=spec.num_cpus, log_to_driver=False, include_dashboard=False, runtime_env=env)
         except ConnectionError as e:
             raise HeadcodeError(f"cannot reach the Ray cluster at {spec.address} ({e}); start it with "
                                 "`ray start --head` there, or fix the address") from e
