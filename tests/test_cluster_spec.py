@@ -29,6 +29,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 def test_ray_is_not_imported_unless_asked_for():
     r = _run("import sys\nfrom headcode.cli import build_parser\nbuild_parser()\n"
              "import headcode.pipeline.explain, headcode.pipeline.serve, headcode.commands.serve\n"
+             "import headcode.pipeline.evaluate, headcode.pipeline.calibrate, headcode.commands.select\n"
              "print('ray' in sys.modules)")
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
@@ -76,3 +77,19 @@ def test_every_llm_request_waits_for_the_limiter(canned_chat):
     calls = []
     b.limiter = lambda: calls.append(1)
     assert b._ask([{"role": "user", "content": "hi"}]) == "a reply" and calls == [1]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "select", "calibrate"])
+def test_evaluate_select_calibrate_name_the_extra_before_loading(tmp_path, command):
+    plan = tmp_path / "plan.safetensors"
+    plan.write_bytes(b"")  # never read: the missing extra is said first
+    out = tmp_path / ("out.json" if command == "evaluate" else "out.safetensors")
+    args = [command, "no/model/needed", "--surrogates", str(plan), "--out", str(out), "--cluster", "ray"]
+    args += ["--fraction", "0.25"] if command == "calibrate" else []
+    r = _run("import sys\nsys.modules['ray'] = None  # as if Ray were not installed\n"
+             f"from headcode.cli import main\nsys.exit(main({args!r}))")
+    assert r.returncode == 1 and "headcode[cluster]" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    if command == "calibrate":  # the fit is one sequential optimisation: --cluster is for choosing heads
+        r = _run(f"from headcode.cli import main\nimport sys\nsys.exit(main({args[:-2]!r}))")
+        assert r.returncode == 1 and "--fraction" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

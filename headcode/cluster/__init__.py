@@ -47,11 +47,25 @@ def parse_cluster(text: str | None) -> ClusterSpec | None:
 
 def require_ray() -> Any:
     """The ``ray`` module, or a one-line error saying how to install it."""
+    _token_auth()  # read when Ray is imported
     try:
         import ray
     except ImportError as e:
         raise HeadcodeError(f"--cluster needs Ray, which is not installed: {INSTALL}") from e
     return ray
+
+
+def _token_auth() -> None:
+    """``ray start --head`` enables token authentication when a token exists (``~/.ray/auth_token``,
+    Ray >= 2.52), but a client joining by address sends its token only with ``RAY_AUTH_MODE=token``
+    (read when Ray is imported): set it when the user has not chosen and a token is there (else the
+    head refuses the client). A local instance started with it uses that token, as Ray does by default."""
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+            or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def connect(spec: ClusterSpec) -> Any:
@@ -63,8 +77,10 @@ def connect(spec: ClusterSpec) -> Any:
             if spec.address:
                 ray.init(address=spec.address, log_to_driver=False, runtime_env=env)
             else:
-                ray.init(num_cpus=spec.num_cpus, log_to_driver=False, include_dashboard=False, runtime_env=env)
+                # "local": a new instance, never a cluster a past `ray start` left in /tmp/ray
+                ray.init(address="local", num_cpus=spec.num_cpus, log_to_driver=False, include_dashboard=False, runtime_env=env)
         except ConnectionError as e:
             raise HeadcodeError(f"cannot reach the Ray cluster at {spec.address} ({e}); start it with "
                                 "`ray start --head` there, or fix the address") from e
     return ray
+

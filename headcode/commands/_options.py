@@ -41,5 +41,12 @@ def add_rank(p: argparse.ArgumentParser, what: str = "heads", d: RankSettings | 
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"texts per forward pass (default {d.batch_size})")
 
 
+def add_cluster(p: argparse.ArgumentParser, what: str) -> None:
+    """``--cluster ray[:ADDRESS]``: the independent forward passes (``what``) as Ray tasks."""
+    p.add_argument("--cluster", default=None, metavar="ray[:ADDRESS]",
+                   help=f"{what} as Ray tasks: ray (a local instance) or ray:ADDRESS (a running cluster); "
+                        "the numbers are the local run's (pip install 'headcode[cluster]')")
+
+
 def rank_from(args: argparse.Namespace) -> RankSettings:
     return RankSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RankSettings)})

@@ -58,6 +58,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", action="store_true",
                    help="then measure perplexity on the test split at the same heads: the programs as explained, "
                         "calibrated, optimal ablation (a constant fitted the same way) and mean-ablation")
+    p.add_argument("--cluster", default=None, metavar="ray[:ADDRESS]",
+                   help="with --fraction: the candidate heads' measured losses as Ray tasks, ray (a local instance) "
+                        "or ray:ADDRESS (the same heads as a local run); the joint fit is one sequential "
+                        "optimisation and runs here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true")
 
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                                            warm_choice=args.warm_choice, warm_start=not args.no_warm_start,
                                            rank=rank_from(args),
                                            max_texts=args.max_texts, max_tokens=args.max_tokens, fit=fit,
-                                           compare=args.compare, progress=not args.no_progress))
+                                           compare=args.compare, progress=not args.no_progress,
+                                           cluster=args.cluster))
     r = res.report
     if args.json:
         print(json.dumps(r))

@@ -14,7 +14,9 @@ attention) both at the surrogates' heads and at the heads each baseline's own cr
 95% Wilson interval, and the paired difference from the base model with a 95% paired-bootstrap
 interval. Writes the JSON report, a table on stdout and plots of perplexity against the share of
 heads replaced next to the report (``--plot`` to choose). An interrupted run resumes: finished
-pieces are kept in OUT.state.json (removed when the report is written).
+pieces are kept in OUT.state.json (removed when the report is written). --cluster ray[:ADDRESS]
+runs the independent forward passes as Ray tasks (the candidates' measured losses, each variant's
+perplexity in shards of texts, QA scores) with the same numbers; fits (--calibrate) stay here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from headcode.commands._options import add_model, add_rank, default, rank_from
+from headcode.commands._options import add_cluster, add_model, add_rank, default, rank_from
 from headcode.kernels.program_head import backends
 from headcode.runtime.evaluation.settings import EvalSettings
 
@@ -85,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"with --calibrate: learning rate of the constants (default {c.lr_constant})")
     p.add_argument("--calibrate-texts-per-step", type=int, default=c.texts_per_step,
                    help=f"with --calibrate: fit texts a step (default {c.texts_per_step})")
+    add_cluster(p, "the candidates' measured losses, each variant's perplexity and QA scores")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         surrogates=Path(args.surrogates), out=Path(args.out), model=args.model, text=args.text, unit=args.unit,
         max_texts=args.max_texts, max_tokens=args.max_tokens, backend=args.backend,
         plot=Path(args.plot) if args.plot else None, save_plan=Path(args.save_plan) if args.save_plan else None,
-        progress=not args.quiet, test_text=tuple(args.test_text), test_tokens=args.test_tokens, evaluation=measured))
+        progress=not args.quiet, test_text=tuple(args.test_text), test_tokens=args.test_tokens, evaluation=measured,
+        cluster=args.cluster))
     print(summary(res.report))
     return 0

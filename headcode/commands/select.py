@@ -7,7 +7,8 @@ Heads are chosen on the corpus's select split by what replacing them does to the
 first-order estimate for every head, then the best candidates measured one by one, in rounds on
 top of the heads already chosen). --whole-groups chooses only whole KV groups (every query head
 sharing a key/value head), so that the KV cache keeps nothing for them; the KV-cache bytes per
-token saved are printed and reported. The plan written holds only the chosen heads, so
+token saved are printed and reported. --cluster ray[:ADDRESS] measures the candidates on Ray
+(one task per candidate; the same heads as a local run). The plan written holds only the chosen heads, so
 `headcode serve`, `headcode bench --surrogates` and `headcode.from_pretrained` use it as is.
 A JSON report (heads, measured losses, cache saving) goes next to it (--report to choose).
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headcode.commands._options import add_model, add_rank, rank_from
+from headcode.commands._options import add_cluster, add_model, add_rank, rank_from
 from headcode.files import write_json
 from headcode.kernels.program_head import backends
 
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the plan written keeps the constants (calibrate it next)")
     p.add_argument("--out", required=True, help="the plan to write (.safetensors), only the chosen heads")
     p.add_argument("--report", default=None, help="report file (default: next to --out, .json)")
+    add_cluster(p, "the candidates' measured losses")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -58,6 +60,7 @@ def summary(report: dict, out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from headcode.cluster.evaluate import executor
     from headcode.compiler.export import save_plan
     from headcode.errors import HeadcodeError
     from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
@@ -69,12 +72,14 @@ def run(args: argparse.Namespace) -> int:
         raise HeadcodeError(f"--fraction {args.fraction} is not in (0, 1]: give the share of all heads")
     if Path(args.out).resolve() == Path(args.surrogates).resolve():
         raise HeadcodeError("--out is the plan being chosen from: write the chosen heads to another file")
+    ex = executor(args.cluster)  # a bad --cluster (or no Ray) is said before the model loads
     lm = load_model(args.model)
     plan = plan_for_model(args.surrogates, lm)
     splits = load_corpus(args.text, args.unit).take(args.max_texts).ids_by_split(lm.tokenizer, args.max_tokens)
     select = splits["select"]
     settings = SelectSettings(fraction=args.fraction, whole_groups=args.whole_groups, rank=rank_from(args),
-                              backend=args.backend, warm=args.warm, progress=not args.quiet)
+                              backend=args.backend, warm=args.warm, progress=not args.quiet,
+                              executor=ex)
     sel = select_plan(lm, plan, select, settings, splits.get("fit", ()))
     report = {**sel.report, "surrogates": str(args.surrogates), "corpus": args.text, "unit": args.unit,
               "plan": str(args.out)}

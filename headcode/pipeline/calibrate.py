@@ -36,6 +36,7 @@ class CalibrateSettings:
     fit: CalibrationSettings = field(default_factory=CalibrationSettings)
     compare: bool = False            # then: perplexity on the test split, explained vs calibrated vs ablations
     progress: bool = True
+    cluster: str | None = None       # ray | ray:ADDRESS: with fraction, the heads' measured losses as Ray tasks (the fit stays here)
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +49,7 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
     """Calibrate ``plan`` (checked against ``lm``) on the fit and select splits of ``s.corpus``."""
     from dataclasses import replace
 
+    from headcode.cluster.evaluate import executor
     from headcode.runtime.calibration.fit import calibrate
     from headcode.runtime.evaluation.heldout import eval_texts
     from headcode.runtime.text import corpus as C
@@ -57,7 +59,8 @@ def calibrate_loaded(lm: Any, plan: Any, s: CalibrateSettings, state_path: Path 
         from headcode.runtime.evaluation.select_plan import SelectSettings, select_plan
 
         plan = select_plan(lm, plan, texts.select, SelectSettings(
-            fraction=s.fraction, warm=s.warm_choice, rank=s.rank, progress=s.progress), texts.fit).plan
+            fraction=s.fraction, warm=s.warm_choice, rank=s.rank, progress=s.progress,
+            executor=executor(s.cluster)), texts.fit).plan
     if s.warm_start and len(plan.compiled_heads()) == len(plan.heads):  # (an uncompiled head: calibrate says so)
         # heads with a surrogate already (calibrated, or warm from the choice) keep it
         from headcode.runtime.calibration.warm import warm_plan
@@ -112,6 +115,12 @@ def calibrate_plan(s: CalibrateSettings) -> CalibrateResult:
         raise HeadcodeError(f"--fraction {s.fraction} is not in (0, 1]: give the share of all heads")
     if not Path(s.surrogates).is_file():  # before the model loads (seconds)
         raise HeadcodeError(f"no surrogate plan at {s.surrogates}: run `headcode compile DIR` (or select) first")
+    if s.cluster is not None:  # a bad --cluster (or no Ray) is said before the model loads
+        from headcode.cluster.evaluate import executor
+
+        if s.fraction is None:
+            raise HeadcodeError("--cluster runs the choice of heads on Ray (the fit is sequential): give --fraction too")
+        executor(s.cluster)
     lm = load_model(s.model)
     plan = plan_for_model(s.surrogates, lm)
     state = out.with_name(out.name + ".state.pt")

@@ -38,6 +38,7 @@ class EvaluateSettings:
     # what is measured (the share of heads, the curve, baselines, QA, how heads are chosen, and
     # calibration: CalibrationSettings in evaluation.calibrate, or None)
     evaluation: EvalSettings = EvalSettings()
+    cluster: str | None = None       # ray | ray:ADDRESS: the independent forward passes as Ray tasks (headcode.cluster)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
     """Write the evaluation report of ``s.surrogates`` on ``s.model`` to ``s.out`` (and the plot).
     ``loaded``: the model, when already loaded. Every bad setting is named in one error before
     anything loads. With ``progress``: one bar, counting forward passes."""
+    from headcode.cluster.evaluate import executor
     from headcode.compiler.export import save_plan
     from headcode.files import write_json
     from headcode.progress import forward_passes
@@ -103,6 +105,7 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
             reasons.append(str(e))
     if reasons:
         raise HeadcodeError("; ".join(reasons))
+    ex = executor(s.cluster)  # a bad --cluster (or no Ray) is said before anything loads
     corpus = load_corpus(s.text, s.unit)
     lm = loaded if loaded is not None else load_model(s.model)
     plan = plan_for_model(s.surrogates, lm)
@@ -118,11 +121,11 @@ def evaluate_plan(s: EvaluateSettings, loaded: Any = None) -> EvaluateResult:
         plan = warm_plan(lm, plan, fit, s.evaluation.rank.batch_size, s.backend, s.progress)
     heads = heads if heads is not None else build_surrogates(plan, lm, backend=s.backend)
     state = EvalState(f"{s.out}.state.json", state_key(s, lm.fingerprint))
-    settings = replace(s.evaluation, progress=False)
+    settings = replace(s.evaluation, progress=False, executor=ex)
     info = {"surrogates": str(s.surrogates), "corpus": s.text, "unit": s.unit, "backend": s.backend,
             "test_text": list(s.test_text), "dropped_for_overlap": et.dropped_for_overlap,
             "uncompiled_heads": sorted(k for k, ch in plan.heads.items() if not ch.compiled)}
-    with forward_passes(lm.model, "evaluate", enabled=s.progress):
+    with forward_passes(lm.model, "evaluate", enabled=s.progress and ex is None):  # its hook would travel with the model
         report = run_evaluation(lm, heads, et.splits(), settings, programs=programs,
                                 plot=str(s.plot or Path(s.out).with_suffix(".png")), info=info, tests=et.tests,
                                 state=state, plan=plan)

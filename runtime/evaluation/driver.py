@@ -139,7 +139,7 @@ def choose_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], select: Sequence[
         if done is not None:
             return ranking_from_json(done)
         r = rank_heads(loaded, fns, select, n_measure=s.rank.n_measure(k_main), progress=s.progress,
-                       budget=k_main, **s.rank.kwargs())
+                       budget=k_main, executor=s.executor, **s.rank.kwargs())
         state.put(f"ranking|{name}|{heads_key(fns)}", ranking_to_json(r))
         return r
 
@@ -170,19 +170,41 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
     return out
 
 
+def _ppl_key(t: TestSet, name: str, fns: Mapping[HeadRef, HeadFn]) -> str:
+    return f"ppl|{t.name}|{t.n_tokens}|{_kind(name)}|{heads_key(fns)}"
+
+
+def _fetch_perplexities(loaded: Any, tests: Sequence[TestSet], rows: Sequence[tuple[float, dict]],
+                        s: EvalSettings, state: EvalState) -> None:
+    """Every perplexity ``perplexity_curves`` needs and ``state`` lacks, through ``s.executor`` (all
+    at once, each kept in ``state`` as it finishes): the curves then read them from ``state``."""
+    keys: dict[str, tuple[Mapping[HeadRef, HeadFn], Sequence[np.ndarray]]] = {}
+    for t in tests:
+        for name, fns in [("base", {})] + [(n, f) for _, v in rows for n, f in v.items() if f]:
+            key = _ppl_key(t, name, fns)
+            if state.get(key) is None:
+                keys.setdefault(key, (fns, t.texts))
+    order = list(keys)
+    for i, loss in s.executor.token_losses(loaded, [keys[k] for k in order], s.rank.batch_size):
+        state.put(order[i], loss.perplexity)
+
+
 def perplexity_curves(loaded: Any, tests: Sequence[TestSet], rows: Sequence[tuple[float, dict]],
                       s: EvalSettings, state: EvalState | None = None) -> dict[str, dict]:
     """Per test set: its size, the base perplexity and one row per fraction (every variant's
-    perplexity; with no head replaced, every variant is the base model)."""
+    perplexity; with no head replaced, every variant is the base model). With ``s.executor``,
+    every perplexity is measured through it first (``_fetch_perplexities``)."""
     total = loaded.n_layers * loaded.n_heads
     state = state or EvalState(None, "")
-    out = {}
     for t in tests:
         if t.n_predicted == 0:
             raise HeadcodeError(f"test set {t.name} ({t.source}) has no text with two or more tokens")
-
+    if s.executor is not None:
+        _fetch_perplexities(loaded, tests, rows, s, state)
+    out = {}
+    for t in tests:
         def ppl(name: str, fns: Mapping[HeadRef, HeadFn], desc: str, t: TestSet = t) -> float:
-            key = f"ppl|{t.name}|{t.n_tokens}|{_kind(name)}|{heads_key(fns)}"
+            key = _ppl_key(t, name, fns)
             done = state.get(key)
             return float(done) if done is not None else state.put(key, _ppl(loaded, fns, t.texts, s, desc))
 
@@ -208,14 +230,27 @@ def _qa(loaded: Any, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef, He
                 for f in fractions}
     model_score = model_scorer(loaded, lambda fns, work: _with(loaded, fns, work), 2 * s.rank.batch_size, s.progress)
 
+    def key(task: str, name: str, fns: Mapping[HeadRef, HeadFn], qs: Sequence) -> str:
+        return f"qa|{task}|{len(qs)}|{_kind(name)}|{heads_key(fns)}"
+
     def score(task: str, name: str, fns: Mapping[HeadRef, HeadFn], qs: Sequence) -> list[np.ndarray]:
-        key = f"qa|{task}|{len(qs)}|{_kind(name)}|{heads_key(fns)}"
-        done = state.get(key)
+        done = state.get(key(task, name, fns, qs))
         if done is None:
-            done = state.put(key, [np.asarray(x).tolist() for x in model_score(task, name, fns, qs)])
+            done = state.put(key(task, name, fns, qs), [np.asarray(x).tolist() for x in model_score(task, name, fns, qs)])
         return [np.asarray(x, dtype=np.float64) for x in done]
 
-    return qa_with_intervals(loaded.tokenizer, s.qa_tasks, s.qa_limit, variants, score, s.progress)
+    def fetch(task: str, qs: Sequence) -> None:
+        """Every score of ``task`` that ``state`` lacks, through ``s.executor`` (all at once)."""
+        jobs: dict[str, Mapping[HeadRef, HeadFn]] = {}
+        for name, fns in [("base", {})] + [(n, f) for named in variants.values() for n, f in named.items()]:
+            if state.get(key(task, name, fns, qs)) is None:
+                jobs.setdefault(key(task, name, fns, qs), fns)
+        order = list(jobs)
+        for i, scores in s.executor.choice_scores(loaded, [jobs[k] for k in order], qs, 2 * s.rank.batch_size):
+            state.put(order[i], [np.asarray(x).tolist() for x in scores])
+
+    return qa_with_intervals(loaded.tokenizer, s.qa_tasks, s.qa_limit, variants, score, s.progress,
+                             fetch if s.executor is not None else None)
 
 
 def plot_curve(curve: Sequence[dict], base: float, path: str, title: str) -> str:

@@ -35,6 +35,15 @@ class Loss:
     nll: float
     n_tokens: int
 
+    @staticmethod
+    def of(parts: Sequence[tuple[float, int]]) -> Loss:
+        """From ``batch_logprobs``' pieces, summed in their order (the order fixes the last digit)."""
+        nll, n = 0.0, 0
+        for lp, k in parts:
+            nll -= lp
+            n += k
+        return Loss(nll, n)
+
     @property
     def mean(self) -> float:
         return self.nll / max(self.n_tokens, 1)
@@ -47,18 +56,33 @@ class Loss:
 def token_loss(model: torch.nn.Module, texts: Sequence[np.ndarray], tokenizer: Any = None,
                batch_size: int = 8, progress: bool = False, desc: str = "loss") -> Loss:
     """Next-token loss over every text (token ids each), every position after the first."""
+    return Loss.of(batch_logprobs(model, texts, tokenizer, batch_size, None, progress, desc))
+
+
+def loss_texts(texts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The texts a loss is measured on (two or more tokens); refuses none."""
     texts = [np.asarray(t) for t in texts if len(t) > 1]
     if not texts:
         raise HeadcodeError("no text with two or more tokens to measure the loss on")
-    nll, n = 0.0, 0
+    return texts
+
+
+def batch_logprobs(model: torch.nn.Module, texts: Sequence[np.ndarray], tokenizer: Any = None, batch_size: int = 8,
+                   batches: Sequence[int] | None = None, progress: bool = False,
+                   desc: str = "loss") -> list[tuple[float, int]]:
+    """Per batch of ``texts`` (as ``token_loss`` batches them; only the batches numbered in
+    ``batches``, default all): ``(summed log-probability of the predicted tokens, their count)``.
+    ``Loss.of`` of all of them, in order, is ``token_loss`` to the last digit."""
+    padded = PaddedBatches(loss_texts(texts), batch_size, pad_id(tokenizer))
+    if batches is not None:
+        padded.batches = [padded.batches[i] for i in batches]
+    out = []
     with torch.no_grad():
-        for _, ids, mask in tqdm(PaddedBatches(texts, batch_size, pad_id(tokenizer)), desc=desc, unit="batch",
-                                 disable=not progress, leave=False):
+        for _, ids, mask in tqdm(padded, desc=desc, unit="batch", disable=not progress, leave=False):
             lp = _logprobs(model, ids, mask)
             m = mask[:, 1:].bool()
-            nll -= float(lp[m].double().sum())
-            n += int(m.sum())
-    return Loss(nll, n)
+            out.append((float(lp[m].double().sum()), int(m.sum())))
+    return out
 
 
 def head_output_means(loaded: Any, texts: Sequence[np.ndarray], batch_size: int = 8,
@@ -151,17 +175,45 @@ def load_questions(tokenizer: Any, task: str, limit: int | None = None, variant:
 def choice_logprobs(model: torch.nn.Module, questions: Sequence[Question], tokenizer: Any = None,
                     batch_size: int = 16, progress: bool = False, desc: str = "qa") -> list[np.ndarray]:
     """Per question, the summed log-probability of each choice's continuation given the context."""
-    items = [(qi, ci, np.concatenate([q.context, c])) for qi, q in enumerate(questions)
-             for ci, c in enumerate(q.continuations)]
-    scores = [np.zeros(len(q.continuations)) for q in questions]
+    return choice_scores(questions, item_logprobs(model, questions, tokenizer, batch_size, None, progress, desc))
+
+
+def _items(questions: Sequence[Question]) -> list[tuple[int, int, np.ndarray]]:
+    """``(question, choice, context + continuation)`` for every choice of every question."""
+    return [(qi, ci, np.concatenate([q.context, c])) for qi, q in enumerate(questions)
+            for ci, c in enumerate(q.continuations)]
+
+
+def item_batches(questions: Sequence[Question], batch_size: int = 16) -> int:
+    """How many batches ``choice_logprobs`` runs for ``questions``."""
+    return len(PaddedBatches(_items(questions), batch_size))
+
+
+def item_logprobs(model: torch.nn.Module, questions: Sequence[Question], tokenizer: Any = None, batch_size: int = 16,
+                  batches: Sequence[int] | None = None, progress: bool = False,
+                  desc: str = "qa") -> dict[tuple[int, int], float]:
+    """``{(question, choice): summed log-probability of the continuation}`` over the batches
+    numbered in ``batches`` (default all) of ``choice_logprobs``' batching."""
+    items = _items(questions)
+    padded = PaddedBatches([s for _, _, s in items], batch_size, pad_id(tokenizer))
+    if batches is not None:
+        padded.batches = [padded.batches[i] for i in batches]
+    out = {}
     with torch.no_grad():
-        for idx, ids, mask in tqdm(PaddedBatches([s for _, _, s in items], batch_size, pad_id(tokenizer)),
-                                   desc=desc, unit="batch", disable=not progress, leave=False):
+        for idx, ids, mask in tqdm(padded, desc=desc, unit="batch", disable=not progress, leave=False):
             lp = _logprobs(model, ids, mask)
             for b, i in enumerate(idx):
                 qi, ci, seq = items[i]
                 n_ctx = len(questions[qi].context)
-                scores[qi][ci] = float(lp[b, n_ctx - 1: len(seq) - 1].double().sum())
+                out[qi, ci] = float(lp[b, n_ctx - 1: len(seq) - 1].double().sum())
+    return out
+
+
+def choice_scores(questions: Sequence[Question], logprobs: dict[tuple[int, int], float]) -> list[np.ndarray]:
+    """``item_logprobs``' values (every batch's, merged) as one array of choices per question."""
+    scores = [np.zeros(len(q.continuations)) for q in questions]
+    for (qi, ci), v in logprobs.items():
+        scores[qi][ci] = v
     return scores
 
 

@@ -36,16 +36,20 @@ Scorer = Callable[[str, str, Mapping[Any, Any], Sequence[Question]], list[np.nda
 
 def qa_with_intervals(tokenizer: Any, tasks: Sequence[str], limit: int | None,
                       variants: Mapping[str, Mapping[str, Mapping[Any, Any]]], score: Scorer,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False,
+                      fetch: Callable[[str, Sequence[Question]], None] | None = None) -> dict[str, Any]:
     """``variants[label][name]``: the heads replaced (``{HeadRef: HeadFn}``) for variant ``name`` at
     ``label`` (a share of heads, e.g. ``"0.25"``); ``score(task, name, fns, questions)`` gives per
     question the log-probability of each choice with ``fns`` in place (``name`` ``base``: none). Returns
-    ``{"interval": method, "tasks": {task: {"n", "base", "at": {label: {name: entry}}}}}``."""
+    ``{"interval": method, "tasks": {task: {"n", "base", "at": {label: {name: entry}}}}}``.
+    ``fetch(task, questions)``: called once per task before any ``score`` (to score every variant at once)."""
     out: dict[str, Any] = {"interval": METHOD, "tasks": {}}
     n_runs = len(tasks) * (1 + sum(len(v) for v in variants.values()))
     bar = tqdm(total=n_runs, desc="qa", unit="run", disable=not progress, leave=False)
     for task in tasks:
         qs = load_questions(tokenizer, task, limit)
+        if fetch is not None:
+            fetch(task, qs)
         base = qa_correct(qs, score(task, "base", {}, qs))
         bar.update()
         res: dict[str, Any] = {"n": len(qs), "base": score_entry(base, None), "at": {}}

@@ -32,6 +32,7 @@ class SelectSettings:
     backend: str = "numba"
     warm: bool = False              # choose with each head's warm constant (its mean residual on fit texts)
     progress: bool = True
+    executor: Any = None            # where the measured losses run (runtime.evaluation.parallel; None: here)
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +73,7 @@ def select_plan(loaded: Any, plan: SurrogatePlan, select_texts: Sequence[np.ndar
     total = loaded.n_layers * loaded.n_heads
     k = int(round(s.fraction * total))
     group = loaded.n_heads // loaded.n_kv_heads
-    kw = dict(progress=s.progress, **s.rank.kwargs())
+    kw = dict(progress=s.progress, executor=s.executor, **s.rank.kwargs())
     if s.whole_groups:
         n_groups = max(1, int(round(k / group)))
         ranking = rank_groups(loaded, fns, select_texts, n_groups, s.rank.n_measure(n_groups), **kw)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from headcode.errors import HeadcodeError
 from headcode.runtime.evaluation.measures import _logprobs, token_loss
+from headcode.runtime.evaluation.parallel import LOCAL, Executor
 from headcode.runtime.model.attention import neural_attention, use_headcode_attention
 from headcode.runtime.model.batching import PaddedBatches, pad_id
 from headcode.runtime.model.capture import attached, attention_modules
@@ -141,18 +142,18 @@ def loss_with(loaded: Any, fns: Mapping[HeadRef, HeadFn], texts: Sequence[np.nda
 
 def choose_in_rounds(loaded: Any, heads: Mapping[HeadRef, HeadFn], units: Mapping[Any, tuple[HeadRef, ...]],
                      texts: Sequence[np.ndarray], sub: Sequence[np.ndarray], budget: int, n_measure: int,
-                     rounds: int, batch_size: int, progress: bool) -> tuple[list, dict, dict, float]:
+                     rounds: int, batch_size: int, progress: bool,
+                     executor: Executor | None = None) -> tuple[list, dict, dict, float]:
     """Choose ``budget`` units (a head, or the heads of a KV group) in ``rounds``: each round
     estimates every remaining unit (the sum of its heads' first-order estimates) on top of the
-    units already chosen, measures the best candidates exactly on ``sub``, and keeps the best
+    units already chosen, measures the best candidates exactly on ``sub`` (through ``executor``:
+    each candidate's loss is one forward pass, independent of the others), and keeps the best
     measured. Returns ``(chosen, measured, estimate, base loss)``."""
-    from headcode.runtime.evaluation.prefix import BasePrefix
-
     chosen: list = []
     measured: dict = {}
     est: dict = {}
     base_loss = None
-    prefix = BasePrefix(loaded, list(sub), batch_size)  # measured losses replay the base model below
+    losses = (executor or LOCAL).set_losses(loaded, heads, sub, batch_size)  # replays the base model below
     for r in range(rounds):
         left = [u for u in units if u not in chosen]
         fixed = {h: heads[h] for u in chosen for h in units[u]}
@@ -165,10 +166,9 @@ def choose_in_rounds(loaded: Any, heads: Mapping[HeadRef, HeadFn], units: Mappin
                                         batch_size, progress, fixed)
             est = {u: sum(per_head[h] for h in units[u]) for u in left}
             cands = sorted(left, key=lambda u: est[u])[:n_meas]
-        base = prefix.mean_loss(fixed)
+        base, *with_unit = losses([list(fixed)] + [list(fixed) + list(units[u]) for u in cands], progress)
         base_loss = base if base_loss is None else base_loss
-        meas = {u: prefix.mean_loss({**fixed, **{h: heads[h] for h in units[u]}}) - base
-                for u in tqdm(cands, desc="measure", unit="unit", disable=not progress, leave=False)}
+        meas = {u: loss - base for u, loss in zip(cands, with_unit)}
         measured.update(meas)
         chosen += sorted(meas, key=lambda u: meas[u])[:n_pick]
     return chosen, measured, est, float(base_loss)
@@ -185,19 +185,22 @@ def select_texts_for_ranking(texts: Sequence[np.ndarray], measure_texts: int,
 
 def rank_heads(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray],
                n_measure: int, measure_texts: int = 8, measure_tokens: int = 128, batch_size: int = 8,
-               progress: bool = False, budget: int | None = None, rounds: int = 1) -> Ranking:
+               progress: bool = False, budget: int | None = None, rounds: int = 1,
+               executor: Executor | None = None) -> Ranking:
     """Rank ``heads`` by their effect on the loss over ``texts`` (the select split).
 
     ``rounds > 1``: the first ``budget`` heads are chosen in that many rounds, each estimating
     and measuring on top of the heads already chosen (replacements interact: two heads that
-    are harmless alone can hurt together); ``n_measure`` heads are measured over all rounds."""
+    are harmless alone can hurt together); ``n_measure`` heads are measured over all rounds.
+    ``executor``: where the measured losses run (``runtime.evaluation.parallel``; default here)."""
     if not heads:
         raise HeadcodeError("no candidate heads to rank: the surrogate plan is empty")
     texts, sub = select_texts_for_ranking(texts, measure_texts, measure_tokens)
     budget = min(len(heads), n_measure if budget is None else budget)
     rounds = max(1, min(rounds, budget))
     chosen, measured, est, base_loss = choose_in_rounds(loaded, heads, {h: (h,) for h in heads}, texts, sub,
-                                                        budget, n_measure, rounds, batch_size, progress)
+                                                        budget, n_measure, rounds, batch_size, progress,
+                                                        executor)
     if len(chosen) < len(heads) and not est:
         est = estimate_effects(loaded, heads, texts, batch_size, progress, {h: heads[h] for h in chosen})
     rest = sorted((h for h in heads if h not in chosen), key=lambda h: (h not in measured, measured.get(h, est.get(h, 0.0))))

@@ -90,9 +90,10 @@ class GroupRanking:
 
 def rank_groups(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np.ndarray], budget: int,
                 n_measure: int, measure_texts: int = 8, measure_tokens: int = 128, batch_size: int = 8,
-                progress: bool = False, rounds: int = 1) -> GroupRanking:
+                progress: bool = False, rounds: int = 1, executor: Any = None) -> GroupRanking:
     """Choose ``budget`` whole KV groups among those ``heads`` complete, by their effect on the loss
-    over ``texts`` (the select split); ``n_measure`` groups are measured exactly over all rounds."""
+    over ``texts`` (the select split); ``n_measure`` groups are measured exactly over all rounds
+    (through ``executor``, as ``rank_heads``)."""
     groups = kv_groups(heads, loaded.n_heads, loaded.n_kv_heads)
     if not groups:
         raise HeadcodeError("no KV group has programs for all its query heads in this plan: compile every "
@@ -102,7 +103,8 @@ def rank_groups(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Sequence[np
     rounds = max(1, min(rounds, budget or 1))
     n_measure = max(n_measure, budget)
     chosen, measured, est, base_loss = choose_in_rounds(loaded, heads, {g: g.heads for g in groups}, texts, sub,
-                                                        budget, n_measure, rounds, batch_size, progress)
+                                                        budget, n_measure, rounds, batch_size, progress,
+                                                        executor)
     method = (f"whole KV groups, {rounds} round(s), each: first-order loss change of every remaining group "
               "(the sum of its heads') on top of the groups already chosen (select split), then the loss "
               f"increase measured for the best candidates ({len(measured)} groups measured in all)")

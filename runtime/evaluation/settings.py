@@ -51,3 +51,6 @@ class EvalSettings:
     # them); off, they are chosen with the programs as explained, which measured better (README)
     warm_choice: bool = False
     progress: bool = True
+    # where the independent passes run (runtime.evaluation.parallel.Executor): the measured losses of
+    # choosing heads, each variant's perplexity, QA scores; None: in this process, one after the other
+    executor: Any = None
