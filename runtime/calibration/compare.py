@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from headcode.compiler.head import SurrogatePlan
-from headcode.runtime.calibration.fit import CalibrationSettings, calibrate
+from headcode.runtime.calibration.fit import CalibrationSettings, fit_constants
 from headcode.runtime.evaluation.measures import head_output_means, token_loss
 from headcode.runtime.model.heads import HeadRef
 from headcode.runtime.surrogate.apply import apply_plan, build_surrogates
@@ -43,8 +43,9 @@ def compare(loaded: Any, calibrated: SurrogatePlan, fit: Sequence[np.ndarray], s
     each with its excess over the base in percent."""
     settings = settings or CalibrationSettings()
     heads = [HeadRef.parse(k) for k in calibrated.heads]
-    constants = calibrate(loaded, explained(calibrated), fit, select, replace(settings, constant_only=True)).constants
     means = head_output_means(loaded, list(fit), batch_size, settings.progress)
+    # optimal ablation starts at mean-ablation: early stopping on the select split can only improve on it
+    constants = fit_constants(loaded, heads, fit, select, settings, start=means)
     variants = {
         "explained": build_surrogates(explained(calibrated), loaded),
         "calibrated": build_surrogates(calibrated, loaded),

@@ -129,10 +129,14 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
 
 
 def fit_constants(loaded: Any, heads: Sequence[HeadRef], fit: Sequence[np.ndarray], select: Sequence[np.ndarray],
-                  settings: CalibrationSettings = CalibrationSettings()) -> dict[HeadRef, torch.Tensor]:
-    """Optimal ablation at ``heads``: a constant output per head, fitted jointly like ``calibrate``."""
+                  settings: CalibrationSettings = CalibrationSettings(),
+                  start: Any = None) -> dict[HeadRef, torch.Tensor]:
+    """Optimal ablation at ``heads``: a constant output per head, fitted jointly like ``calibrate``.
+    ``start [L, H, D]``: where each constant starts — the heads' mean outputs (mean-ablation), so the
+    select split's early stopping can only improve on mean-ablation; None: zero."""
     base_fit, base_sel = _prepare(loaded, fit, select, settings, None)
-    trainables = {h: TrainableHead(None, loaded.head_dim) for h in heads}
+    trainables = {h: TrainableHead(None, loaded.head_dim, None if start is None else start[h.layer, h.head])
+                  for h in heads}
     _fit(loaded.model, trainables, fit, select, base_fit, base_sel, settings, None)
     return {h: t.constant.detach().clone() for h, t in trainables.items()}
 

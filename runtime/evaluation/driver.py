@@ -85,10 +85,10 @@ class Ablations:
 
         if not heads:
             return {}
-        key = f"optimal|{heads_key(heads)}"
+        key = f"optimal-from-mean|{heads_key(heads)}"  # (earlier runs' constants started at zero)
         done = self.state.get(key)
         if done is None:
-            c = fit_constants(self.loaded, list(heads), self.fit, self.select, self._settings())
+            c = fit_constants(self.loaded, list(heads), self.fit, self.select, self._settings(), start=self.means)
             done = self.state.put(key, {str(h): v.tolist() for h, v in c.items()})
         return {h: MeanHead(torch.tensor(done[str(h)], dtype=torch.float32)) for h in heads}
 
@@ -326,7 +326,8 @@ def run_evaluation(loaded: Any, heads: Mapping[HeadRef, HeadFn], texts: Mapping[
     fit = list(texts.get("fit", ())) or select
     means = Ablations(loaded, fit, select, state or EvalState(None, ""), s.progress, plan, s.calibrate,
                       getattr(next(iter(heads.values()), None), "backend", "numba"))
-    if "mean_ablation" in set(s.baselines) | set(s.own_choice) | set(s.qa_baselines):
+    # optimal ablation's constants start at the heads' mean outputs (mean-ablation)
+    if {"mean_ablation", OPTIMAL} & (set(s.baselines) | set(s.own_choice) | set(s.qa_baselines)):
         means.means = head_output_means(loaded, fit, s.rank.batch_size, s.progress)
     rankings = choose_heads(loaded, heads, select, means, s, state)
     t_rank = time.time()

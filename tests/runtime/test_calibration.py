@@ -230,3 +230,29 @@ def test_a_malformed_surrogate_in_a_plan_file_is_refused_at_load(calibrated, tmp
         with pytest.raises(HeadcodeError, match="surrogate:") as e:
             load_plan(path)
         assert "\n" not in str(e.value)
+
+
+def test_optimal_ablation_starts_at_mean_ablation_and_never_ends_worse_on_select(tiny_llama_dir):
+    """The constants start at the heads' mean outputs: with no step they are those means, and the
+    select split's early stopping keeps a fit only where it beats that start."""
+    from headcode.runtime.calibration.fit import _mean_kl, _targets, fit_constants
+    from headcode.runtime.evaluation.measures import head_output_means
+    from headcode.runtime.surrogate.apply import apply_plan
+    from headcode.runtime.surrogate.replacements import MeanHead
+
+    lm = load_model(tiny_llama_dir)
+    fit, select = _texts(lm, 6, 1), _texts(lm, 4, 2)
+    heads = [HeadRef(0, 1), HeadRef(1, 2)]
+    means = head_output_means(lm, fit)
+    s = CalibrationSettings(steps=0, progress=False)
+    at_start = fit_constants(lm, heads, fit, select, s, start=means)
+    for h in heads:
+        assert torch.allclose(at_start[h].double(), means[h.layer, h.head].double())
+
+    def select_kl(constants) -> float:
+        with apply_plan(lm.model, {h: MeanHead(constants[h]) for h in heads}):
+            return _mean_kl(lm.model, select, base)
+
+    base = _targets(lm.model, select)
+    fitted = fit_constants(lm, heads, fit, select, dataclasses.replace(s, steps=40, eval_every=10, lr_constant=0.05), start=means)
+    assert select_kl(fitted) <= select_kl({h: means[h.layer, h.head] for h in heads}) + 1e-6
