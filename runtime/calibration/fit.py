@@ -1,14 +1,16 @@
 """Fit every replaced head at once for what the model needs: KL(base ‖ replaced) on the fit split.
 
 ``calibrate(loaded, plan, fit, select, settings)`` puts a ``TrainableHead`` in place of each head
-of ``plan`` (weights start at the explanation's, constants at zero), freezes the base model, and
+of ``plan`` (weights start at the explanation's, constants at the plan's — a warm constant — or
+zero), freezes the base model, and
 runs Adam on the mean per-token KL between the base model's next-token distribution (computed
 once per text, without the plan) and the replaced model's, one fit text a step, in a fixed order
 from ``seed``. Every ``eval_every`` steps the KL on the select texts decides: the best parameters
 are kept, and the fit stops after ``patience`` evaluations without a gain (it cannot over-fit
 the fit split). The test split is never an argument. A state file makes it resumable.
 
-``constant_only=True`` fits a constant per head with no program: the optimal-ablation baseline.
+``fit_constants`` fits a constant per head with no program, starting at mean-ablation: the
+optimal-ablation baseline.
 """
 
 from __future__ import annotations
@@ -42,13 +44,12 @@ class CalibrationSettings:
     eval_every: int = 25            # steps between select-split evaluations
     patience: int = 4               # evaluations without a gain before stopping
     seed: int = 0
-    constant_only: bool = False     # optimal ablation: a constant per head, no program
     progress: bool = True
 
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
-    plan: SurrogatePlan | None      # every head with its surrogate (None when constant_only)
+    plan: SurrogatePlan             # every head with its surrogate
     constants: dict[HeadRef, torch.Tensor]                 # each head's fitted constant output [D]
     report: dict[str, Any] = field(default_factory=dict)   # KL per evaluation, steps, best
 
@@ -74,14 +75,14 @@ def _mean_kl(model: torch.nn.Module, texts: Sequence[np.ndarray], base: Sequence
         return float(np.mean([float(_kl(b.float(), _log_probs(model, t))) for t, b in zip(texts, base)]))
 
 
-def _heads(plan: SurrogatePlan, head_dim: int, constant_only: bool) -> dict[HeadRef, TrainableHead]:
+def _heads(plan: SurrogatePlan, head_dim: int) -> dict[HeadRef, TrainableHead]:
     out = {}
     for key, h in plan.heads.items():
         if not h.compiled:
             raise HeadcodeError(f"head {key} of the plan is not compiled ({'; '.join(h.reasons)[:100]}): "
                                 "calibrate a plan of compiled heads (headcode select keeps only those)")
         c = torch.tensor(h.constant, dtype=torch.float64) if h.constant else None
-        out[HeadRef.parse(key)] = TrainableHead(None if constant_only else h, head_dim, c)
+        out[HeadRef.parse(key)] = TrainableHead(h, head_dim, c)
     return out
 
 
@@ -120,11 +121,10 @@ def calibrate(loaded: Any, plan: SurrogatePlan, fit: Sequence[np.ndarray], selec
     """The plan's heads with surrogates fitted jointly (``plan`` checked against ``loaded``).
     ``teacher(ids) -> [T - 1, V]`` log-probabilities to match (default: the base model itself)."""
     base_fit, base_sel = _prepare(loaded, fit, select, settings, teacher)
-    heads = _heads(plan, loaded.head_dim, settings.constant_only)
+    heads = _heads(plan, loaded.head_dim)
     report = _fit(loaded.model, heads, fit, select, base_fit, base_sel, settings, state_path)
     constants = {h: t.constant.detach().clone() for h, t in heads.items()}
-    fitted = None if settings.constant_only else _calibrated_plan(plan, heads, settings, report["kl_select_best"],
-                                                                  report["steps"])
+    fitted = _calibrated_plan(plan, heads, settings, report["kl_select_best"], report["steps"])
     return Calibration(fitted, constants, report)
 
 

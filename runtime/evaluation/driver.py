@@ -75,7 +75,7 @@ class Ablations:
 
         from headcode.runtime.calibration.fit import CalibrationSettings
 
-        return replace(self.calibration or CalibrationSettings(), progress=self.progress, constant_only=False)
+        return replace(self.calibration or CalibrationSettings(), progress=self.progress)
 
     def constants_at(self, heads: Sequence[HeadRef]) -> dict[HeadRef, HeadFn]:
         import torch
