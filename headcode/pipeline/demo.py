@@ -29,7 +29,7 @@ class DemoSettings:
     # choosing the heads to replace is most of the evaluation's time: the demo measures fewer
     # candidates, on fewer select texts, in fewer rounds than `headcode evaluate` does by default
     rank: RankSettings = RankSettings(rounds=2, measure_texts=4, measure_factor=1.2)
-    # calibration (issue 19): heads chosen with warm constants, then the chosen surrogates fitted jointly
+    # calibration (issue 19): heads chosen with the programs as explained, then their surrogates fitted jointly
     # for the model, beside the programs as explained and optimal ablation at the same heads; the plan
     # written to DIR/calibrated.safetensors is what runs. Fewer steps than `calibrate`'s default: time.
     calibrate: bool = True
