@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "each is one more choice of heads on the select split)")
     p.add_argument("--qa-at", default="", help="QA also at these fractions, e.g. 0.5 (the --fraction always)")
     p.add_argument("--qa-baselines", default=",".join(e.qa_baselines),
-                   help=f"baselines measured on QA, at the surrogates' heads and their own (default {','.join(e.qa_baselines)})")
+                   help=f"baselines measured on QA, at the surrogates' heads and their own (default {','.join(e.qa_baselines)}; "
+                        "'none' for none; the surrogates, and with --calibrate the calibrated ones, always are)")
     p.add_argument("--qa", default=None, help=f"comma list of QA tasks, e.g. {','.join(QA_TASKS)} (default none)")
     p.add_argument("--qa-limit", type=int, default=e.qa_limit, help=f"questions per QA task (default {e.qa_limit})")
     curve = ",".join(f"{x:g}" for x in e.curve)

@@ -158,7 +158,7 @@ def variants_at(k: int, rankings: Mapping[str, Ranking], heads: Mapping[HeadRef,
     baseline at those same heads, and each baseline ranked by its own criterion at its own ``k``."""
     chosen = rankings["surrogate"].take(min(k, len(heads)))
     out = {"surrogate": {h: heads[h] for h in chosen}}
-    if s.calibrate is not None and baselines is None:
+    if s.calibrate is not None:  # on perplexity and on QA alike (``baselines``: only the baselines')
         out[CALIBRATED] = means.calibrated_at(chosen)
         if s.warm_choice:  # else the surrogates as chosen are the programs as explained
             out[EXPLAINED] = means.explained_at(chosen)

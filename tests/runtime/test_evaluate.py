@@ -202,7 +202,8 @@ def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tin
     assert main(["evaluate", tiny_gpt2_dir, "--surrogates", str(tmp_path / "s.safetensors"), "--fraction", "0.25",
                  "--text", str(corpus), "--out", str(out), "--quiet", "--measure-texts", "2", "--curve", "0,0.25",
                  "--baselines", "mean_ablation", "--calibrate", "--calibrate-steps", "4",
-                 "--save-plan", str(saved)] + ["--warm-choice"] * warm_choice) == 0
+                 "--save-plan", str(saved), "--qa", "arc_easy", "--qa-limit", "3", "--qa-baselines", "none"]
+                + ["--warm-choice"] * warm_choice) == 0
     r = json.loads(out.read_text())
     row = r["curve"][-1]
     want = {"surrogate", "calibrated", "mean_ablation", "mean_ablation_own", "optimal_ablation",
@@ -210,6 +211,9 @@ def test_evaluate_calibrate_reports_every_variant_and_saves_what_it_measured(tin
     assert want <= set(row) and all(row[k] > 1 for k in want)
     assert ("explained" in row) == warm_choice  # without the warm choice, the surrogates as chosen are the programs
     assert r["calibration"]["fits"]["calibrated@2"]["steps"] == 4
+    qa = r["qa"]["arc_easy"]  # QA scores the calibrated surrogates too, with their paired difference
+    assert {"surrogate", "calibrated"} | ({"explained"} if warm_choice else set()) <= set(qa)
+    assert qa["n"] == 3 and qa["calibrated"].keys() == qa["surrogate"].keys()
     plan = load_plan(saved)
     assert list(plan.heads) == [h["head"] for h in r["heads_replaced"]]
     assert all("jointly" in h.surrogate.fitted for h in plan.heads.values())
