@@ -130,7 +130,8 @@ def test_stream_from_zero_vs_fused(benchmark, heads, T, name):
     """The decoding-state kernel (``stream_cpu``) run over a whole sequence from a zero state, and
     the fused full-sequence kernel (``numba_cpu``, the ``numba`` backend's prefill) on the same
     head, timed in alternation (a loaded machine moves both alike): ``extra_info.stream_over_fused``
-    is the ratio of their medians. Measured (issue 21, 2 shared cores): 2-23x, median 4.9x, so both stay."""
+    is the ratio of their medians. Measured (issue 21, 2 shared cores): 2-23x, median 4.9x;
+    again at 3726edf: 2.2-8.6x, median 4.1x, so both stay."""
     from headcode.kernels.program_head import backends
     from headcode.kernels.program_head.numba_cpu import program_head_numba
     from headcode.kernels.program_head.stream import LayerProgram
