@@ -129,7 +129,7 @@ class OfflineBackend:
     def _select_values(self, patterns: HeadPatterns, select: list[int], keys: list[str]) -> None:
         """Values of the select texts stacked per KV head, and each select stack's entries as
         rows of that stack (for exact output errors)."""
-        self._sel_true: dict[str, np.ndarray] = {}  # one head's true select outputs per class (``_exact``)
+        self._sel_true: dict[tuple[str, int], np.ndarray] = {}  # one head's true select outputs (``_exact``)
         self._sel_values: list[np.ndarray] = []
         self._sel_index: dict[str, np.ndarray] = {}
         if not patterns.values:
@@ -244,10 +244,10 @@ class OfflineBackend:
         idx, vals = self._sel_index[key], self._sel_values[kv]
         indptr = np.append(sel.starts, idx.size)
         R, N = sel.n_rows, vals.shape[0]
-        if key not in self._sel_true:
+        if (key, h) not in self._sel_true:
             a = sel.targets(self.patterns.packed, h).astype(np.float64)
-            self._sel_true[key] = sp.csr_matrix((a, idx, indptr), shape=(R, N)) @ vals
-        z = self._sel_true[key]
+            self._sel_true[(key, h)] = sp.csr_matrix((a, idx, indptr), shape=(R, N)) @ vals
+        z = self._sel_true[(key, h)]
         out = sp.csr_matrix((mixture_rows(sel, w), idx, indptr), shape=(R, N)) @ vals
         return float(np.square(out - z).sum()), float(np.square(z).sum())
 

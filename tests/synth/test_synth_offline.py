@@ -51,7 +51,6 @@ def test_test_split_is_never_used_for_writing_or_choosing(planted):
         assert after.iou["test"] < before[h].iou["test"]  # the poison is seen where it should be
 
 
-
 def test_a_heads_search_keeps_nothing_per_head_for_the_next_one(planted):
     """The true select outputs a head's exact scoring needs are dropped at the next head: kept for
     every head they took GBs on the demo's 270 heads (most of its 8.7 GB peak)."""
@@ -66,6 +65,7 @@ def test_a_heads_search_keeps_nothing_per_head_for_the_next_one(planted):
         alone.prepare(planted, planted.heads)
         alone.front(planted, h)
         assert held(b) == held(alone) > 0, h
+
 
 def test_greedy_path_adds_terms_by_gain():
     G = np.eye(3)
